@@ -1,0 +1,228 @@
+"""The platform's own control-plane PostgreSQL cluster and Redis, under DBAAS_DATA_DIR.
+
+Used by `make run` and `make test`; skipped when DATABASE_URL / REDIS_URL point elsewhere.
+Run as `python -m dbaas.localservices start|stop|status`.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dbaas.env import BASE_DIR, env_bool, service_user, services_dir
+from dbaas.files import chown, make_dir, render_template, write_atomic
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+TEMPLATES = BASE_DIR / "dbaas"
+
+
+def _run_as_service_user(args: list[str], timeout: float = 60) -> str:
+    user = service_user() if os.geteuid() == 0 else None
+    proc = subprocess.run(args, user=user, capture_output=True, text=True, timeout=timeout, cwd="/")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def grant_traversal(path: Path, user: str) -> None:
+    """Let `user` reach `path`: its ancestors need search (x) permission.
+
+    A checkout under /root is mode 700; an ACL entry gives the service account
+    search-only access to each such ancestor, nothing more.
+    """
+    if os.geteuid() != 0:
+        return
+    for ancestor in reversed(path.parents):
+        if os.stat(ancestor).st_mode & 0o001:
+            continue
+        subprocess.run(["setfacl", "-m", f"u:{user}:--x", str(ancestor)], check=True)
+        print(f"note: gave {user} search permission on {ancestor} (ACL)", file=sys.stderr)
+
+
+class ControlPlanePostgres:
+    """The metadata cluster: one unix socket, trust auth inside a 0700 socket dir."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pgdata = root / "controlplane"
+        self.socket_dir = root / "run" / "controlplane"
+        self.logfile = root / "log" / "controlplane.log"
+
+    def is_running(self) -> bool:
+        return (
+            subprocess.run(
+                [str(PG_BIN / "pg_isready"), "-q", "-h", str(self.socket_dir)], timeout=10
+            ).returncode
+            == 0
+        )
+
+    def start(self) -> None:
+        user = service_user()
+        make_dir(self.root, 0o755)
+        grant_traversal(self.root, user)
+        make_dir(self.root / "log", 0o755)
+        make_dir(self.root / "run", 0o755)
+        make_dir(self.socket_dir, 0o700, owner=user)
+        if self.is_running():
+            return
+        if not (self.pgdata / "PG_VERSION").exists():
+            print(f"==> creating control-plane cluster in {self.pgdata}")
+            make_dir(self.pgdata, 0o700, owner=user)
+            _run_as_service_user(
+                [
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    "dbaas",
+                    "--auth-local=trust",
+                    "--auth-host=reject",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ],
+                timeout=120,
+            )
+            with open(self.pgdata / "postgresql.conf", "a") as conf:
+                conf.write("include 'dbaas.conf'\n")
+        write_atomic(
+            self.pgdata / "dbaas.conf",
+            render_template(
+                TEMPLATES,
+                "controlplane.conf.j2",
+                socket_dir=self.socket_dir,
+                durable=env_bool("DBAAS_CONTROLPLANE_DURABLE", True),
+            ),
+            mode=0o600,
+            owner=user,
+        )
+        self.logfile.touch()
+        chown(self.logfile, user)
+        _run_as_service_user(
+            [
+                str(PG_BIN / "pg_ctl"),
+                "-D",
+                str(self.pgdata),
+                "-l",
+                str(self.logfile),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            timeout=90,
+        )
+        self._ensure_database()
+
+    def _ensure_database(self) -> None:
+        psql = ["psql", "-h", str(self.socket_dir), "-U", "dbaas", "-d", "postgres", "-tAc"]
+        exists = _run_as_service_user([*psql, "SELECT 1 FROM pg_database WHERE datname='dbaas'"])
+        if exists.strip() != "1":
+            _run_as_service_user([*psql, "CREATE DATABASE dbaas"])
+
+    def stop(self) -> None:
+        if (self.pgdata / "postmaster.pid").exists():
+            _run_as_service_user(
+                [str(PG_BIN / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"]
+            )
+
+
+class LocalRedis:
+    """The Celery broker: unix socket only, append-only file for crash safety."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.workdir = root / "redis"
+        self.socket = root / "run" / "redis" / "redis.sock"
+        self.pidfile = root / "run" / "redis" / "redis.pid"
+        self.conf = self.workdir / "redis.conf"
+
+    def is_running(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(unix_socket_path=str(self.socket), socket_timeout=2).ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    def start(self) -> None:
+        user = service_user()
+        make_dir(self.root, 0o755)
+        grant_traversal(self.root, user)
+        make_dir(self.root / "log", 0o755)
+        make_dir(self.workdir, 0o700, owner=user)
+        make_dir(self.socket.parent, 0o700, owner=user)
+        if self.is_running():
+            return
+        logfile = self.root / "log" / "redis.log"
+        logfile.touch()
+        chown(logfile, user)
+        write_atomic(
+            self.conf,
+            render_template(
+                TEMPLATES,
+                "redis.conf.j2",
+                socket=self.socket,
+                pidfile=self.pidfile,
+                logfile=logfile,
+                workdir=self.workdir,
+            ),
+            mode=0o600,
+            owner=user,
+        )
+        _run_as_service_user(["redis-server", str(self.conf)])
+        deadline = time.monotonic() + 30
+        while not self.is_running():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis did not start; see {logfile}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        try:
+            pid = int(self.pidfile.read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+
+def managed_services() -> list[ControlPlanePostgres | LocalRedis]:
+    """The services this machine must run itself (none that a URL points elsewhere)."""
+    root = services_dir()
+    services: list[ControlPlanePostgres | LocalRedis] = []
+    if not os.environ.get("DATABASE_URL"):
+        services.append(ControlPlanePostgres(root))
+    if not os.environ.get("REDIS_URL"):
+        services.append(LocalRedis(root))
+    return services
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else "status"
+    for service in managed_services():
+        name = type(service).__name__
+        if command == "start":
+            service.start()
+        elif command == "stop":
+            service.stop()
+        elif command == "status":
+            print(f"{name}: {'running' if service.is_running() else 'stopped'}")
+        else:
+            print(f"usage: {argv[0]} start|stop|status", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,107 @@
+"""`manage.py up` (what `make run` runs): bring the whole platform up on this machine.
+
+Starts the control-plane PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL point
+elsewhere), migrates, builds the image if missing, then runs the web server, the host
+agent (Celery worker), Celery beat and PgBouncer under honcho. Ctrl-C stops all of it,
+tenant instances included; the next `up` brings the same tenants back.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from dbaas import localservices
+from dbaas.env import BASE_DIR, env_int, env_str
+
+
+class Command(BaseCommand):
+    help = "Run the whole platform in the foreground (Ctrl-C stops it)."
+
+    def handle(self, *args, **options):
+        services = localservices.managed_services()
+        for service in services:
+            service.start()
+        try:
+            self._prepare()
+            self._banner()
+            self._run_processes()
+        finally:
+            self.stdout.write("up: stopping tenant instances and local services")
+            self._stop_instances()
+            for service in reversed(services):
+                service.stop()
+
+    def _prepare(self) -> None:
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
+        call_command("build_image")
+        from tenants import services
+
+        services.host_register(
+            name=settings.DBAAS_HOST_NAME,
+            public_host=settings.DBAAS_PUBLIC_HOST,
+            pooler_port=settings.DBAAS_PGBOUNCER_PORT,
+        )
+
+    def _banner(self) -> None:
+        url = f"http://{self._web_bind()}:{self._web_port()}/"
+        signup_body = '{"email": "you@example.com", "password": "a long passphrase"}'
+        pooler = f"{settings.DBAAS_PUBLIC_HOST}:{settings.DBAAS_PGBOUNCER_PORT}"
+        lines = [
+            "",
+            "dbaas is starting.",
+            f"  web console:  {url}   (sign up at {url}signup)",
+            f"  REST API:     curl -X POST {url}api/v1/accounts -d '{signup_body}'",
+            f"  admin:        {url}admin/   (operator: .venv/bin/python manage.py createsuperuser)",
+            f"  databases:    postgresql://USER:PASSWORD@{pooler}/DB?sslmode=require",
+            "Press Ctrl-C to stop everything.",
+            "",
+        ]
+        self.stdout.write(self.style.SUCCESS("\n".join(lines)))
+
+    def _web_bind(self) -> str:
+        return env_str("DBAAS_WEB_BIND", "127.0.0.1")
+
+    def _web_port(self) -> int:
+        return env_int("DBAAS_WEB_PORT", 8000)
+
+    def _run_processes(self) -> None:
+        venv_bin = Path(sys.executable).parent
+        env = os.environ | {
+            "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "DBAAS_DATA_DIR": str(settings.DATA_DIR),
+            "DBAAS_HOST_NAME": settings.DBAAS_HOST_NAME,
+            "DBAAS_WEB_BIND": self._web_bind(),
+            "DBAAS_WEB_PORT": str(self._web_port()),
+            "PYTHONUNBUFFERED": "1",
+        }
+        honcho = subprocess.Popen(
+            [str(venv_bin / "honcho"), "start", "-f", str(BASE_DIR / "Procfile")],
+            cwd=BASE_DIR,
+            env=env,
+        )
+        # Ctrl-C reaches honcho too (same process group); wait for it to stop its
+        # children before we stop what they depend on.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            honcho.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _stop_instances(self) -> None:
+        from tenants import host_agent
+        from tenants.models import Tenant
+
+        for tenant in Tenant.objects.filter(host__name=settings.DBAAS_HOST_NAME).exclude(
+            state=Tenant.State.DELETED
+        ):
+            try:
+                host_agent.runtime_for(tenant).stop(tenant.instance_id)
+            except Exception as exc:
+                self.stderr.write(f"up: could not stop {tenant.instance_id}: {exc}")

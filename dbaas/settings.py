@@ -1,0 +1,163 @@
+"""Django settings for the dbaas control plane.
+
+Every value comes from the environment with a default that works on one machine
+(`make run` needs nothing set); see README.md for the variables.
+"""
+
+import socket
+
+import dj_database_url
+
+from dbaas.env import BASE_DIR, data_dir, env_bool, env_int, env_str, services_dir
+
+DATA_DIR = data_dir()
+# Where the platform's own control-plane cluster and Redis live; the tests point
+# DBAAS_DATA_DIR at a directory of their own but share these.
+SERVICES_DIR = services_dir()
+
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    # A per-installation key kept with the rest of the state, made on first use.
+    _key_file = DATA_DIR / "secret_key"
+    if not _key_file.exists():
+        import secrets
+
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        _key_file.write_text(secrets.token_urlsafe(50))
+        _key_file.chmod(0o600)
+    SECRET_KEY = _key_file.read_text().strip()
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_str("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
+CSRF_TRUSTED_ORIGINS = [o for o in env_str("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "dbaas",
+    "tenants",
+    "poolers",
+    "unikernel_images",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "dbaas.urls"
+WSGI_APPLICATION = "dbaas.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# The control-plane database: DATABASE_URL, else the platform's own cluster
+# (started by `make run`) reached over its unix socket.
+CONTROLPLANE_SOCKET_DIR = SERVICES_DIR / "run" / "controlplane"
+_database_url = env_str("DATABASE_URL", "")
+if _database_url:
+    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": env_str("DBAAS_DB_NAME", "dbaas"),
+            "USER": "dbaas",
+            "HOST": str(CONTROLPLANE_SOCKET_DIR),
+            "PORT": "5432",
+            "CONN_MAX_AGE": 60,
+        }
+    }
+DATABASES["default"].setdefault("TEST", {})["NAME"] = env_str("DBAAS_TEST_DB_NAME", "test_dbaas")
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 10},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+
+# Redis: REDIS_URL, else the platform's own server on a unix socket that only
+# the service account and root can reach (so it needs no password).
+REDIS_SOCKET = SERVICES_DIR / "run" / "redis" / "redis.sock"
+REDIS_URL = env_str(
+    "REDIS_URL", f"redis+socket://{REDIS_SOCKET}?virtual_host={env_int('DBAAS_REDIS_DB', 0)}"
+)
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = "control"
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SOFT_TIME_LIMIT = 120
+CELERY_TASK_TIME_LIMIT = 180
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# This machine as a tenant host: its name (and so its Celery queue
+# "host.<name>"), the name clients use in connection strings, the pooler port.
+DBAAS_HOST_NAME = env_str("DBAAS_HOST_NAME", socket.gethostname().split(".")[0])
+DBAAS_PUBLIC_HOST = env_str("DBAAS_PUBLIC_HOST", "127.0.0.1")
+DBAAS_PGBOUNCER_LISTEN = env_str("DBAAS_PGBOUNCER_LISTEN", "127.0.0.1")
+DBAAS_PGBOUNCER_PORT = env_int("DBAAS_PGBOUNCER_PORT", 6432)
+DBAAS_RECONCILE_INTERVAL = env_int("DBAAS_RECONCILE_INTERVAL", 10)
+# How long POST /databases waits for the instance before answering 202.
+DBAAS_PROVISION_WAIT = env_int("DBAAS_PROVISION_WAIT", 30)
+# Tenants run as uid base+id when the platform runs as root.
+DBAAS_TENANT_UID_BASE = env_int("DBAAS_TENANT_UID_BASE", 200000)
+DBAAS_IMAGE = env_str("DBAAS_IMAGE", "postgres-15")
+DBAAS_RUNTIME = env_str("DBAAS_RUNTIME", "sandbox")
+
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-all-hosts": {
+        "task": "tenants.tasks.reconcile_all_hosts",
+        "schedule": float(DBAAS_RECONCILE_INTERVAL),
+    },
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("DBAAS_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}
+
+BASE_DIR = BASE_DIR

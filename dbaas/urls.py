@@ -1,0 +1,13 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from dbaas import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("healthz", views.healthz, name="healthz"),
+    path("", include("tenants.urls")),
+]
+
+handler404 = "dbaas.views.not_found"
+handler500 = "dbaas.views.server_error"

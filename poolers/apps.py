@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class PoolersConfig(AppConfig):
+    name = "poolers"
+    verbose_name = "Connection poolers"

@@ -1,0 +1,219 @@
+"""The host's PgBouncer: its files (pgbouncer.ini and the auth file, rendered from
+Jinja2 templates), its TLS certificate, its process, and its admin console.
+
+Knows nothing of tenants: callers pass the full list of databases and users.
+"""
+
+import fcntl
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from dbaas.files import chown, make_dir, render_template, write_atomic
+from poolers.scram import new_password, scram_secret
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ADMIN_USER = "dbaas_pooler_admin"
+
+
+class PoolerError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class DatabaseEntry:
+    name: str  # what clients put in the connection string; also the server's db name
+    socket_dir: Path
+    pool_size: int
+    max_connections: int
+
+
+@dataclass(frozen=True)
+class UserEntry:
+    name: str
+    secret: str  # SCRAM-SHA-256 secret, never a password
+
+
+class PgBouncer:
+    def __init__(
+        self,
+        root: Path,
+        listen_addr: str,
+        listen_port: int,
+        service_user: str,
+        max_client_conn: int = 10000,
+    ) -> None:
+        self.root = root  # <data>/pgbouncer
+        self.listen_addr = listen_addr
+        self.listen_port = listen_port
+        self.service_user = service_user
+        self.max_client_conn = max_client_conn
+        self.ini = root / "pgbouncer.ini"
+        self.auth_file = root / "userlist.txt"
+        self.tls_cert = root / "server.crt"
+        self.tls_key = root / "server.key"
+        self.socket_dir = root.parent / "run" / "pgbouncer"
+        self._admin_password_file = root / "admin_password"
+        self._admin_secret_file = root / "admin_secret"
+
+    # -- files -------------------------------------------------------------------
+
+    def prepare(self, public_host: str) -> None:
+        """Directories, admin secret and TLS certificate: everything but the lists."""
+        make_dir(self.root, 0o750, owner=None)
+        chown(
+            self.root,
+            "root" if os.geteuid() == 0 else self.service_user,
+            group_of=self.service_user,
+        )
+        make_dir(self.socket_dir, 0o750, owner=self.service_user)
+        if not self._admin_secret_file.exists():
+            password = new_password()
+            write_atomic(self._admin_password_file, password, mode=0o600)
+            write_atomic(self._admin_secret_file, scram_secret(password), mode=0o600)
+        if not self.tls_cert.exists() or not self.tls_key.exists():
+            self._make_certificate(public_host)
+
+    def _make_certificate(self, public_host: str) -> None:
+        """A self-signed certificate made on first run; replace the two files with
+        a real one (same paths) to let clients use sslmode=verify-full."""
+        san = f"DNS:{public_host},DNS:localhost,IP:127.0.0.1"
+        if public_host.replace(".", "").isdigit():
+            san = f"IP:{public_host},DNS:localhost,IP:127.0.0.1"
+        proc = subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "3650",
+                "-subj",
+                f"/CN={public_host}",
+                "-addext",
+                f"subjectAltName={san}",
+                "-keyout",
+                str(self.tls_key),
+                "-out",
+                str(self.tls_cert),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if proc.returncode != 0:
+            raise PoolerError(f"openssl failed: {proc.stderr.strip()}")
+        for path in (self.tls_key, self.tls_cert):
+            os.chmod(path, 0o640)
+            chown(
+                path, "root" if os.geteuid() == 0 else self.service_user, group_of=self.service_user
+            )
+
+    @property
+    def admin_password(self) -> str:
+        return self._admin_password_file.read_text().strip()
+
+    def write_config(self, databases: list[DatabaseEntry], users: list[UserEntry]) -> bool:
+        """Render pgbouncer.ini and the auth file; True if either changed."""
+        names = [u.name for u in users]
+        if ADMIN_USER in names or len(set(names)) != len(names):
+            raise PoolerError("user names must be unique per host and not the admin's")
+        admin = UserEntry(ADMIN_USER, self._admin_secret_file.read_text().strip())
+        ini = render_template(
+            PACKAGE_DIR,
+            "pgbouncer.ini.j2",
+            databases=sorted(databases, key=lambda d: d.name),
+            listen_addr=self.listen_addr,
+            listen_port=self.listen_port,
+            socket_dir=self.socket_dir,
+            auth_file=self.auth_file,
+            admin_user=ADMIN_USER,
+            max_client_conn=self.max_client_conn,
+            tls_key=self.tls_key,
+            tls_cert=self.tls_cert,
+        )
+        userlist = render_template(
+            PACKAGE_DIR, "userlist.txt.j2", users=[admin, *sorted(users, key=lambda u: u.name)]
+        )
+        owner_group = self.service_user
+        changed = False
+        for path, text in ((self.auth_file, userlist), (self.ini, ini)):
+            if write_atomic(path, text, mode=0o640):
+                chown(path, "root" if os.geteuid() == 0 else owner_group, group_of=owner_group)
+                changed = True
+        return changed
+
+    @contextmanager
+    def config_lock(self) -> Iterator[None]:
+        """Serialise render+reload across worker processes on this host."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- process -----------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        return ["pgbouncer", str(self.ini)]
+
+    def exec_foreground(self) -> None:
+        """Replace this process with pgbouncer, as the service user."""
+        if os.geteuid() == 0:
+            import pwd
+
+            pw = pwd.getpwnam(self.service_user)
+            os.setgroups([])
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+        os.execvp(self.command()[0], self.command())
+
+    # -- admin console -------------------------------------------------------------
+
+    def admin_connect(self, timeout: float = 5) -> psycopg.Connection:
+        # The admin console speaks only the simple query protocol: ClientCursor.
+        return psycopg.connect(
+            host=str(self.socket_dir),
+            port=self.listen_port,
+            dbname="pgbouncer",
+            user=ADMIN_USER,
+            password=self.admin_password,
+            autocommit=True,
+            connect_timeout=max(1, int(timeout)),
+            cursor_factory=psycopg.ClientCursor,
+        )
+
+    def admin(self, command: str) -> list[dict]:
+        try:
+            with self.admin_connect() as conn, conn.cursor() as cur:
+                cur.execute(command)
+                if cur.description is None:
+                    return []
+                cols = [c.name for c in cur.description]
+                return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+        except psycopg.Error as exc:
+            raise PoolerError(f"pgbouncer {command.split()[0]} failed: {exc}") from exc
+
+    def reload(self) -> None:
+        self.admin("RELOAD")
+
+    def is_up(self) -> bool:
+        try:
+            self.admin("SHOW VERSION")
+        except (PoolerError, OSError):  # OSError: not prepared yet, no admin password
+            return False
+        return True
+
+    def database_names(self) -> set[str]:
+        return {row["name"] for row in self.admin("SHOW DATABASES")} - {"pgbouncer"}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Makes this machine able to run the platform: Debian packages, the service
+# account, and the virtualenv. Idempotent and quick when everything is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PACKAGES=(postgresql-15 postgresql-contrib pgbouncer redis-server bubblewrap acl openssl
+          util-linux python3-venv)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    if [[ $EUID -ne 0 ]]; then
+        echo "Missing Debian packages. Run as root:" >&2
+        echo "  apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "==> installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Debian's packages start their own pgbouncer and redis on the default ports;
+# the platform runs its own, so the packaged ones are not needed.
+if [[ $EUID -eq 0 ]] && ! id dbaas >/dev/null 2>&1; then
+    echo "==> creating system user dbaas (runs postgres, redis and pgbouncer)"
+    useradd --system --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin dbaas
+fi
+
+stamp="$VENV/.installed"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "==> creating virtualenv $VENV"
+    python3 -m venv "$VENV"
+fi
+if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+    echo "==> installing Python packages"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+    touch "$stamp"
+fi

@@ -1,0 +1,106 @@
+"""The operators' console: hosts, plans, accounts, tenants and their events."""
+
+from django.contrib import admin
+
+from tenants.models import Account, ApiToken, Event, Host, Plan, Tenant
+
+
+@admin.register(Host)
+class HostAdmin(admin.ModelAdmin):
+    list_display = ("name", "public_host", "pooler_port", "accepting", "max_tenants", "created_at")
+    list_filter = ("accepting",)
+    search_fields = ("name", "public_host")
+
+
+@admin.register(Plan)
+class PlanAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "max_databases",
+        "storage_limit_mb",
+        "connection_limit",
+        "pool_size",
+        "sleeps_when_idle",
+        "idle_timeout_seconds",
+        "is_default",
+    )
+    list_editable = ("max_databases", "storage_limit_mb", "connection_limit", "pool_size")
+
+
+@admin.register(Account)
+class AccountAdmin(admin.ModelAdmin):
+    list_display = ("user", "plan", "created_at")
+    list_filter = ("plan",)
+    search_fields = ("user__email",)
+    raw_id_fields = ("user",)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ("prefix", "account", "created_at", "last_used_at")
+    search_fields = ("account__user__email", "prefix")
+    readonly_fields = ("account", "key_hash", "prefix", "created_at", "last_used_at")
+
+
+class EventInline(admin.TabularInline):
+    model = Event
+    extra = 0
+    can_delete = False
+    fields = ("created_at", "action", "from_state", "to_state", "actor", "duration_ms", "message")
+    readonly_fields = fields
+    ordering = ("-created_at", "-id")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "database_name",
+        "account",
+        "state",
+        "plan",
+        "host",
+        "created_at",
+        "last_active_at",
+    )
+    list_filter = ("state", "plan", "host")
+    search_fields = ("name", "slug", "account__user__email")
+    list_select_related = ("account__user", "plan", "host")
+    readonly_fields = (
+        "slug",
+        "database_name",
+        "state",
+        "state_reason",
+        "state_changed_at",
+        "created_at",
+        "deleted_at",
+        "last_active_at",
+        "runtime",
+        "image",
+    )
+    exclude = ("scram_secret", "pending_scram_secret")
+    inlines = [EventInline]
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    list_display = (
+        "created_at",
+        "tenant",
+        "host",
+        "action",
+        "from_state",
+        "to_state",
+        "actor",
+        "duration_ms",
+        "message",
+    )
+    list_filter = ("action", "to_state", "host")
+    search_fields = ("tenant__name", "tenant__slug", "message", "actor")
+    list_select_related = ("tenant", "host")
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,175 @@
+"""The REST API, v1: JSON in, JSON out, bearer-token auth, errors as {"error": "..."}."""
+
+import functools
+import json
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from tenants import selectors, services
+from tenants.errors import AuthenticationFailed, InvalidInput, ServiceError, Unavailable
+from tenants.models import Tenant
+
+
+def error(status: int, message: str) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+def endpoint(*methods: str, auth: bool = True) -> Callable:
+    """Method check, JSON body parsing, token auth and domain errors for one view."""
+
+    def decorate(view: Callable) -> Callable:
+        @csrf_exempt
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args, **kwargs) -> JsonResponse:
+            if request.method not in methods:
+                response = error(405, f"method {request.method} not allowed")
+                response["Allow"] = ", ".join(methods)
+                return response
+            try:
+                if auth:
+                    request.account = _authenticate(request)
+                request.json = _body(request)
+                return view(request, *args, **kwargs)
+            except ServiceError as exc:
+                return error(exc.status, exc.message)
+
+        return wrapper
+
+    return decorate
+
+
+def _authenticate(request: HttpRequest):
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("missing bearer token (Authorization: Bearer <token>)")
+    account = selectors.account_for_token(token.strip())
+    if account is None:
+        raise AuthenticationFailed("invalid token")
+    return account
+
+
+def _body(request: HttpRequest) -> dict:
+    if request.method in ("GET", "DELETE", "HEAD") or not request.body:
+        return {}
+    try:
+        body = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return body
+
+
+def _string_field(body: dict, name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"field {name!r} is required and must be a string")
+    return value
+
+
+def database_json(tenant: Tenant) -> dict:
+    return {
+        "id": tenant.pk,
+        "name": tenant.name,
+        "state": tenant.state,
+        "state_reason": tenant.state_reason,
+        "host": tenant.host.public_host,
+        "port": tenant.host.pooler_port,
+        "database": tenant.database_name,
+        "user": tenant.role_name,
+        "plan": tenant.plan.name,
+        "created_at": tenant.created_at.isoformat(),
+        "last_active_at": tenant.last_active_at.isoformat() if tenant.last_active_at else None,
+    }
+
+
+def _actor(request: HttpRequest) -> str:
+    return f"api:{request.account.user.email}"
+
+
+# -- accounts ----------------------------------------------------------------------
+
+
+@endpoint("POST", auth=False)
+def accounts(request: HttpRequest) -> JsonResponse:
+    account, token = services.account_create(
+        email=_string_field(request.json, "email"), password=_string_field(request.json, "password")
+    )
+    return JsonResponse({"email": account.user.email, "token": token}, status=201)
+
+
+@endpoint("POST", auth=False)
+def tokens(request: HttpRequest) -> JsonResponse:
+    body = request.json
+    email, password = body.get("email"), body.get("password")
+    if not isinstance(email, str) or not isinstance(password, str):
+        raise AuthenticationFailed("invalid email or password")
+    return JsonResponse({"token": services.token_create(email=email, password=password)})
+
+
+# -- databases -----------------------------------------------------------------------
+
+
+@endpoint("GET", "POST")
+def databases(request: HttpRequest) -> JsonResponse:
+    if request.method == "GET":
+        items = [database_json(t) for t in selectors.tenant_list(account=request.account)]
+        return JsonResponse({"databases": items})
+    name = request.json.get("name")
+    if not isinstance(name, str):
+        raise InvalidInput("field 'name' is required and must be a string")
+    tenant, password = services.tenant_create(
+        account=request.account, name=name, actor=_actor(request)
+    )
+    # The connection string must work the moment the client reads it: wait for
+    # the host agent (tens of milliseconds normally).
+    tenant = services.tenant_wait(
+        tenant=tenant,
+        until=lambda t: t.state != Tenant.State.PROVISIONING,
+        timeout=settings.DBAAS_PROVISION_WAIT,
+    )
+    if tenant.state == Tenant.State.FAILED:
+        return JsonResponse(
+            {
+                "error": f"the database could not be created: {tenant.state_reason}",
+                "database": database_json(tenant),
+            },
+            status=500,
+        )
+    body = database_json(tenant) | {
+        "password": password,
+        "connection_string": selectors.connection_string(tenant, password),
+    }
+    # Still provisioning after the wait: accepted; the string works once running.
+    return JsonResponse(body, status=201 if tenant.state == Tenant.State.RUNNING else 202)
+
+
+@endpoint("GET", "DELETE")
+def database(request: HttpRequest, tenant_id: str) -> JsonResponse:
+    tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
+    if request.method == "GET":
+        return JsonResponse(database_json(tenant))
+    services.tenant_delete(tenant=tenant, actor=_actor(request))
+    tenant.refresh_from_db()
+    return JsonResponse(database_json(tenant), status=202)
+
+
+@endpoint("POST")
+def database_password(request: HttpRequest, tenant_id: str) -> JsonResponse:
+    tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
+    password = services.tenant_reset_password(tenant=tenant, actor=_actor(request))
+    tenant = services.tenant_wait(
+        tenant=tenant,
+        until=lambda t: not t.pending_scram_secret,
+        timeout=settings.DBAAS_PROVISION_WAIT,
+    )
+    if tenant.pending_scram_secret:
+        raise Unavailable("the new password is not applied yet; it will be shortly")
+    return JsonResponse(
+        database_json(tenant)
+        | {"password": password, "connection_string": selectors.connection_string(tenant, password)}
+    )

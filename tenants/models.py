@@ -1,0 +1,150 @@
+"""Hosts, plans, accounts, API tokens, tenants (one Postgres instance each) and events."""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Host(models.Model):
+    """A machine that runs tenant instances behind its own PgBouncer."""
+
+    name = models.SlugField(max_length=63, unique=True)
+    public_host = models.CharField(
+        max_length=255, help_text="Host name clients put in connection strings."
+    )
+    pooler_port = models.PositiveIntegerField(default=6432)
+    max_tenants = models.PositiveIntegerField(default=1000)
+    accepting = models.BooleanField(default=True, help_text="New databases may be placed here.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def queue(self) -> str:
+        from dbaas.celery import host_queue
+
+        return host_queue(self.name)
+
+
+class Plan(models.Model):
+    name = models.SlugField(max_length=40, unique=True)
+    max_databases = models.PositiveIntegerField(default=3)
+    storage_limit_mb = models.PositiveIntegerField(default=512)
+    connection_limit = models.PositiveIntegerField(
+        default=20, help_text="Client connections per database (enforced by postgres)."
+    )
+    pool_size = models.PositiveIntegerField(
+        default=10, help_text="Server connections the pooler keeps per database."
+    )
+    sleeps_when_idle = models.BooleanField(default=True)
+    idle_timeout_seconds = models.PositiveIntegerField(default=300)
+    is_default = models.BooleanField(default=False, help_text="Given to new accounts.")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Account(models.Model):
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="account"
+    )
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="accounts")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.user.email
+
+
+class ApiToken(models.Model):
+    """A bearer token; only its SHA-256 is stored."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="tokens")
+    key_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=12, help_text="First characters, to recognise it.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.account})"
+
+
+class Tenant(models.Model):
+    """One tenant database: its own Postgres instance with one database and one owner role."""
+
+    class State(models.TextChoices):
+        PROVISIONING = "provisioning"
+        RUNNING = "running"
+        SLEEPING = "sleeping"
+        DELETING = "deleting"
+        DELETED = "deleted"
+        FAILED = "failed"
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="tenants")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="tenants")
+    host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="tenants")
+    name = models.CharField(max_length=40)
+    # Host-unique suffix: pooler entries and auth-file users are one table per host.
+    slug = models.CharField(max_length=12, unique=True)
+    runtime = models.CharField(max_length=20, default="sandbox")
+    image = models.CharField(max_length=40, default="postgres-15")
+    state = models.CharField(
+        max_length=20, choices=State.choices, default=State.PROVISIONING, db_index=True
+    )
+    state_reason = models.TextField(blank=True)
+    state_changed_at = models.DateTimeField(auto_now_add=True)
+    # The SCRAM secret of the owner role, as written to postgres and PgBouncer.
+    scram_secret = models.TextField()
+    # A new secret waiting to be applied on the host (password reset).
+    pending_scram_secret = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_active_at = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "name"],
+                condition=~Q(state="deleted"),
+                name="tenant_name_unique_per_account",
+            ),
+        ]
+        indexes = [models.Index(fields=["host", "state"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.slug})"
+
+    @property
+    def database_name(self) -> str:
+        """The database and role name: unique per host, shown in connection strings."""
+        return f"{self.name}_{self.slug}"
+
+    @property
+    def role_name(self) -> str:
+        return self.database_name
+
+    @property
+    def instance_id(self) -> str:
+        return f"t{self.pk}"
+
+
+class Event(models.Model):
+    """One row per state change or operator-visible action."""
+
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, null=True, blank=True, related_name="events"
+    )
+    host = models.ForeignKey(Host, on_delete=models.SET_NULL, null=True, blank=True)
+    action = models.CharField(max_length=40)
+    from_state = models.CharField(max_length=20, blank=True)
+    to_state = models.CharField(max_length=20, blank=True)
+    message = models.TextField(blank=True)
+    actor = models.CharField(max_length=254, default="system")
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} {self.message}"

@@ -1,0 +1,60 @@
+"""Reads: what the API, the web pages and the host agent look up."""
+
+import hashlib
+
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
+
+from tenants.errors import NotFound
+from tenants.models import Account, ApiToken, Host, Tenant
+
+VISIBLE = ~Q(state=Tenant.State.DELETED)
+
+
+def account_for_token(raw_token: str) -> Account | None:
+    key_hash = hashlib.sha256(raw_token.encode()).hexdigest()
+    token = (
+        ApiToken.objects.select_related("account__user", "account__plan")
+        .filter(key_hash=key_hash)
+        .first()
+    )
+    if token is None or not token.account.user.is_active:
+        return None
+    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    return token.account
+
+
+def tenant_list(*, account: Account) -> QuerySet[Tenant]:
+    return (
+        Tenant.objects.filter(VISIBLE, account=account)
+        .select_related("host", "plan")
+        .order_by("created_at", "id")
+    )
+
+
+def tenant_get(*, account: Account, tenant_id: int | str) -> Tenant:
+    """Another account's tenant is indistinguishable from a missing one."""
+    try:
+        return tenant_list(account=account).get(pk=int(tenant_id))
+    except (Tenant.DoesNotExist, ValueError):
+        raise NotFound(f"database {tenant_id} not found") from None
+
+
+def host_pick() -> Host | None:
+    """The accepting host with the most room left."""
+    hosts = (
+        Host.objects.filter(accepting=True)
+        .annotate(live=Count("tenants", filter=~Q(tenants__state=Tenant.State.DELETED)))
+        .order_by("live", "name")
+    )
+    for host in hosts:
+        if host.live < host.max_tenants:
+            return host
+    return None
+
+
+def connection_string(tenant: Tenant, password: str) -> str:
+    return (
+        f"postgresql://{tenant.role_name}:{password}@{tenant.host.public_host}:"
+        f"{tenant.host.pooler_port}/{tenant.database_name}?sslmode=require"
+    )

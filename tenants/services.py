@@ -1,0 +1,256 @@
+"""Writes: accounts, tokens, tenants and their state changes.
+
+Every state change is claimed with a conditional UPDATE (zero rows: someone else got
+there first) and recorded as an Event in the same transaction.
+"""
+
+import hashlib
+import re
+import secrets
+import time
+from collections.abc import Iterable
+
+from django.contrib.auth import authenticate, get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from poolers.scram import new_password, scram_secret
+from tenants import selectors
+from tenants.errors import AuthenticationFailed, Conflict, InvalidInput, QuotaExceeded, Unavailable
+from tenants.models import Account, ApiToken, Event, Host, Plan, Tenant
+
+State = Tenant.State
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+NAME_RULE = (
+    "a database name is 1 to 40 characters: lowercase letters, digits and underscores, "
+    "starting with a letter"
+)
+
+
+# -- events and transitions ----------------------------------------------------------
+
+
+def event_record(
+    *,
+    action: str,
+    tenant: Tenant | None = None,
+    host: Host | None = None,
+    message: str = "",
+    from_state: str = "",
+    to_state: str = "",
+    actor: str = "system",
+    duration_ms: int | None = None,
+) -> Event:
+    return Event.objects.create(
+        tenant=tenant,
+        host=host if host is not None else getattr(tenant, "host", None),
+        action=action,
+        message=message[:5000],
+        from_state=from_state,
+        to_state=to_state,
+        actor=actor,
+        duration_ms=duration_ms,
+    )
+
+
+def tenant_transition(
+    *,
+    tenant: Tenant,
+    from_states: Iterable[str],
+    to_state: str,
+    reason: str = "",
+    actor: str = "system",
+    action: str = "state",
+    duration_ms: int | None = None,
+    **fields: object,
+) -> bool:
+    """Move `tenant` to `to_state` if it is in one of `from_states`; False if it was not."""
+    now = timezone.now()
+    with transaction.atomic():
+        for from_state in from_states:
+            claimed = Tenant.objects.filter(pk=tenant.pk, state=from_state).update(
+                state=to_state, state_reason=reason, state_changed_at=now, **fields
+            )
+            if claimed:
+                event_record(
+                    tenant=tenant,
+                    action=action,
+                    from_state=from_state,
+                    to_state=to_state,
+                    message=reason,
+                    actor=actor,
+                    duration_ms=duration_ms,
+                )
+                tenant.state, tenant.state_reason, tenant.state_changed_at = to_state, reason, now
+                for name, value in fields.items():
+                    setattr(tenant, name, value)
+                return True
+    return False
+
+
+# -- accounts and tokens ---------------------------------------------------------------
+
+
+def account_create(*, email: str, password: str) -> tuple[Account, str]:
+    """Sign up; returns the account and its first API token."""
+    email = (email or "").strip().lower()
+    try:
+        validate_email(email)
+    except ValidationError:
+        raise InvalidInput("enter a valid email address") from None
+    User = get_user_model()
+    try:
+        validate_password(password or "", user=User(username=email, email=email))
+    except ValidationError as exc:
+        raise InvalidInput("weak password: " + " ".join(exc.messages)) from None
+    plan = Plan.objects.filter(is_default=True).order_by("id").first()
+    if plan is None:
+        raise Unavailable("no default plan is configured; an operator must create one")
+    try:
+        with transaction.atomic():
+            if User.objects.filter(username__iexact=email).exists():
+                raise Conflict("an account with this email already exists")
+            user = User.objects.create_user(username=email, email=email, password=password)
+            account = Account.objects.create(user=user, plan=plan)
+            token = token_issue(account=account)
+    except IntegrityError:
+        raise Conflict("an account with this email already exists") from None
+    return account, token
+
+
+def token_issue(*, account: Account) -> str:
+    raw = "dbaas_" + secrets.token_urlsafe(32)
+    ApiToken.objects.create(
+        account=account, key_hash=hashlib.sha256(raw.encode()).hexdigest(), prefix=raw[:12]
+    )
+    return raw
+
+
+def token_create(*, email: str, password: str) -> str:
+    user = authenticate(username=(email or "").strip().lower(), password=password or "")
+    if user is None or not hasattr(user, "account"):
+        raise AuthenticationFailed("invalid email or password")
+    return token_issue(account=user.account)
+
+
+# -- tenants ---------------------------------------------------------------------------
+
+
+def tenant_create(*, account: Account, name: str, actor: str) -> tuple[Tenant, str]:
+    """Create the row and queue provisioning on the chosen host.
+
+    Returns the tenant and its password, which is not stored anywhere.
+    """
+    from tenants.tasks import provision_tenant
+
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise InvalidInput(NAME_RULE)
+    password = new_password()
+    with transaction.atomic():
+        # Lock the account: concurrent creates must not both pass the quota check.
+        account = Account.objects.select_for_update().select_related("plan").get(pk=account.pk)
+        live = Tenant.objects.filter(selectors.VISIBLE, account=account)
+        if live.filter(name=name).exists():
+            raise Conflict(f"you already have a database named {name!r}")
+        plan = account.plan
+        if live.count() >= plan.max_databases:
+            raise QuotaExceeded(
+                f"the {plan.name} plan allows {plan.max_databases} databases; "
+                "delete one to create another"
+            )
+        host = selectors.host_pick()
+        if host is None:
+            raise Unavailable("no host has room for a new database right now; try again later")
+        tenant = Tenant.objects.create(
+            account=account,
+            plan=plan,
+            host=host,
+            name=name,
+            slug=_unique_slug(),
+            scram_secret=scram_secret(password),
+            state=State.PROVISIONING,
+        )
+        event_record(
+            tenant=tenant,
+            action="create",
+            to_state=State.PROVISIONING,
+            actor=actor,
+            message=f"placed on host {host.name}",
+        )
+        transaction.on_commit(lambda: provision_tenant.apply_async((tenant.pk,), queue=host.queue))
+    return tenant, password
+
+
+def _unique_slug() -> str:
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    while True:
+        slug = "".join(secrets.choice(alphabet) for _ in range(8))
+        if not Tenant.objects.filter(slug=slug).exists():
+            return slug
+
+
+def tenant_delete(*, tenant: Tenant, actor: str) -> None:
+    from tenants.tasks import delete_tenant
+
+    if tenant.state == State.PROVISIONING:
+        raise Conflict("the database is still being created; delete it in a moment")
+    claimed = tenant_transition(
+        tenant=tenant,
+        from_states=[State.RUNNING, State.SLEEPING, State.FAILED],
+        to_state=State.DELETING,
+        actor=actor,
+        action="delete",
+    )
+    if not claimed and tenant.state not in (State.DELETING,):
+        raise Conflict(f"the database cannot be deleted while {tenant.state}")
+    transaction.on_commit(lambda: delete_tenant.apply_async((tenant.pk,), queue=tenant.host.queue))
+
+
+def tenant_reset_password(*, tenant: Tenant, actor: str) -> str:
+    """Queue a new owner password for the host to apply; returns it (shown once)."""
+    from tenants.tasks import apply_password
+
+    if tenant.state != State.RUNNING:
+        raise Conflict(
+            f"the password can be reset only while the database is running, not {tenant.state}"
+        )
+    password = new_password()
+    with transaction.atomic():
+        claimed = Tenant.objects.filter(pk=tenant.pk, state=State.RUNNING).update(
+            pending_scram_secret=scram_secret(password)
+        )
+        if not claimed:
+            raise Conflict("the database changed state; try again")
+        event_record(tenant=tenant, action="password_reset", actor=actor)
+        transaction.on_commit(
+            lambda: apply_password.apply_async((tenant.pk,), queue=tenant.host.queue)
+        )
+    return password
+
+
+def tenant_wait(*, tenant: Tenant, until, timeout: float) -> Tenant:
+    """Poll the row until `until(tenant)` holds or `timeout` passes; return the fresh row."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        fresh = Tenant.objects.select_related("host", "plan").get(pk=tenant.pk)
+        if until(fresh) or time.monotonic() >= deadline:
+            return fresh
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.1)
+
+
+def host_register(*, name: str, public_host: str, pooler_port: int) -> Host:
+    """Create or update this machine's Host row (run at start-up by the host agent)."""
+    host, created = Host.objects.get_or_create(
+        name=name, defaults={"public_host": public_host, "pooler_port": pooler_port}
+    )
+    if not created and (host.public_host, host.pooler_port) != (public_host, pooler_port):
+        Host.objects.filter(pk=host.pk).update(public_host=public_host, pooler_port=pooler_port)
+        host.refresh_from_db()
+    if created:
+        event_record(host=host, action="host_register", message=f"{public_host}:{pooler_port}")
+    return host

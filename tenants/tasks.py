@@ -1,0 +1,183 @@
+"""Celery tasks: each takes ids, re-fetches, and calls the host agent.
+
+Tenant work runs on the tenant's host queue (`host.<name>`), so it executes on the
+machine that holds the instance. All tasks are idempotent, hence acks_late.
+"""
+
+import logging
+import time
+from datetime import timedelta
+
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from tenants import host_agent
+from tenants.models import Host, Tenant
+from tenants.services import event_record, tenant_transition
+from unikernel_images.runtimes.base import InstanceState
+
+log = logging.getLogger(__name__)
+State = Tenant.State
+WORKER = "worker"
+# A provisioning or deleting tenant older than this was abandoned by a dead worker.
+STUCK_AFTER = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30)
+
+
+def _load(tenant_id: int) -> Tenant | None:
+    related = ("host", "plan", "account__user")
+    return Tenant.objects.select_related(*related).filter(pk=tenant_id).first()
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+@shared_task(acks_late=True)
+def provision_tenant(tenant_id: int) -> str:
+    tenant = _load(tenant_id)
+    if tenant is None or tenant.state != State.PROVISIONING:
+        return "skipped"
+    started = time.monotonic()
+    try:
+        host_agent.instance_provision(tenant)
+    except Exception as exc:
+        log.exception("provisioning %s failed", tenant)
+        _fail_and_discard(tenant, f"provisioning failed: {exc}", WORKER, _ms(started))
+        return "failed"
+    tenant_transition(
+        tenant=tenant, from_states=[State.PROVISIONING], to_state=State.RUNNING, actor=WORKER,
+        action="provision", duration_ms=_ms(started), last_active_at=timezone.now(),
+    )  # fmt: skip
+    return "running"
+
+
+def _fail_and_discard(tenant: Tenant, reason: str, actor: str, duration_ms: int | None) -> None:
+    """After a failed provisioning: state failed, no pooler entry, no process, no directory.
+
+    The pooler is rewritten in the same transaction as the state change, so the API
+    (which waits for the state) sees the failure only once the entry is gone.
+    """
+
+    def mark_failed() -> None:
+        tenant_transition(
+            tenant=tenant, from_states=[State.PROVISIONING], to_state=State.FAILED,
+            reason=reason, actor=actor, action="provision", duration_ms=duration_ms,
+        )  # fmt: skip
+
+    runtime = host_agent.runtime_for(tenant)
+    try:
+        with host_agent.routing_change(tenant.host):
+            mark_failed()
+            runtime.destroy(tenant.instance_id)
+    except Exception:
+        log.exception("cleaning up failed %s did not finish; reconcile will", tenant)
+        mark_failed()
+
+
+@shared_task(acks_late=True)
+def delete_tenant(tenant_id: int) -> str:
+    tenant = _load(tenant_id)
+    if tenant is None or tenant.state != State.DELETING:
+        return "skipped"
+    started = time.monotonic()
+    host_agent.instance_destroy(tenant)
+    tenant_transition(
+        tenant=tenant, from_states=[State.DELETING], to_state=State.DELETED, actor=WORKER,
+        action="delete", duration_ms=_ms(started), deleted_at=timezone.now(),
+    )  # fmt: skip
+    return "deleted"
+
+
+@shared_task(acks_late=True)
+def apply_password(tenant_id: int) -> str:
+    tenant = _load(tenant_id)
+    if tenant is None or not tenant.pending_scram_secret or tenant.state != State.RUNNING:
+        return "skipped"
+    secret = tenant.pending_scram_secret
+    host_agent.instance_apply_secret(tenant, secret)
+    # The API sees the reset done (pending cleared) only once the pooler has the
+    # new secret too.
+    with host_agent.routing_change(tenant.host):
+        claimed = Tenant.objects.filter(pk=tenant.pk, pending_scram_secret=secret).update(
+            scram_secret=secret, pending_scram_secret=""
+        )
+        if claimed:
+            event_record(tenant=tenant, action="password_applied", actor=WORKER)
+    return "applied"
+
+
+@shared_task
+def reconcile_all_hosts() -> int:
+    """Beat: ask every host's agent to reconcile itself."""
+    hosts = list(Host.objects.values_list("name", flat=True))
+    for name in hosts:
+        reconcile_host.apply_async((name,), queue=Host(name=name).queue, expires=60)
+    return len(hosts)
+
+
+@shared_task
+def reconcile_host(host_name: str) -> dict[str, int]:
+    """Compare what the control plane believes with this host and repair the difference.
+
+    At most one action per tenant per cycle; one log line says why; an error on one
+    tenant never stops the cycle.
+    """
+    host = Host.objects.get(name=host_name)
+    actions: dict[str, int] = {}
+    now = timezone.now()
+    tenants = (
+        Tenant.objects.filter(host=host).exclude(state=State.DELETED).select_related("host", "plan")
+    )
+    for tenant in tenants:
+        try:
+            action = _reconcile_tenant(tenant, now)
+        except Exception as exc:
+            log.exception("reconcile of %s failed", tenant)
+            action = "error"
+            event_record(
+                tenant=tenant, action="reconcile_error", message=str(exc), actor="reconcile"
+            )
+        if action:
+            actions[action] = actions.get(action, 0) + 1
+    try:
+        if host_agent.pooler_sync(host):
+            actions["pooler_resync"] = 1
+    except Exception:
+        log.exception("pooler sync on %s failed", host)
+        actions["pooler_error"] = 1
+    if actions:
+        log.info("reconcile %s: %s", host_name, actions)
+    return actions
+
+
+def _reconcile_tenant(tenant: Tenant, now) -> str | None:
+    runtime = host_agent.runtime_for(tenant)
+    if tenant.state == State.RUNNING:
+        if tenant.pending_scram_secret:
+            apply_password(tenant.pk)
+        status = runtime.status(tenant.instance_id)
+        if status.state in (InstanceState.RUNNING, InstanceState.STARTING):
+            return None  # healthy, or someone is starting it right now
+        if status.state is InstanceState.MISSING:
+            tenant_transition(
+                tenant=tenant, from_states=[State.RUNNING], to_state=State.FAILED,
+                reason="the instance's data directory is missing", actor="reconcile",
+            )  # fmt: skip
+            return "failed"
+        started = time.monotonic()
+        host_agent.instance_start(tenant)
+        log.info("reconcile: %s was not running; restarted", tenant)
+        event_record(
+            tenant=tenant, action="restart", actor="reconcile",
+            message="instance was not running; restarted", duration_ms=_ms(started),
+        )  # fmt: skip
+        return "restarted"
+    stuck = now - tenant.state_changed_at > STUCK_AFTER
+    if tenant.state == State.PROVISIONING and stuck:
+        _fail_and_discard(tenant, "provisioning did not finish (worker lost)", "reconcile", None)
+        return "failed"
+    if tenant.state == State.DELETING and stuck:
+        delete_tenant(tenant.pk)
+        return "deleted"
+    return None

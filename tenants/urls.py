@@ -1,0 +1,21 @@
+from django.urls import path
+
+from tenants import api, views
+
+urlpatterns = [
+    path("api/v1/accounts", api.accounts, name="api-accounts"),
+    path("api/v1/tokens", api.tokens, name="api-tokens"),
+    path("api/v1/databases", api.databases, name="api-databases"),
+    path("api/v1/databases/<str:tenant_id>", api.database, name="api-database"),
+    path(
+        "api/v1/databases/<str:tenant_id>/password",
+        api.database_password,
+        name="api-database-password",
+    ),
+    path("", views.dashboard, name="dashboard"),
+    path("signup", views.signup, name="signup"),
+    path("login", views.LoginView.as_view(), name="login"),
+    path("logout", views.LogoutView.as_view(), name="logout"),
+    path("databases/new", views.database_create, name="database-create"),
+    path("databases/<int:tenant_id>/created", views.database_created, name="database-created"),
+]

@@ -1,0 +1,203 @@
+"""Fixtures that run the real platform for tests: the host's PgBouncer, a Celery
+worker for the host's queue and Celery beat, as subprocesses of the test session,
+against the test control-plane database and the tests' own data directory.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+
+from dbaas.env import BASE_DIR
+from tenants import host_agent, services
+from tenants.models import Plan
+from unikernel_images.paths import instances_dir
+
+if not str(settings.DATA_DIR).endswith("/test"):
+    raise pytest.UsageError("run the tests with `make test` (it sets DBAAS_DATA_DIR and friends)")
+
+LOGS = settings.DATA_DIR / "log"
+
+
+class Service:
+    """A platform process run for the test session, its output in a log file."""
+
+    def __init__(self, name: str, args: list[str]) -> None:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log_path = LOGS / f"{name}.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            args,
+            cwd=BASE_DIR,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=os.environ | {"PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+
+    def wait_for(self, check, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log_path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} not ready: {self.log_path.read_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def log_contains(self, text: str) -> bool:
+        return text in self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+def _venv_bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def ensure_platform_rows():
+    """Rows that transactional tests flush away: the default plan and this host."""
+    Plan.objects.get_or_create(
+        name="free",
+        defaults={"max_databases": 3, "is_default": True, "connection_limit": 20},
+    )
+    return services.host_register(
+        name=settings.DBAAS_HOST_NAME,
+        public_host=settings.DBAAS_PUBLIC_HOST,
+        pooler_port=settings.DBAAS_PGBOUNCER_PORT,
+    )
+
+
+@pytest.fixture(scope="session")
+def platform(django_db_setup, django_db_blocker):
+    """PgBouncer, a worker and beat for the test host, for the whole session."""
+    with django_db_blocker.unblock():
+        call_command("build_image", verbosity=0)
+        ensure_platform_rows()
+    started: list[Service] = []
+    try:
+        pooler = Service("pooler", [sys.executable, "manage.py", "run_pooler"])
+        started.append(pooler)
+        pooler.wait_for(host_agent.pooler().is_up)
+        worker = Service(
+            "worker",
+            [
+                _venv_bin("celery"),
+                "-A",
+                "dbaas",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "-Q",
+                f"host.{settings.DBAAS_HOST_NAME},control",
+                "--concurrency",
+                "2",
+                "--hostname",
+                f"test-agent-{os.getpid()}@%h",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+        )
+        started.append(worker)
+        worker.wait_for(lambda: worker.log_contains(" ready."))
+        beat = Service(
+            "beat",
+            [
+                _venv_bin("celery"),
+                "-A",
+                "dbaas",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(settings.DATA_DIR / "celerybeat-schedule"),
+            ],
+        )
+        started.append(beat)
+        yield {"pooler": pooler, "worker": worker, "beat": beat}
+    finally:
+        for service in reversed(started):
+            service.stop()
+        _destroy_all_instances()
+
+
+def _destroy_all_instances() -> None:
+    from unikernel_images.runtimes import get_runtime
+
+    root = instances_dir()
+    if not root.exists():
+        return
+    runtime = get_runtime("sandbox", root)
+    for inst in root.iterdir():
+        runtime.destroy(inst.name)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def live(platform, transactional_db):
+    """A test that talks to the real worker: committed rows, the host registered.
+
+    Instances made by the test are destroyed afterwards so that sessions do not
+    accumulate processes.
+    """
+    host = ensure_platform_rows()
+    yield host
+    from tenants.models import Tenant
+
+    for tenant in Tenant.objects.all():
+        host_agent.runtime_for(tenant).destroy(tenant.instance_id)
+
+
+# -- API helpers ---------------------------------------------------------------------
+
+
+class Api:
+    """A JSON client for one account (or none)."""
+
+    def __init__(self, client, token: str | None = None) -> None:
+        self.client = client
+        self.token = token
+
+    def call(self, method: str, path: str, body=None, raw: bytes | None = None):
+        headers = {"HTTP_AUTHORIZATION": f"Bearer {self.token}"} if self.token else {}
+        data = raw if raw is not None else ("" if body is None else json.dumps(body))
+        return self.client.generic(
+            method, f"/api/v1{path}", data=data, content_type="application/json", **headers
+        )
+
+
+def signup(client, email: str, password: str = "correct horse battery staple") -> Api:
+    response = Api(client).call("POST", "/accounts", {"email": email, "password": password})
+    assert response.status_code == 201, response.content
+    return Api(client, response.json()["token"])
+
+
+@pytest.fixture
+def alice(client):
+    return signup(client, "alice@example.com")
+
+
+@pytest.fixture
+def bob(client):
+    return signup(client, "bob@example.com")
+
+
+def connect(url: str, **kwargs) -> psycopg.Connection:
+    return psycopg.connect(url, connect_timeout=10, **kwargs)

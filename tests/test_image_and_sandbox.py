@@ -1,0 +1,139 @@
+"""The postgres-15 image and the sandbox runtime, without the control plane."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.conf import settings
+
+from unikernel_images.image import build_image, load_image
+from unikernel_images.paths import images_dir
+from unikernel_images.runtimes import get_runtime
+from unikernel_images.runtimes.base import InstanceError, InstanceSpec, InstanceState
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def image():
+    user = "dbaas" if os.geteuid() == 0 else None
+    return build_image(images_dir(), "postgres-15", build_user=user, progress=lambda _: None)
+
+
+def test_the_image_is_minimal_and_described_by_its_manifest(image):
+    manifest = json.loads((image.path / "manifest.json").read_text())
+    assert manifest["name"] == "postgres-15"
+    assert manifest["version"].startswith("15.")
+    assert len(manifest["content_hash"]) == 64
+    assert manifest["rootfs_bytes"] > 0 and manifest["template_bytes"] > 0
+    root = image.rootfs
+    assert (root / "usr/lib/postgresql/15/bin/postgres").exists()
+    assert (root / "usr/share/zoneinfo/UTC").exists()
+    # A single-application root: no shell, no other programs, no other zones.
+    assert not (root / "bin/sh").exists() and not (root / "usr/bin/bash").exists()
+    assert sorted(p.name for p in (root / "usr/bin").iterdir()) == ["setpriv"]
+    assert [p.name for p in (root / "usr/share/zoneinfo").iterdir()] == ["UTC"]
+    assert (image.template / "PG_VERSION").read_text().strip() == "15"
+    conf = (image.template / "postgresql.conf").read_text()
+    assert "listen_addresses = ''" in conf
+
+
+def test_building_again_is_a_no_op(image):
+    again = build_image(
+        images_dir(),
+        "postgres-15",
+        build_user="dbaas" if os.geteuid() == 0 else None,
+        progress=lambda _: None,
+    )
+    assert again.path == image.path
+    assert again.manifest["built_at"] == image.manifest["built_at"]
+
+
+def test_a_missing_image_is_a_clear_error(tmp_path):
+    with pytest.raises(Exception, match="build_image"):
+        load_image(tmp_path, "postgres-15")
+
+
+@pytest.fixture
+def sandbox(image, tmp_path_factory):
+    root = settings.DATA_DIR / "sandbox-test"
+    runtime = get_runtime("sandbox", root)
+    spec = InstanceSpec(
+        instance_id=f"s{os.getpid()}",
+        image=image,
+        uid=settings.DBAAS_TENANT_UID_BASE + 900000 if os.geteuid() == 0 else None,
+        socket_group="dbaas" if os.geteuid() == 0 else None,
+    )
+    runtime.destroy(spec.instance_id)
+    yield runtime, spec
+    runtime.destroy(spec.instance_id)
+
+
+def _superuser(runtime, spec) -> psycopg.Connection:
+    return psycopg.connect(
+        host=str(runtime.socket_dir(spec.instance_id)),
+        user="platform",
+        dbname="postgres",
+        autocommit=True,
+    )
+
+
+def test_an_instance_starts_stops_and_is_isolated(sandbox):
+    runtime, spec = sandbox
+    assert runtime.status(spec.instance_id).state is InstanceState.MISSING
+    runtime.create(spec)
+    assert runtime.status(spec.instance_id).state is InstanceState.STOPPED
+    started = time.monotonic()
+    runtime.start(spec)
+    assert time.monotonic() - started < 5
+    status = runtime.status(spec.instance_id)
+    assert status.state is InstanceState.RUNNING
+    runtime.start(spec)  # idempotent
+    assert runtime.status(spec.instance_id).pid == status.pid
+
+    with _superuser(runtime, spec) as conn:
+        assert conn.execute("SHOW data_checksums").fetchone()[0] == "on"
+        assert conn.execute("SHOW lc_collate").fetchone()[0] == "C"
+        assert conn.execute("SHOW listen_addresses").fetchone()[0] == ""
+    pid = status.pid
+    proc = Path(f"/proc/{pid}")
+    for ns in ("pid", "net", "mnt", "ipc", "uts"):
+        assert os.readlink(proc / "ns" / ns) != os.readlink(f"/proc/self/ns/{ns}"), ns
+    if os.geteuid() == 0:
+        assert proc.stat().st_uid == spec.uid
+        caps = [
+            line
+            for line in (proc / "status").read_text().splitlines()
+            if line.startswith(("CapEff", "CapBnd"))
+        ]
+        assert all(line.split()[1] == "0000000000000000" for line in caps), caps
+    # No TCP listener: its network namespace has no socket at all besides loopback.
+    tcp = (proc / "net" / "tcp").read_text().splitlines()[1:]
+    tcp6 = (proc / "net" / "tcp6").read_text().splitlines()[1:]
+    assert tcp == [] and tcp6 == []
+    # The root is read-only and only /data is writable.
+    mounts = (proc / "mounts").read_text().splitlines()
+    root_mount = next(m for m in mounts if m.split()[1] == "/")
+    assert "ro" in root_mount.split()[3].split(",")
+
+    runtime.stop(spec.instance_id)
+    assert runtime.status(spec.instance_id).state is InstanceState.STOPPED
+    assert not proc.exists() or "Z" in (proc / "stat").read_text().split(")")[1][:3]
+    runtime.start(spec)
+    assert runtime.status(spec.instance_id).state is InstanceState.RUNNING
+    runtime.destroy(spec.instance_id)
+    assert runtime.status(spec.instance_id).state is InstanceState.MISSING
+    assert not runtime.instance_dir(spec.instance_id).exists()
+
+
+def test_a_start_failure_says_why(sandbox):
+    runtime, spec = sandbox
+    runtime.create(spec)
+    conf = runtime.data_dir(spec.instance_id) / "instance.conf"
+    conf.write_text("max_connections = 'lots'\n")
+    with pytest.raises(InstanceError, match="max_connections"):
+        runtime.start(spec)
+    assert runtime.status(spec.instance_id).state is InstanceState.STOPPED

@@ -1,0 +1,45 @@
+"""Crash-only: the reconcile task brings a killed instance back within one interval."""
+
+import os
+import signal
+import time
+
+import pytest
+from django.conf import settings
+
+from tenants import host_agent
+from tenants.models import Event, Tenant
+from tests.conftest import connect
+from tests.test_api_databases import create
+from unikernel_images.runtimes.base import InstanceState
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_a_killed_instance_is_restarted_with_its_data(live, alice):
+    db = create(alice, "phoenix")
+    with connect(db["connection_string"]) as conn:
+        conn.execute("CREATE TABLE kept (v text)")
+        conn.execute("INSERT INTO kept VALUES ('committed before the crash')")
+        conn.commit()
+    tenant = Tenant.objects.get(pk=db["id"])
+    runtime = host_agent.runtime_for(tenant)
+    status = runtime.status(tenant.instance_id)
+    assert status.state is InstanceState.RUNNING and status.pid
+
+    os.kill(status.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    deadline = killed_at + settings.DBAAS_RECONCILE_INTERVAL * 2 + 5
+    while time.monotonic() < deadline:
+        now = runtime.status(tenant.instance_id)
+        if now.state is InstanceState.RUNNING and now.pid not in (None, status.pid):
+            break
+        time.sleep(0.02)
+    healed_after = time.monotonic() - killed_at
+    now = runtime.status(tenant.instance_id)
+    assert now.state is InstanceState.RUNNING and now.pid != status.pid, "not restarted"
+    # One beat interval, plus the time a reconcile cycle and a start take.
+    assert healed_after < settings.DBAAS_RECONCILE_INTERVAL + 3, healed_after
+    assert Event.objects.filter(tenant=tenant, action="restart", actor="reconcile").exists()
+    with connect(db["connection_string"]) as conn:
+        assert conn.execute("SELECT v FROM kept").fetchall() == [("committed before the crash",)]

@@ -1,0 +1,85 @@
+"""What a tenant's credentials can and cannot do (issue: tenant safety)."""
+
+import psycopg
+import pytest
+
+from tests.conftest import connect
+from tests.test_api_databases import create
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def db(live, alice):
+    return create(alice, "safe")
+
+
+def _refused(conn, statement: str) -> str:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+        conn.execute(statement)
+    return str(info.value)
+
+
+def test_the_tenant_owns_its_database_but_is_no_superuser(db):
+    with connect(db["connection_string"]) as conn:
+        row = conn.execute(
+            "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls "
+            "FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+        assert row == (False, False, False, False, False)
+        owner = conn.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
+        ).fetchone()[0]
+        assert owner == db["user"]
+        conn.execute("CREATE SCHEMA app")
+        conn.execute("CREATE EXTENSION pgcrypto")  # trusted extensions are allowed
+        assert conn.execute("SELECT length(gen_random_uuid()::text)").fetchone()[0] == 36
+
+
+def test_the_tenant_cannot_escape_to_the_server(db):
+    # Autocommit: ALTER SYSTEM and CREATE DATABASE refuse a transaction block
+    # before they check privileges.
+    with connect(db["connection_string"], autocommit=True) as conn:
+        _refused(conn, "CREATE ROLE intruder")
+        _refused(conn, "CREATE ROLE intruder SUPERUSER")
+        _refused(conn, "ALTER SYSTEM SET shared_buffers = '1GB'")
+        _refused(conn, "COPY (SELECT 1) TO PROGRAM 'id'")
+        conn.execute("CREATE TEMP TABLE t (x text)")
+        _refused(conn, "COPY t FROM PROGRAM 'cat /etc/passwd'")
+        _refused(conn, "SELECT pg_read_file('/etc/passwd')")
+        _refused(conn, "SELECT pg_ls_dir('.')")
+        _refused(conn, "COPY (SELECT 1) TO '/data/out'")
+        _refused(conn, "CREATE DATABASE another")
+        _refused(conn, "ALTER ROLE CURRENT_USER SUPERUSER")
+
+
+def test_wrong_passwords_are_refused_by_the_pooler(db):
+    bad = db["connection_string"].replace(db["password"], "not-the-password")
+    with pytest.raises(psycopg.OperationalError, match="authentication failed"):
+        connect(bad)
+
+
+def test_plaintext_connections_are_refused(db):
+    plain = db["connection_string"].replace("sslmode=require", "sslmode=disable")
+    with pytest.raises(psycopg.OperationalError):
+        connect(plain)
+
+
+def test_one_tenants_credentials_do_not_open_another(live, alice, bob):
+    mine = create(alice, "mine")
+    theirs = create(bob, "theirs")
+    # alice's valid login, aimed at bob's database through the same pooler.
+    crossed = mine["connection_string"].replace(f"/{mine['database']}?", f"/{theirs['database']}?")
+    with pytest.raises(psycopg.OperationalError):
+        connect(crossed)
+    # ... and at the maintenance databases of her own instance.
+    for other in ("postgres", "template1", "pgbouncer"):
+        url = mine["connection_string"].replace(f"/{mine['database']}?", f"/{other}?")
+        with pytest.raises(psycopg.OperationalError):
+            connect(url)
+    # The platform's own superuser cannot log in through the pooler.
+    platform = mine["connection_string"].replace(f"//{mine['user']}:", "//platform:")
+    with pytest.raises(psycopg.OperationalError):
+        connect(platform)
+    with connect(theirs["connection_string"]) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == theirs["user"]

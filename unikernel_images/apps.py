@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class UnikernelImagesConfig(AppConfig):
+    name = "unikernel_images"
+    verbose_name = "Images and runtimes"

@@ -1,0 +1,66 @@
+"""SQL the platform runs on an instance as its superuser, over the instance's socket."""
+
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from unikernel_images.image import SUPERUSER, TENANT_DATABASE
+
+
+def connect(socket_dir: Path, dbname: str = "postgres") -> psycopg.Connection:
+    return psycopg.connect(
+        host=str(socket_dir),
+        port=5432,
+        user=SUPERUSER,
+        dbname=dbname,
+        autocommit=True,
+        connect_timeout=10,
+    )
+
+
+def bootstrap_owner(
+    socket_dir: Path, *, role: str, database: str, secret: str, connection_limit: int
+) -> None:
+    """Create the tenant's owner role and hand it the image's pre-made database.
+
+    The role is an ordinary one: no superuser, no CREATEROLE/CREATEDB, no
+    membership of pg_read_server_files or pg_execute_server_program.
+    """
+    with connect(socket_dir) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone()
+        conn.execute(
+            sql.SQL(
+                "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                "NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {}"
+            ).format(sql.Identifier(role), sql.Literal(connection_limit), sql.Literal(secret))
+        )
+        if not exists:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(TENANT_DATABASE), sql.Identifier(database)
+                )
+            )
+        # PG 15: the public schema belongs to pg_database_owner, i.e. to this role.
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                sql.Identifier(database), sql.Identifier(role)
+            )
+        )
+
+
+def set_role_secret(socket_dir: Path, *, role: str, secret: str) -> None:
+    with connect(socket_dir) as conn:
+        conn.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(secret))
+        )
+
+
+def role_secret(socket_dir: Path, *, role: str) -> str | None:
+    with connect(socket_dir) as conn:
+        row = conn.execute(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)
+        ).fetchone()
+    return row[0] if row else None

@@ -1,0 +1,15 @@
+"""Instance runtimes, one module each, behind the interface in `base`."""
+
+from pathlib import Path
+
+from unikernel_images.runtimes.base import Runtime
+from unikernel_images.runtimes.sandbox import SandboxRuntime
+
+RUNTIMES: dict[str, type[Runtime]] = {SandboxRuntime.kind: SandboxRuntime}
+
+
+def get_runtime(kind: str, instances_dir: Path) -> Runtime:
+    try:
+        return RUNTIMES[kind](instances_dir)
+    except KeyError:
+        raise ValueError(f"unknown runtime {kind!r}; known: {', '.join(RUNTIMES)}") from None

@@ -1,0 +1,111 @@
+"""The runtime interface: how an instance of an image is created, started, stopped,
+inspected and destroyed on this host. Plain values in, plain values out.
+"""
+
+import enum
+import os
+import shutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dbaas.files import render_template, write_atomic
+from unikernel_images.image import PACKAGE_DIR, SUPERUSER, Image
+
+
+class InstanceError(Exception):
+    """An instance could not be created, started or stopped; the message says why."""
+
+
+class InstanceState(enum.StrEnum):
+    RUNNING = "running"  # accepting queries
+    STARTING = "starting"  # a process exists, not accepting queries yet
+    STOPPING = "stopping"  # a process exists, shutting down
+    STOPPED = "stopped"  # data present, no process
+    MISSING = "missing"  # no data at all
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    instance_id: str
+    image: Image
+    # Run the instance as this uid (the platform runs as root), else as ourselves.
+    uid: int | None
+    # The group allowed into the socket directory: the pooler's account.
+    socket_group: str | None
+    max_connections: int = 20
+    # (database, role) pairs allowed to log in with SCRAM.
+    logins: tuple[tuple[str, str], ...] = ()
+    extra_settings: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    state: InstanceState
+    pid: int | None = None
+
+
+class Runtime(ABC):
+    kind: str
+
+    def __init__(self, instances_dir: Path) -> None:
+        self.instances_dir = instances_dir
+
+    def instance_dir(self, instance_id: str) -> Path:
+        return self.instances_dir / instance_id
+
+    def socket_dir(self, instance_id: str) -> Path:
+        """The directory holding the instance's `.s.PGSQL.5432`, for the pooler."""
+        return self.instance_dir(instance_id) / "run"
+
+    def log_file(self, instance_id: str) -> Path:
+        return self.instance_dir(instance_id) / "postgres.log"
+
+    @abstractmethod
+    def create(self, spec: InstanceSpec) -> None:
+        """Materialise the instance's data from the image's template (no initdb)."""
+
+    @abstractmethod
+    def configure(self, spec: InstanceSpec) -> None:
+        """Write the instance's settings and logins; a running instance rereads them."""
+
+    @abstractmethod
+    def start(self, spec: InstanceSpec, timeout: float = 30) -> None:
+        """Start and return once the instance accepts queries."""
+
+    @abstractmethod
+    def stop(self, instance_id: str, timeout: float = 30) -> None:
+        """Clean fast shutdown; no process is left afterwards."""
+
+    @abstractmethod
+    def status(self, instance_id: str) -> InstanceStatus: ...
+
+    def destroy(self, instance_id: str) -> None:
+        """Stop and remove everything the instance had on this host."""
+        self.stop(instance_id)
+        shutil.rmtree(self.instance_dir(instance_id), ignore_errors=True)
+
+
+def render_postgres_config(runtime: str, spec: InstanceSpec, data_dir: Path) -> bool:
+    """Render instance.conf and pg_hba.conf into `data_dir`; True if anything changed."""
+    context = {"runtime": runtime, "instance_id": spec.instance_id, "superuser": SUPERUSER}
+    files = {
+        "instance.conf": render_template(
+            PACKAGE_DIR,
+            "instance.conf.j2",
+            max_connections=spec.max_connections,
+            extra_settings=spec.extra_settings,
+            **context,
+        ),
+        "pg_hba.conf": render_template(
+            PACKAGE_DIR, "pg_hba.conf.j2", logins=spec.logins, **context
+        ),
+    }
+    changed = False
+    for name, text in files.items():
+        path = data_dir / name
+        if write_atomic(path, text, mode=0o600):
+            changed = True
+            if spec.uid is not None:
+                os.chown(path, spec.uid, spec.uid)
+    return changed

@@ -1,0 +1,343 @@
+"""The sandbox runtime: each instance's postgres runs under bubblewrap in its own pid,
+ipc, uts, net, cgroup and mount namespaces, with the image as a read-only root.
+
+Inside the sandbox the only writable paths are /data (the instance's data directory)
+and /run/postgresql (its socket directory, which the host's pooler reaches); there is
+no network at all. As root, bubblewrap builds the namespaces and `setpriv` then drops
+to the instance's own uid with no capabilities; as an ordinary user, bubblewrap uses
+an unprivileged user namespace instead.
+
+Whether an instance runs is decided by a lock, not by pids: the launcher takes an
+exclusive flock on `instance.lock` and hands the descriptor to the sandbox, so the
+lock is held exactly as long as any process of the instance lives.
+"""
+
+import fcntl
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from unikernel_images.runtimes.base import (
+    InstanceError,
+    InstanceSpec,
+    InstanceState,
+    InstanceStatus,
+    Runtime,
+    render_postgres_config,
+)
+
+POLL = 0.003  # seconds between readiness checks; start-up takes ~30 ms
+
+
+class SandboxRuntime(Runtime):
+    kind = "sandbox"
+
+    def data_dir(self, instance_id: str) -> Path:
+        return self.instance_dir(instance_id) / "data"
+
+    def _lock_file(self, instance_id: str) -> Path:
+        return self.instance_dir(instance_id) / "instance.lock"
+
+    def _pid_file(self, instance_id: str) -> Path:
+        return self.instance_dir(instance_id) / "instance.json"
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def create(self, spec: InstanceSpec) -> None:
+        inst = self.instance_dir(spec.instance_id)
+        data = self.data_dir(spec.instance_id)
+        if data.exists():
+            raise InstanceError(f"instance {spec.instance_id} already has data in {data}")
+        inst.mkdir(parents=True, exist_ok=True)
+        os.chmod(inst, 0o711)
+        # Copy next to the final place, then rename: a crash never leaves a
+        # half-copied data directory that looks complete.
+        staging = inst / "data.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        _run(["cp", "-a", "--reflink=auto", str(spec.image.template), str(staging)])
+        render_postgres_config(self.kind, spec, staging)
+        if spec.uid is not None:
+            _run(["chown", "-R", f"{spec.uid}:{spec.uid}", str(staging)])
+        os.chmod(staging, 0o700)
+        _run(["sync", "-f", str(staging)])
+        staging.rename(data)
+        self._make_socket_dir(spec)
+
+    def _make_socket_dir(self, spec: InstanceSpec) -> None:
+        sockets = self.socket_dir(spec.instance_id)
+        sockets.mkdir(exist_ok=True)
+        if spec.uid is not None:
+            gid = _group_id(spec.socket_group) if spec.socket_group else spec.uid
+            os.chown(sockets, spec.uid, gid)
+        # Only the instance (owner) and the pooler's group may enter.
+        os.chmod(sockets, 0o750)
+
+    def configure(self, spec: InstanceSpec) -> None:
+        data = self.data_dir(spec.instance_id)
+        if not data.exists():
+            raise InstanceError(f"instance {spec.instance_id} has no data directory")
+        if render_postgres_config(self.kind, spec, data):
+            status = self.status(spec.instance_id)
+            if status.state is InstanceState.RUNNING and status.pid:
+                os.kill(status.pid, signal.SIGHUP)
+
+    def start(self, spec: InstanceSpec, timeout: float = 30) -> None:
+        iid = spec.instance_id
+        data = self.data_dir(iid)
+        if not (data / "PG_VERSION").exists():
+            raise InstanceError(f"instance {iid} has no data directory; create it first")
+        lock_fd = os.open(self._lock_file(iid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # already running: starting is idempotent
+            self._make_socket_dir(spec)
+            # The lock proves no postmaster of ours is alive, so a postmaster.pid
+            # left by a killed one is stale; postgres cannot tell across pid
+            # namespaces (it sees its own pid 1 in the file). Our own record of
+            # the old pid goes too, so nobody signals a recycled pid.
+            (data / "postmaster.pid").unlink(missing_ok=True)
+            self._pid_file(iid).unlink(missing_ok=True)
+            pid = self._launch(spec, lock_fd)
+        finally:
+            os.close(lock_fd)
+        self._pid_file(iid).write_text(json.dumps({"pid": pid, "started": time.time()}))
+        self._wait_ready(iid, pid, timeout)
+
+    def _launch(self, spec: InstanceSpec, lock_fd: int) -> int:
+        info_r, info_w = os.pipe()
+        log = open(self.log_file(spec.instance_id), "ab")  # noqa: SIM115 - handed to the child
+        try:
+            os.set_inheritable(lock_fd, True)
+            # `setsid -f` detaches the sandbox from the caller: a worker that
+            # dies or restarts does not take the tenant's postgres with it.
+            launcher = subprocess.Popen(
+                ["setsid", "-f", *self._bwrap_args(spec, info_w), *self._command(spec)],
+                pass_fds=(info_w, lock_fd),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd="/",
+                env={"PATH": "/usr/bin:/bin"},
+            )
+            os.close(info_w)
+            info_w = -1
+            launcher.wait(timeout=10)
+            return _read_child_pid(info_r, timeout=10, log=self.log_file(spec.instance_id))
+        finally:
+            log.close()
+            os.close(info_r)
+            if info_w != -1:
+                os.close(info_w)
+
+    def _bwrap_args(self, spec: InstanceSpec, info_fd: int) -> list[str]:
+        iid = spec.instance_id
+        if os.geteuid() == 0:
+            # Root builds the namespaces itself; setpriv drops privileges inside.
+            namespaces = [
+                "--unshare-pid",
+                "--unshare-net",
+                "--unshare-ipc",
+                "--unshare-uts",
+                "--unshare-cgroup-try",
+            ]
+        else:
+            namespaces = ["--unshare-all"]  # includes an unprivileged user namespace
+        return [
+            "bwrap",
+            *namespaces,
+            "--as-pid-1",
+            "--new-session",
+            "--hostname",
+            iid[:63],
+            "--ro-bind",
+            str(spec.image.rootfs),
+            "/",
+            "--bind",
+            str(self.data_dir(iid)),
+            "/data",
+            "--bind",
+            str(self.socket_dir(iid)),
+            "/run/postgresql",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--perms",
+            "1777",
+            "--tmpfs",
+            "/tmp",
+            "--perms",
+            "1777",
+            "--tmpfs",
+            "/dev/shm",
+            "--clearenv",
+            "--setenv",
+            "TZ",
+            "UTC",
+            "--setenv",
+            "LANG",
+            "C",
+            "--chdir",
+            "/",
+            "--info-fd",
+            str(info_fd),
+        ]
+
+    def _command(self, spec: InstanceSpec) -> list[str]:
+        postgres = [spec.image.postgres, "-D", "/data"]
+        if os.geteuid() != 0 or spec.uid is None:
+            return postgres
+        uid = str(spec.uid)
+        return [
+            "/usr/bin/setpriv",
+            "--reuid",
+            uid,
+            "--regid",
+            uid,
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+            *postgres,
+        ]
+
+    def _wait_ready(self, iid: str, pid: int, timeout: float) -> None:
+        """Return once postmaster.pid says `ready`: never expose a starting instance."""
+        pidfile = self.data_dir(iid) / "postmaster.pid"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                lines = pidfile.read_text().splitlines()
+                if len(lines) >= 8 and lines[7].strip() == "ready":
+                    return
+            except FileNotFoundError:
+                pass
+            if not _alive(pid):
+                raise InstanceError(f"postgres exited during start-up: {self._log_tail(iid)}")
+            if time.monotonic() > deadline:
+                self.stop(iid)
+                raise InstanceError(
+                    f"postgres not ready after {timeout:.0f} s: {self._log_tail(iid)}"
+                )
+            time.sleep(POLL)
+
+    def stop(self, instance_id: str, timeout: float = 30) -> None:
+        status = self.status(instance_id)
+        if status.state in (InstanceState.STOPPED, InstanceState.MISSING):
+            return
+        if status.pid is None:
+            raise InstanceError(f"instance {instance_id} is running but its pid is unknown")
+        # SIGINT = fast shutdown: roll back sessions, checkpoint, exit cleanly.
+        # Then immediate shutdown, then SIGKILL, each only if the last failed.
+        deadline = time.monotonic() + timeout
+        for sig, share in ((signal.SIGINT, 0.8), (signal.SIGQUIT, 0.15), (signal.SIGKILL, 0.05)):
+            try:
+                os.kill(status.pid, sig)
+            except ProcessLookupError:
+                break
+            if self._wait_stopped(instance_id, time.monotonic() + timeout * share):
+                break
+            if time.monotonic() > deadline:
+                break
+        if self._lock_held(instance_id):
+            raise InstanceError(f"instance {instance_id} did not stop")
+        self._pid_file(instance_id).unlink(missing_ok=True)
+
+    def _wait_stopped(self, instance_id: str, until: float) -> bool:
+        while time.monotonic() < until:
+            if not self._lock_held(instance_id):
+                return True
+            time.sleep(POLL)
+        return not self._lock_held(instance_id)
+
+    def status(self, instance_id: str) -> InstanceStatus:
+        if not (self.data_dir(instance_id) / "PG_VERSION").exists():
+            return InstanceStatus(InstanceState.MISSING)
+        if not self._lock_held(instance_id):
+            return InstanceStatus(InstanceState.STOPPED)
+        try:
+            pid = json.loads(self._pid_file(instance_id).read_text())["pid"]
+        except (FileNotFoundError, ValueError, KeyError):
+            pid = None  # the starter has not recorded it yet
+        if pid is not None and not _alive(pid):
+            pid = None
+        # The lock is held, so postmaster.pid is this instance's (start removes
+        # a stale one before launching): its status line says how far it got.
+        try:
+            lines = (self.data_dir(instance_id) / "postmaster.pid").read_text().splitlines()
+            phase = lines[7].strip() if len(lines) >= 8 else "starting"
+        except FileNotFoundError:
+            phase = "starting"
+        state = {"ready": InstanceState.RUNNING, "stopping": InstanceState.STOPPING}.get(
+            phase, InstanceState.STARTING
+        )
+        return InstanceStatus(state, pid=pid)
+
+    def _lock_held(self, instance_id: str) -> bool:
+        try:
+            fd = os.open(self._lock_file(instance_id), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing releases a lock we may just have taken
+        return False
+
+    def _log_tail(self, instance_id: str, lines: int = 5) -> str:
+        try:
+            text = self.log_file(instance_id).read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return " | ".join(text.strip().splitlines()[-lines:])
+
+
+def _read_child_pid(fd: int, timeout: float, log: Path) -> int:
+    """bubblewrap writes {"child-pid": N} to its info fd once the sandbox exists."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+        try:
+            return int(json.loads(buf)["child-pid"])
+        except (ValueError, KeyError):
+            continue
+    tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
+    raise InstanceError(f"bubblewrap did not start the sandbox: {tail.strip()}")
+
+
+def _alive(pid: int) -> bool:
+    """True for a live process; a zombie (exited, not yet reaped) counts as dead."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _group_id(name: str) -> int:
+    import grp
+
+    return grp.getgrnam(name).gr_gid
+
+
+def _run(args: list[str], timeout: float = 60) -> None:
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise InstanceError(f"{args[0]} failed: {proc.stderr.strip()[-1000:]}")
