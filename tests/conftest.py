@@ -161,6 +161,12 @@ def live(platform, transactional_db):
     yield host
     from tenants.models import Tenant
 
+    # Let work the test started (a delete, say) finish before the database is
+    # flushed: a TRUNCATE racing a worker's transaction can deadlock.
+    busy = (Tenant.State.PROVISIONING, Tenant.State.DELETING)
+    deadline = time.monotonic() + 60
+    while Tenant.objects.filter(state__in=busy).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     for tenant in Tenant.objects.all():
         host_agent.runtime_for(tenant).destroy(tenant.instance_id)
 

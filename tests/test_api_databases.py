@@ -166,10 +166,7 @@ def test_it_deletes_everything(live, alice):
     response = alice.call("DELETE", f"/databases/{db['id']}")
     assert response.status_code == 202
     assert response.json()["state"] == "deleting"
-    deadline = time.monotonic() + 30
-    while Tenant.objects.get(pk=db["id"]).state != "deleted" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert Tenant.objects.get(pk=db["id"]).state == "deleted"
+    wait_for_state(db["id"], "deleted")
     assert not runtime.instance_dir(tenant.instance_id).exists()
     assert db["database"] not in host_agent.pooler().database_names()
     assert db["user"] not in host_agent.pooler().auth_file.read_text()
@@ -202,6 +199,14 @@ def test_a_failed_provisioning_leaves_nothing_behind(live, alice):
     got = alice.call("GET", f"/databases/{tenant.pk}").json()
     assert got["state"] == "failed" and got["state_reason"]
     assert alice.call("DELETE", f"/databases/{tenant.pk}").status_code == 202
+    wait_for_state(tenant.pk, "deleted")
+
+
+def wait_for_state(tenant_id: int, state: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while Tenant.objects.get(pk=tenant_id).state != state and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert Tenant.objects.get(pk=tenant_id).state == state
 
 
 def _processes_of_uid(uid: int) -> list[int]:
