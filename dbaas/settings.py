@@ -143,6 +143,8 @@ DBAAS_PROVISION_WAIT = env_int("DBAAS_PROVISION_WAIT", 30)
 DBAAS_TENANT_UID_BASE = env_int("DBAAS_TENANT_UID_BASE", 200000)
 DBAAS_IMAGE = env_str("DBAAS_IMAGE", "postgres-15")
 DBAAS_RUNTIME = env_str("DBAAS_RUNTIME", "sandbox")
+# Template copies each host keeps ready, so that provisioning is a rename.
+DBAAS_SPARE_INSTANCES = env_int("DBAAS_SPARE_INSTANCES", 2)
 
 CELERY_BEAT_SCHEDULE = {
     "reconcile-all-hosts": {

@@ -80,6 +80,14 @@ def instance_provision(tenant: Tenant) -> None:
     pooler_sync(tenant.host)
 
 
+def spares_refill(runtime_kind: str) -> int:
+    """Keep DBAAS_SPARE_INSTANCES template copies ready so provisioning skips the copy."""
+    runtime = get_runtime(runtime_kind, instances_dir())
+    return runtime.prepare_spares(
+        load_image(images_dir(), settings.DBAAS_IMAGE), settings.DBAAS_SPARE_INSTANCES
+    )
+
+
 def instance_destroy(tenant: Tenant) -> None:
     """Remove the tenant from the pooler first, then its instance and data.
 

@@ -49,6 +49,8 @@ def provision_tenant(tenant_id: int) -> str:
         tenant=tenant, from_states=[State.PROVISIONING], to_state=State.RUNNING, actor=WORKER,
         action="provision", duration_ms=_ms(started), last_active_at=timezone.now(),
     )  # fmt: skip
+    # After the answer, off the request's path: replace the spare just used.
+    host_agent.spares_refill(tenant.runtime)
     return "running"
 
 
@@ -146,6 +148,12 @@ def reconcile_host(host_name: str) -> dict[str, int]:
     except Exception:
         log.exception("pooler sync on %s failed", host)
         actions["pooler_error"] = 1
+    try:
+        if made := host_agent.spares_refill(settings.DBAAS_RUNTIME):
+            actions["spares_made"] = made
+    except Exception:
+        log.exception("preparing spare instances on %s failed", host)
+        actions["spares_error"] = 1
     if actions:
         log.info("reconcile %s: %s", host_name, actions)
     return actions

@@ -80,6 +80,11 @@ class Runtime(ABC):
     @abstractmethod
     def status(self, instance_id: str) -> InstanceStatus: ...
 
+    def prepare_spares(self, image: Image, count: int) -> int:
+        """Make work for `create` ahead of time, up to `count` instances; return how many
+        were made. Runtimes with nothing to prepare keep this default."""
+        return 0
+
     def destroy(self, instance_id: str) -> None:
         """Stop and remove everything the instance had on this host."""
         self.stop(instance_id)

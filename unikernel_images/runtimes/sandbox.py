@@ -22,6 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from unikernel_images.image import Image
 from unikernel_images.runtimes.base import (
     InstanceError,
     InstanceSpec,
@@ -55,18 +56,62 @@ class SandboxRuntime(Runtime):
             raise InstanceError(f"instance {spec.instance_id} already has data in {data}")
         inst.mkdir(parents=True, exist_ok=True)
         os.chmod(inst, 0o711)
-        # Copy next to the final place, then rename: a crash never leaves a
-        # half-copied data directory that looks complete.
+        # Prepare next to the final place, then rename: a crash never leaves a
+        # half-made data directory that looks complete.
         staging = inst / "data.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        _run(["cp", "-a", "--reflink=auto", str(spec.image.template), str(staging)])
+        if not self._claim_spare(spec, staging):
+            _copy_template(spec.image.template, staging)
         render_postgres_config(self.kind, spec, staging)
         if spec.uid is not None:
             _run(["chown", "-R", f"{spec.uid}:{spec.uid}", str(staging)])
-        os.chmod(staging, 0o700)
-        _run(["sync", "-f", str(staging)])
         staging.rename(data)
+        _run(["sync", "-f", str(data)])
         self._make_socket_dir(spec)
+
+    # -- spares: template copies made ahead of time ---------------------------------
+    # Copying the ~40 MB template and syncing it is most of a provisioning's time,
+    # so the host keeps a few copies ready; a claim is a rename.
+
+    def _spares_dir(self, image: Image) -> Path:
+        return self.instances_dir / ".spares" / image.manifest["content_hash"][:12]
+
+    def _claim_spare(self, spec: InstanceSpec, dest: Path) -> bool:
+        spares = self._spares_dir(spec.image)
+        for candidate in sorted(spares.glob("ready-*")) if spares.exists() else []:
+            try:
+                candidate.rename(dest)  # atomic: two claimers cannot get the same one
+            except FileNotFoundError:
+                continue
+            return True
+        return False
+
+    def prepare_spares(self, image: Image, count: int) -> int:
+        spares = self._spares_dir(image)
+        spares.mkdir(parents=True, exist_ok=True)
+        os.chmod(spares, 0o700)
+        lock_fd = os.open(spares / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        made = 0
+        try:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # another worker process is refilling
+            for leftover in spares.glob("partial-*"):  # from a worker that died copying
+                shutil.rmtree(leftover, ignore_errors=True)
+            while len(list(spares.glob("ready-*"))) < count:
+                staging = spares / f"partial-{time.time_ns()}"
+                _copy_template(image.template, staging)
+                _run(["sync", "-f", str(staging)])
+                staging.rename(spares / f"ready-{time.time_ns()}")
+                made += 1
+        finally:
+            os.close(lock_fd)
+        # Spares of older images are never claimed again.
+        for old in spares.parent.iterdir():
+            if old != spares:
+                shutil.rmtree(old, ignore_errors=True)
+        return made
 
     def _make_socket_dir(self, spec: InstanceSpec) -> None:
         sockets = self.socket_dir(spec.instance_id)
@@ -320,6 +365,11 @@ def _read_child_pid(fd: int, timeout: float, log: Path) -> int:
             continue
     tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
     raise InstanceError(f"bubblewrap did not start the sandbox: {tail.strip()}")
+
+
+def _copy_template(template: Path, dest: Path) -> None:
+    _run(["cp", "-a", "--reflink=auto", str(template), str(dest)])
+    os.chmod(dest, 0o700)
 
 
 def _alive(pid: int) -> bool:

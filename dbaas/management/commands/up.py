@@ -6,6 +6,7 @@ agent (Celery worker), Celery beat and PgBouncer under honcho. Ctrl-C stops all 
 tenant instances included; the next `up` brings the same tenants back.
 """
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from dbaas import localservices
 from dbaas.env import BASE_DIR, env_int, env_str
@@ -24,8 +25,17 @@ class Command(BaseCommand):
     help = "Run the whole platform in the foreground (Ctrl-C stops it)."
 
     def handle(self, *args, **options):
-        services = localservices.managed_services()
-        for service in services:
+        settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+        lock = open(settings.DATA_DIR / "up.lock", "w")  # noqa: SIM115 - held until exit
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CommandError(
+                f"the platform is already running from {settings.DATA_DIR} (another `make run`)"
+            ) from None
+        # Stop at exit only what this command started.
+        started = [s for s in localservices.managed_services() if not s.is_running()]
+        for service in localservices.managed_services():
             service.start()
         try:
             self._prepare()
@@ -34,8 +44,9 @@ class Command(BaseCommand):
         finally:
             self.stdout.write("up: stopping tenant instances and local services")
             self._stop_instances()
-            for service in reversed(services):
+            for service in reversed(started):
                 service.stop()
+            lock.close()
 
     def _prepare(self) -> None:
         call_command("migrate", interactive=False, verbosity=0)
@@ -86,13 +97,25 @@ class Command(BaseCommand):
             cwd=BASE_DIR,
             env=env,
         )
-        # Ctrl-C reaches honcho too (same process group); wait for it to stop its
-        # children before we stop what they depend on.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+        # Ctrl-C from a terminal reaches honcho too (same process group); a signal
+        # sent to this process alone is passed on. Either way honcho stops its
+        # children, and we wait for that before stopping what they depend on.
+        def forward(signum, frame):
+            if honcho.poll() is None:
+                honcho.send_signal(signal.SIGTERM)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            honcho.wait()
+            while True:
+                try:
+                    honcho.wait()
+                    break
+                except InterruptedError:
+                    continue
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _stop_instances(self) -> None:
         from tenants import host_agent
