@@ -12,6 +12,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from dbaas.celery import host_queue
 from tenants import host_agent
 from tenants.models import Host, Tenant
 from tenants.services import event_record, tenant_transition
@@ -114,7 +115,7 @@ def reconcile_all_hosts() -> int:
     """Beat: ask every host's agent to reconcile itself."""
     hosts = list(Host.objects.values_list("name", flat=True))
     for name in hosts:
-        reconcile_host.apply_async((name,), queue=Host(name=name).queue, expires=60)
+        reconcile_host.apply_async((name,), queue=host_queue(name), expires=60)
     return len(hosts)
 
 

@@ -12,7 +12,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from tenants import selectors, services
-from tenants.errors import ServiceError
+from tenants.errors import NotFound, ServiceError
 from tenants.models import Tenant
 
 
@@ -92,7 +92,10 @@ def database_create(request: HttpRequest) -> HttpResponse:
 @login_required
 def database_created(request: HttpRequest, tenant_id: int) -> HttpResponse:
     account = getattr(request.user, "account", None)
-    tenant = selectors.tenant_get(account=account, tenant_id=tenant_id) if account else None
+    try:
+        tenant = selectors.tenant_get(account=account, tenant_id=tenant_id) if account else None
+    except NotFound:
+        tenant = None
     url = request.session.pop(f"created-{tenant_id}", None)
     if tenant is None or url is None:
         messages.info(

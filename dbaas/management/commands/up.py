@@ -53,12 +53,16 @@ class Command(BaseCommand):
         call_command("collectstatic", interactive=False, verbosity=0)
         call_command("build_image")
         from tenants import services
+        from tenants.tasks import reconcile_host
 
-        services.host_register(
+        host = services.host_register(
             name=settings.DBAAS_HOST_NAME,
             public_host=settings.DBAAS_PUBLIC_HOST,
             pooler_port=settings.DBAAS_PGBOUNCER_PORT,
         )
+        # The tenants stopped by the last Ctrl-C come back as soon as the host
+        # agent is up, not one reconcile interval later.
+        reconcile_host.apply_async((host.name,), queue=host.queue, expires=300)
 
     def _banner(self) -> None:
         url = f"http://{self._web_bind()}:{self._web_port()}/"
