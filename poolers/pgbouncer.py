@@ -27,10 +27,12 @@ class PoolerError(Exception):
 
 @dataclass(frozen=True)
 class DatabaseEntry:
-    name: str  # what clients put in the connection string; also the server's db name
-    socket_dir: Path
+    name: str  # what clients put in the connection string
+    dbname: str  # the database on the server
+    socket_dir: Path  # where the server's socket is (a route link, see routes.py)
     pool_size: int
     max_connections: int
+    pool_mode: str | None = None  # None: the default (session)
 
 
 @dataclass(frozen=True)
@@ -217,3 +219,21 @@ class PgBouncer:
 
     def database_names(self) -> set[str]:
         return {row["name"] for row in self.admin("SHOW DATABASES")} - {"pgbouncer"}
+
+    def reconnect(self, database: str) -> None:
+        """Close the database's server connections as they are released, so new
+        ones follow the current route."""
+        self.admin(f"RECONNECT {_ident(database)}")
+
+    def pools(self) -> dict[str, dict]:
+        """SHOW POOLS by database (one user per database here)."""
+        return {row["database"]: row for row in self.admin("SHOW POOLS")}
+
+    def stats(self) -> dict[str, dict]:
+        return {row["database"]: row for row in self.admin("SHOW STATS")}
+
+
+def _ident(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise PoolerError(f"not a database name pgbouncer commands accept: {name!r}")
+    return name

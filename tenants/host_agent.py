@@ -4,22 +4,28 @@ a tenant: its instance through the runtime, its entry in the host's PgBouncer.
 Turns tenant rows into plain values for `unikernel_images` and `poolers`.
 """
 
+import fcntl
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
 
 from dbaas.env import data_dir, service_user
 from poolers.pgbouncer import DatabaseEntry, PgBouncer, UserEntry
+from poolers.routes import Routes
 from tenants.models import Host, Tenant
 from unikernel_images import postgres_admin
 from unikernel_images.image import load_image
 from unikernel_images.paths import images_dir, instances_dir
 from unikernel_images.runtimes import get_runtime
-from unikernel_images.runtimes.base import InstanceSpec, Runtime
+from unikernel_images.runtimes.base import InstanceSpec, InstanceState, Runtime
 
 log = logging.getLogger(__name__)
 State = Tenant.State
@@ -28,7 +34,7 @@ State = Tenant.State
 # it before it is running, so that a concurrent sync (reconcile) never drops the
 # entry of a tenant whose connection string is about to be handed out; nobody
 # has its credentials until then, so the early entry is harmless.
-ROUTED_STATES = (State.PROVISIONING, State.RUNNING)
+ROUTED_STATES = (State.PROVISIONING, State.RUNNING, State.SLEEPING)
 
 
 def local_host() -> Host:
@@ -42,6 +48,15 @@ def pooler() -> PgBouncer:
         listen_port=settings.DBAAS_PGBOUNCER_PORT,
         service_user=service_user(),
     )
+
+
+def tenant_for_instance(instance_id: str) -> Tenant:
+    """The tenant whose instance is `t<pk>` (see Tenant.instance_id)."""
+    return Tenant.objects.select_related("host", "plan").get(pk=int(instance_id.removeprefix("t")))
+
+
+def routes() -> Routes:
+    return Routes(data_dir() / "pgbouncer" / "routes", service_user())
 
 
 def runtime_for(tenant: Tenant) -> Runtime:
@@ -77,6 +92,7 @@ def instance_provision(tenant: Tenant) -> None:
         secret=tenant.scram_secret,
         connection_limit=tenant.plan.connection_limit,
     )
+    routes().point(tenant.instance_id, runtime.socket_dir(spec.instance_id))
     pooler_sync(tenant.host)
 
 
@@ -94,6 +110,7 @@ def instance_destroy(tenant: Tenant) -> None:
     The caller has moved the tenant out of the routed states already.
     """
     pooler_sync(tenant.host)
+    routes().remove(tenant.instance_id)
     runtime_for(tenant).destroy(tenant.instance_id)
 
 
@@ -136,7 +153,7 @@ def pooler_sync(host: Host) -> bool:
 def _render_and_reload(bouncer: PgBouncer, host: Host) -> bool:
     routed = list(Tenant.objects.filter(host=host, state__in=ROUTED_STATES).select_related("plan"))
     changed = bouncer.write_config(
-        databases=[_database_entry(t) for t in routed],
+        databases=[entry for t in routed for entry in _database_entries(t)],
         users=[UserEntry(t.role_name, t.scram_secret) for t in routed],
     )
     if changed:
@@ -144,10 +161,229 @@ def _render_and_reload(bouncer: PgBouncer, host: Host) -> bool:
     return changed
 
 
-def _database_entry(tenant: Tenant) -> DatabaseEntry:
-    return DatabaseEntry(
-        name=tenant.database_name,
-        socket_dir=runtime_for(tenant).socket_dir(tenant.instance_id),
-        pool_size=tenant.plan.pool_size,
-        max_connections=tenant.plan.connection_limit,
+def _database_entries(tenant: Tenant) -> list[DatabaseEntry]:
+    """The default (session) entry, and the transaction-mode one for serverless apps."""
+    common = {
+        "dbname": tenant.database_name,
+        "socket_dir": routes().link(tenant.instance_id),
+        "pool_size": tenant.plan.pool_size,
+        "max_connections": tenant.plan.connection_limit,
+    }
+    return [
+        DatabaseEntry(name=tenant.database_name, **common),
+        DatabaseEntry(name=tenant.pooled_database_name, pool_mode="transaction", **common),
+    ]
+
+
+# -- scale to zero ----------------------------------------------------------------------
+
+
+@contextmanager
+def instance_lock(tenant: Tenant, blocking: bool = True) -> Iterator[bool]:
+    """Serialise sleep, wake and repair of one instance across processes.
+
+    Yields False (without waiting) if `blocking` is False and someone holds it.
+    The lock dies with its holder, so a killed worker or activator never leaves
+    it taken.
+    """
+    locks = data_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    fd = os.open(locks / f"{tenant.instance_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _aliases(tenant: Tenant) -> tuple[str, str]:
+    return tenant.database_name, tenant.pooled_database_name
+
+
+def pooler_in_use(pools: dict[str, dict], tenant: Tenant) -> bool:
+    """Is a client connected in session mode, or in a transaction in pooled mode?
+
+    A pooled-mode client that is between transactions does not keep the tenant
+    awake: its next transaction wakes it.
+    """
+    session, pooled = (pools.get(alias, {}) for alias in _aliases(tenant))
+    return bool(
+        session.get("cl_active", 0) or session.get("cl_waiting", 0)
+        or pooled.get("cl_waiting", 0) or pooled.get("sv_active", 0)
+    )  # fmt: skip
+
+
+def _server_connections(pools: dict[str, dict], tenant: Tenant) -> int:
+    return sum(
+        pools.get(alias, {}).get(column, 0)
+        for alias in _aliases(tenant)
+        for column in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")
     )
+
+
+def pooler_xact_count(stats: dict[str, dict], tenant: Tenant) -> int:
+    return sum(int(stats.get(alias, {}).get("total_xact_count", 0)) for alias in _aliases(tenant))
+
+
+class Busy(Exception):
+    """The tenant is in use; it stays awake."""
+
+
+def instance_sleep(tenant: Tenant, actor: str, drain_timeout: float = 3.0) -> str:
+    """Put a running tenant to sleep: route new server connections to the activator,
+    let the pooler close the ones it has, stop the instance cleanly.
+
+    Returns "slept", or why not: "busy" (in use, or being woken), "skipped".
+    """
+    runtime, route, bouncer = runtime_for(tenant), routes(), pooler()
+    iid = tenant.instance_id
+    with instance_lock(tenant, blocking=False) as locked:
+        if not locked:
+            return "busy"
+        tenant.refresh_from_db()
+        if tenant.state != State.RUNNING:
+            return "skipped"
+        if not route.activator_socket(iid).exists():
+            log.warning("not putting %s to sleep: its activator socket is missing", tenant)
+            return "skipped"
+        started = time.monotonic()
+        route.point(iid, route.activator_dir(iid))
+        try:
+            for alias in _aliases(tenant):
+                bouncer.reconnect(alias)
+            deadline = time.monotonic() + drain_timeout
+            while True:
+                pools = bouncer.pools()
+                if pooler_in_use(pools, tenant):
+                    raise Busy
+                if _server_connections(pools, tenant) == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise Busy
+                time.sleep(0.02)
+            runtime.stop(iid)
+        except Busy:
+            route.point(iid, runtime.socket_dir(iid))
+            return "busy"
+        except Exception:
+            route.point(iid, runtime.socket_dir(iid))
+            raise
+        _transition(
+            tenant, State.RUNNING, State.SLEEPING, action="sleep", actor=actor,
+            duration_ms=_ms(started),
+        )  # fmt: skip
+    return "slept"
+
+
+def instance_wake(tenant: Tenant, actor: str) -> Path:
+    """Start the tenant's instance if it is not running and route to it; the state
+    becomes running. Returns the instance's socket directory. Idempotent."""
+    runtime, route = runtime_for(tenant), routes()
+    iid = tenant.instance_id
+    started = time.monotonic()
+    with instance_lock(tenant):
+        tenant.refresh_from_db()
+        if tenant.state not in (State.RUNNING, State.SLEEPING):
+            raise RuntimeError(f"{tenant} is {tenant.state}; it cannot be woken")
+        if runtime.status(iid).state is not InstanceState.RUNNING:
+            spec = instance_spec(tenant)
+            runtime.configure(spec)
+            runtime.start(spec)
+        moved = route.point(iid, runtime.socket_dir(iid))
+        if tenant.state == State.SLEEPING:
+            ms = _ms(started)
+            _transition(
+                tenant, State.SLEEPING, State.RUNNING, action="wake", actor=actor,
+                duration_ms=ms, last_active_at=timezone.now(), last_wake_ms=ms,
+            )  # fmt: skip
+            Tenant.objects.filter(pk=tenant.pk).update(
+                wake_count=F("wake_count") + 1, wake_ms_total=F("wake_ms_total") + ms
+            )
+    if moved:
+        # Connections PgBouncer made through the activator are closed when released.
+        try:
+            for alias in _aliases(tenant):
+                pooler().reconnect(alias)
+        except Exception:
+            log.warning("RECONNECT after waking %s failed", tenant, exc_info=True)
+    return runtime.socket_dir(iid)
+
+
+def instance_repair(tenant: Tenant) -> str | None:
+    """Bring one tenant's instance and route in line with its state (reconcile).
+
+    Returns what it did, or None. Skips tenants someone is sleeping or waking now.
+    """
+    runtime, route = runtime_for(tenant), routes()
+    iid = tenant.instance_id
+    with instance_lock(tenant, blocking=False) as locked:
+        if not locked:
+            return None
+        tenant.refresh_from_db()
+        status = runtime.status(iid).state
+        if tenant.state == State.RUNNING:
+            if status is InstanceState.MISSING:
+                _transition(
+                    tenant,
+                    State.RUNNING,
+                    State.FAILED,
+                    action="state",
+                    actor="reconcile",
+                    reason="the instance's data directory is missing",
+                )
+                return "failed"
+            did = None
+            if status is InstanceState.STOPPED:
+                started = time.monotonic()
+                spec = instance_spec(tenant)
+                runtime.configure(spec)
+                runtime.start(spec)
+                _event(
+                    tenant,
+                    "restart",
+                    "reconcile",
+                    "instance was not running; restarted",
+                    _ms(started),
+                )
+                did = "restarted"
+            if route.point(iid, runtime.socket_dir(iid)):
+                did = did or "rerouted"
+            return did
+        if tenant.state == State.SLEEPING:
+            if status is InstanceState.RUNNING:
+                # A wake (or an aborted sleep) got as far as starting it: finish.
+                route.point(iid, runtime.socket_dir(iid))
+                _transition(
+                    tenant,
+                    State.SLEEPING,
+                    State.RUNNING,
+                    action="wake",
+                    actor="reconcile",
+                    last_active_at=timezone.now(),
+                )
+                return "woken"
+            if status is InstanceState.STOPPED and route.point(iid, route.activator_dir(iid)):
+                return "rerouted"
+    return None
+
+
+def _transition(tenant: Tenant, from_state: str, to_state: str, **kwargs) -> bool:
+    from tenants.services import tenant_transition
+
+    return tenant_transition(tenant=tenant, from_states=[from_state], to_state=to_state, **kwargs)
+
+
+def _event(tenant: Tenant, action: str, actor: str, message: str, duration_ms: int) -> None:
+    from tenants.services import event_record
+
+    event_record(
+        tenant=tenant, action=action, actor=actor, message=message, duration_ms=duration_ms
+    )
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)

@@ -100,6 +100,12 @@ class Tenant(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_active_at = models.DateTimeField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
+    # Scale to zero: how often and how fast it woke, and the pooler's transaction
+    # counter at the last idle check (a change means activity).
+    wake_count = models.PositiveIntegerField(default=0)
+    wake_ms_total = models.PositiveBigIntegerField(default=0)
+    last_wake_ms = models.PositiveIntegerField(null=True, blank=True)
+    pooler_xact_count = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -118,6 +124,11 @@ class Tenant(models.Model):
     def database_name(self) -> str:
         """The database and role name: unique per host, shown in connection strings."""
         return f"{self.name}_{self.slug}"
+
+    @property
+    def pooled_database_name(self) -> str:
+        """The transaction-mode alias in the pooler, for serverless clients."""
+        return f"{self.database_name}_pooled"
 
     @property
     def role_name(self) -> str:

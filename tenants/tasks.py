@@ -16,7 +16,6 @@ from dbaas.celery import host_queue
 from tenants import host_agent
 from tenants.models import Host, Tenant
 from tenants.services import event_record, tenant_transition
-from unikernel_images.runtimes.base import InstanceState
 
 log = logging.getLogger(__name__)
 State = Tenant.State
@@ -110,13 +109,64 @@ def apply_password(tenant_id: int) -> str:
     return "applied"
 
 
+@shared_task(acks_late=True)
+def sleep_tenant(tenant_id: int, actor: str = WORKER) -> str:
+    tenant = _load(tenant_id)
+    if tenant is None:
+        return "skipped"
+    return host_agent.instance_sleep(tenant, actor=actor)
+
+
+@shared_task(acks_late=True)
+def wake_tenant(tenant_id: int, actor: str = WORKER) -> str:
+    tenant = _load(tenant_id)
+    if tenant is None or tenant.state not in (State.RUNNING, State.SLEEPING):
+        return "skipped"
+    host_agent.instance_wake(tenant, actor=actor)
+    return "running"
+
+
 @shared_task
 def reconcile_all_hosts() -> int:
-    """Beat: ask every host's agent to reconcile itself."""
+    """Beat: ask every host's agent to reconcile itself and put idle tenants to sleep."""
     hosts = list(Host.objects.values_list("name", flat=True))
     for name in hosts:
         reconcile_host.apply_async((name,), queue=host_queue(name), expires=60)
+        sleep_idle_tenants.apply_async((name,), queue=host_queue(name), expires=60)
     return len(hosts)
+
+
+@shared_task
+def sleep_idle_tenants(host_name: str) -> dict[str, int]:
+    """Put to sleep the running tenants idle for longer than their plan allows.
+
+    Activity is read from the pooler in two queries for the whole host (SHOW POOLS,
+    SHOW STATS), never by connecting to a tenant: a connected session-mode client,
+    or any transaction since the last look, counts as activity.
+    """
+    bouncer = host_agent.pooler()
+    pools, stats = bouncer.pools(), bouncer.stats()
+    now = timezone.now()
+    counts = {"active": 0, "idle": 0, "slept": 0}
+    tenants = Tenant.objects.filter(
+        host__name=host_name, state=State.RUNNING, plan__sleeps_when_idle=True
+    ).select_related("host", "plan")
+    for tenant in tenants:
+        xacts = host_agent.pooler_xact_count(stats, tenant)
+        if host_agent.pooler_in_use(pools, tenant) or xacts != tenant.pooler_xact_count:
+            Tenant.objects.filter(pk=tenant.pk).update(last_active_at=now, pooler_xact_count=xacts)
+            counts["active"] += 1
+            continue
+        idle_since = tenant.last_active_at or tenant.state_changed_at
+        if now - idle_since < timedelta(seconds=tenant.plan.idle_timeout_seconds):
+            counts["idle"] += 1
+            continue
+        try:
+            if host_agent.instance_sleep(tenant, actor="idle") == "slept":
+                counts["slept"] += 1
+        except Exception:
+            log.exception("putting %s to sleep failed", tenant)
+    return counts
 
 
 @shared_task
@@ -142,46 +192,28 @@ def reconcile_host(host_name: str) -> dict[str, int]:
                 tenant=tenant, action="reconcile_error", message=str(exc), actor="reconcile"
             )
         if action:
+            log.info("reconcile: %s %s", tenant, action)
             actions[action] = actions.get(action, 0) + 1
-    try:
-        if host_agent.pooler_sync(host):
-            actions["pooler_resync"] = 1
-    except Exception:
-        log.exception("pooler sync on %s failed", host)
-        actions["pooler_error"] = 1
-    try:
-        if made := host_agent.spares_refill(settings.DBAAS_RUNTIME):
-            actions["spares_made"] = made
-    except Exception:
-        log.exception("preparing spare instances on %s failed", host)
-        actions["spares_error"] = 1
+    for name, step in (
+        ("pooler_resync", host_agent.pooler_sync),
+        ("spares_made", lambda _h: host_agent.spares_refill(settings.DBAAS_RUNTIME)),
+    ):
+        try:
+            if done := step(host):
+                actions[name] = int(done)
+        except Exception:
+            log.exception("reconcile step %s on %s failed", name, host)
+            actions[f"{name}_error"] = 1
     if actions:
         log.info("reconcile %s: %s", host_name, actions)
     return actions
 
 
 def _reconcile_tenant(tenant: Tenant, now) -> str | None:
-    runtime = host_agent.runtime_for(tenant)
-    if tenant.state == State.RUNNING:
-        if tenant.pending_scram_secret:
+    if tenant.state in (State.RUNNING, State.SLEEPING):
+        if tenant.state == State.RUNNING and tenant.pending_scram_secret:
             apply_password(tenant.pk)
-        status = runtime.status(tenant.instance_id)
-        if status.state in (InstanceState.RUNNING, InstanceState.STARTING):
-            return None  # healthy, or someone is starting it right now
-        if status.state is InstanceState.MISSING:
-            tenant_transition(
-                tenant=tenant, from_states=[State.RUNNING], to_state=State.FAILED,
-                reason="the instance's data directory is missing", actor="reconcile",
-            )  # fmt: skip
-            return "failed"
-        started = time.monotonic()
-        host_agent.instance_start(tenant)
-        log.info("reconcile: %s was not running; restarted", tenant)
-        event_record(
-            tenant=tenant, action="restart", actor="reconcile",
-            message="instance was not running; restarted", duration_ms=_ms(started),
-        )  # fmt: skip
-        return "restarted"
+        return host_agent.instance_repair(tenant)
     stuck = now - tenant.state_changed_at > STUCK_AFTER
     if tenant.state == State.PROVISIONING and stuck:
         _fail_and_discard(tenant, "provisioning did not finish (worker lost)", "reconcile", None)

@@ -96,6 +96,9 @@ def platform(django_db_setup, django_db_blocker):
         pooler = Service("pooler", [sys.executable, "manage.py", "run_pooler"])
         started.append(pooler)
         pooler.wait_for(host_agent.pooler().is_up)
+        activator = Service("activator", [sys.executable, "manage.py", "run_activator"])
+        started.append(activator)
+        activator.wait_for(lambda: activator.log_contains("listening"))
         worker = Service(
             "worker",
             [
@@ -131,7 +134,7 @@ def platform(django_db_setup, django_db_blocker):
             ],
         )
         started.append(beat)
-        yield {"pooler": pooler, "worker": worker, "beat": beat}
+        yield {"pooler": pooler, "activator": activator, "worker": worker, "beat": beat}
     finally:
         for service in reversed(started):
             service.stop()

@@ -1,0 +1,113 @@
+"""The wake-on-connect path: one process per host that listens on an activator socket
+for every routed instance and, when PgBouncer opens a server connection to a
+sleeping instance, holds it, has the instance woken, then splices the bytes
+through to the instance's own socket.
+
+PgBouncer authenticates clients itself, so only clients with a valid password ever
+cause a server connection, hence a wake. Concurrent first connections share one
+wake. The activator knows sockets and a `wake` callback, nothing of tenants.
+"""
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from poolers.routes import Routes
+
+log = logging.getLogger(__name__)
+
+# wake(instance_id) -> the instance's socket directory once it accepts queries.
+WakeCallback = Callable[[str], Path]
+
+
+class Activator:
+    def __init__(
+        self, routes: Routes, wake: WakeCallback, socket_group: str | None,
+        scan_interval: float = 0.5,
+    ) -> None:  # fmt: skip
+        self.routes = routes
+        self.wake = wake
+        self.socket_group = socket_group
+        self.scan_interval = scan_interval
+        self.servers: dict[str, asyncio.AbstractServer] = {}
+        self.wakes: dict[str, asyncio.Future[Path]] = {}
+
+    async def run(self) -> None:
+        """Listen for every routed instance; pick up new and removed ones by scanning."""
+        while True:
+            try:
+                await self.sync_listeners()
+            except Exception:
+                log.exception("activator: scanning routes failed")
+            await asyncio.sleep(self.scan_interval)
+
+    async def sync_listeners(self) -> None:
+        wanted = set(self.routes.instance_ids())
+        for instance_id in wanted - set(self.servers):
+            self.servers[instance_id] = await self._listen(instance_id)
+        for instance_id in set(self.servers) - wanted:
+            server = self.servers.pop(instance_id)
+            server.close()
+            self.routes.activator_socket(instance_id).unlink(missing_ok=True)
+
+    async def _listen(self, instance_id: str) -> asyncio.AbstractServer:
+        directory = self.routes.activator_dir(instance_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = self.routes.activator_socket(instance_id)
+        # Bind under a temporary name, then rename: the socket path exists at
+        # every moment once it has existed (PgBouncer must never miss it).
+        tmp = directory / f".s.PGSQL.5432.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(tmp))
+        os.chmod(tmp, 0o770)
+        if self.socket_group and os.geteuid() == 0:
+            import grp
+
+            gid = grp.getgrnam(self.socket_group).gr_gid
+            os.chown(directory, 0, gid)
+            os.chmod(directory, 0o750)
+            os.chown(tmp, 0, gid)
+        sock.listen(256)
+        os.replace(tmp, path)
+        return await asyncio.start_unix_server(
+            lambda r, w: self._serve(instance_id, r, w), sock=sock
+        )
+
+    async def _serve(
+        self, instance_id: str, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
+        try:
+            socket_dir = await self._ensure_awake(instance_id)
+            server_r, server_w = await asyncio.open_unix_connection(
+                str(socket_dir / ".s.PGSQL.5432")
+            )
+        except Exception:
+            log.exception("activator: could not wake %s", instance_id)
+            client_w.close()
+            return
+        await asyncio.gather(
+            _pipe(client_r, server_w), _pipe(server_r, client_w), return_exceptions=True
+        )
+
+    async def _ensure_awake(self, instance_id: str) -> Path:
+        """One wake per instance at a time; everyone who arrives meanwhile shares it."""
+        pending = self.wakes.get(instance_id)
+        if pending is None:
+            loop = asyncio.get_running_loop()
+            pending = loop.run_in_executor(None, self.wake, instance_id)
+            self.wakes[instance_id] = pending
+            pending.add_done_callback(lambda _f: self.wakes.pop(instance_id, None))
+        return await asyncio.shield(pending)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()

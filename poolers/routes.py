@@ -1,0 +1,64 @@
+"""Where PgBouncer sends a database's server connections: a per-instance symlink.
+
+PgBouncer's entry for a database says `host=<routes>/<instance>`; that path is a
+symlink to either the instance's own socket directory (awake) or the activator's
+socket directory for it (asleep). PgBouncer resolves `host=` at every connect, so
+swapping the link (atomically, with rename) reroutes new server connections with
+no RELOAD, which would stall every tenant of the host.
+"""
+
+import os
+from pathlib import Path
+
+from dbaas.files import chown, make_dir
+
+
+class Routes:
+    def __init__(self, root: Path, service_user: str) -> None:
+        self.root = root  # <data>/pgbouncer/routes
+        self.activator_root = root.parent / "activator"
+        self.service_user = service_user
+
+    def link(self, instance_id: str) -> Path:
+        """The path PgBouncer's entry points at."""
+        return self.root / instance_id
+
+    def activator_dir(self, instance_id: str) -> Path:
+        return self.activator_root / instance_id
+
+    def activator_socket(self, instance_id: str) -> Path:
+        return self.activator_dir(instance_id) / ".s.PGSQL.5432"
+
+    def prepare(self) -> None:
+        for path in (self.root, self.activator_root):
+            make_dir(path, 0o750)
+            chown(path, "root" if os.geteuid() == 0 else self.service_user, self.service_user)
+
+    def point(self, instance_id: str, target: Path) -> bool:
+        """Route the instance's server connections to `target`; False if already so."""
+        link = self.link(instance_id)
+        if self.target(instance_id) == target:
+            return False
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{instance_id}.new"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        os.replace(tmp, link)  # rename(2): PgBouncer sees the old or the new, never none
+        return True
+
+    def target(self, instance_id: str) -> Path | None:
+        try:
+            return Path(os.readlink(self.link(instance_id)))
+        except FileNotFoundError:
+            return None
+
+    def points_to_activator(self, instance_id: str) -> bool:
+        return self.target(instance_id) == self.activator_dir(instance_id)
+
+    def remove(self, instance_id: str) -> None:
+        self.link(instance_id).unlink(missing_ok=True)
+
+    def instance_ids(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if not p.name.startswith("."))

@@ -1,0 +1,46 @@
+"""`manage.py run_activator`: this host's wake-on-connect path (see poolers/activator.py).
+
+Listens on an activator socket for every tenant routed through the host's PgBouncer;
+a server connection to a sleeping tenant wakes it and is then passed through.
+"""
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from django.core.management.base import BaseCommand
+from django.db import close_old_connections
+
+from dbaas.env import service_user
+from poolers.activator import Activator
+from tenants import host_agent
+
+log = logging.getLogger(__name__)
+
+
+def wake(instance_id: str) -> Path:
+    close_old_connections()
+    tenant = host_agent.tenant_for_instance(instance_id)
+    return host_agent.instance_wake(tenant, actor="activator")
+
+
+class Command(BaseCommand):
+    help = "Run this host's activator: hold connections to sleeping tenants and wake them."
+
+    def handle(self, *args, **options):
+        routes = host_agent.routes()
+        routes.prepare()
+        activator = Activator(
+            routes, wake, socket_group=service_user() if os.geteuid() == 0 else None
+        )
+        self.stdout.write(f"run_activator: listening for the tenants in {routes.root}")
+        self.stdout.flush()
+        asyncio.run(self._main(activator))
+
+    async def _main(self, activator: Activator) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # Wakes block on the runtime and the control plane; many may run at once.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
+        await activator.run()
