@@ -6,6 +6,7 @@ from dbaas import views
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", views.metrics, name="metrics"),
     path("", include("tenants.urls")),
 ]
 

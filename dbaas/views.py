@@ -3,7 +3,7 @@
 import redis
 from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 
 def redis_client() -> redis.Redis:
@@ -53,3 +53,49 @@ def server_error(request: HttpRequest):
     from django.views.defaults import server_error as default
 
     return default(request)
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus text exposition: tenants by state, and per tenant its wakes."""
+    from django.db.models import Count
+
+    from tenants.models import Tenant
+
+    lines = [
+        "# HELP dbaas_tenants Tenants by host and state.",
+        "# TYPE dbaas_tenants gauge",
+    ]
+    by_state = (
+        Tenant.objects.exclude(state=Tenant.State.DELETED)
+        .values("host__name", "state")
+        .annotate(n=Count("id"))
+        .order_by("host__name", "state")
+    )
+    for row in by_state:
+        lines.append(
+            f'dbaas_tenants{{host="{row["host__name"]}",state="{row["state"]}"}} {row["n"]}'
+        )
+    tenants = (
+        Tenant.objects.exclude(state=Tenant.State.DELETED).select_related("host").order_by("id")
+    )
+    series = {
+        "dbaas_tenant_wakes_total": ("counter", "Times the tenant was woken from sleep."),
+        "dbaas_tenant_wake_seconds_sum": ("counter", "Total time spent waking the tenant."),
+        "dbaas_tenant_last_wake_seconds": ("gauge", "Duration of the tenant's last wake."),
+        "dbaas_tenant_asleep": ("gauge", "1 if the tenant is sleeping."),
+    }
+    values: dict[str, list[str]] = {name: [] for name in series}
+    for t in tenants:
+        labels = f'tenant="{t.database_name}",host="{t.host.name}"'
+        values["dbaas_tenant_wakes_total"].append(f"{{{labels}}} {t.wake_count}")
+        values["dbaas_tenant_wake_seconds_sum"].append(f"{{{labels}}} {t.wake_ms_total / 1000:.3f}")
+        if t.last_wake_ms is not None:
+            values["dbaas_tenant_last_wake_seconds"].append(
+                f"{{{labels}}} {t.last_wake_ms / 1000:.3f}"
+            )
+        asleep = int(t.state == Tenant.State.SLEEPING)
+        values["dbaas_tenant_asleep"].append(f"{{{labels}}} {asleep}")
+    for name, (kind, help_text) in series.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        lines += [f"{name}{sample}" for sample in values[name]]
+    return HttpResponse("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")

@@ -1,7 +1,9 @@
 """The operators' console: hosts, plans, accounts, tenants and their events."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
+from tenants import services
+from tenants.errors import ServiceError
 from tenants.models import Account, ApiToken, Event, Host, Plan, Tenant
 
 
@@ -54,8 +56,33 @@ class EventInline(admin.TabularInline):
         return False
 
 
+@admin.action(description="Put to sleep")
+def sleep_tenants(modeladmin, request, queryset):
+    _run_action(modeladmin, request, queryset, services.tenant_sleep, "sleep")
+
+
+@admin.action(description="Wake up")
+def wake_tenants(modeladmin, request, queryset):
+    _run_action(modeladmin, request, queryset, services.tenant_wake, "wake")
+
+
+def _run_action(modeladmin, request, queryset, service, verb: str) -> None:
+    queued, refused = 0, []
+    for tenant in queryset.select_related("host"):
+        try:
+            service(tenant=tenant, actor=f"admin:{request.user.get_username()}")
+            queued += 1
+        except ServiceError as exc:
+            refused.append(f"{tenant}: {exc.message}")
+    if queued:
+        modeladmin.message_user(request, f"{verb}: queued for {queued} tenant(s).")
+    for line in refused:
+        modeladmin.message_user(request, line, level=messages.WARNING)
+
+
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
+    actions = [sleep_tenants, wake_tenants]
     list_display = (
         "name",
         "database_name",
@@ -65,6 +92,8 @@ class TenantAdmin(admin.ModelAdmin):
         "host",
         "created_at",
         "last_active_at",
+        "wake_count",
+        "last_wake_ms",
     )
     list_filter = ("state", "plan", "host")
     search_fields = ("name", "slug", "account__user__email")
@@ -80,6 +109,10 @@ class TenantAdmin(admin.ModelAdmin):
         "last_active_at",
         "runtime",
         "image",
+        "wake_count",
+        "wake_ms_total",
+        "last_wake_ms",
+        "pooler_xact_count",
     )
     exclude = ("scram_secret", "pending_scram_secret")
     inlines = [EventInline]

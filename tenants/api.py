@@ -9,7 +9,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from tenants import selectors, services
-from tenants.errors import AuthenticationFailed, InvalidInput, ServiceError, Unavailable
+from tenants.errors import AuthenticationFailed, Conflict, InvalidInput, ServiceError, Unavailable
 from tenants.models import Tenant
 
 
@@ -84,6 +84,7 @@ def database_json(tenant: Tenant) -> dict:
         "plan": tenant.plan.name,
         "created_at": tenant.created_at.isoformat(),
         "last_active_at": tenant.last_active_at.isoformat() if tenant.last_active_at else None,
+        "wake_count": tenant.wake_count,
     }
 
 
@@ -140,10 +141,7 @@ def databases(request: HttpRequest) -> JsonResponse:
             },
             status=500,
         )
-    body = database_json(tenant) | {
-        "password": password,
-        "connection_string": selectors.connection_string(tenant, password),
-    }
+    body = database_json(tenant) | selectors.credentials_json(tenant, password)
     # Still provisioning after the wait: accepted; the string works once running.
     return JsonResponse(body, status=201 if tenant.state == Tenant.State.RUNNING else 202)
 
@@ -169,7 +167,30 @@ def database_password(request: HttpRequest, tenant_id: str) -> JsonResponse:
     )
     if tenant.pending_scram_secret:
         raise Unavailable("the new password is not applied yet; it will be shortly")
-    return JsonResponse(
-        database_json(tenant)
-        | {"password": password, "connection_string": selectors.connection_string(tenant, password)}
+    return JsonResponse(database_json(tenant) | selectors.credentials_json(tenant, password))
+
+
+@endpoint("POST")
+def database_sleep(request: HttpRequest, tenant_id: str) -> JsonResponse:
+    tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
+    services.tenant_sleep(tenant=tenant, actor=_actor(request))
+    tenant = services.tenant_wait(
+        tenant=tenant, until=lambda t: t.state != Tenant.State.RUNNING, timeout=10
     )
+    if tenant.state == Tenant.State.RUNNING:
+        raise Conflict("the database is in use (a client is connected); it stays awake")
+    return JsonResponse(database_json(tenant))
+
+
+@endpoint("POST")
+def database_wake(request: HttpRequest, tenant_id: str) -> JsonResponse:
+    tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
+    services.tenant_wake(tenant=tenant, actor=_actor(request))
+    tenant = services.tenant_wait(
+        tenant=tenant,
+        until=lambda t: t.state == Tenant.State.RUNNING,
+        timeout=settings.DBAAS_PROVISION_WAIT,
+    )
+    if tenant.state != Tenant.State.RUNNING:
+        raise Unavailable("the database did not wake up in time; try again")
+    return JsonResponse(database_json(tenant))

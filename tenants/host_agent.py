@@ -179,22 +179,31 @@ def _database_entries(tenant: Tenant) -> list[DatabaseEntry]:
 
 
 @contextmanager
-def instance_lock(tenant: Tenant, blocking: bool = True) -> Iterator[bool]:
+def instance_lock(tenant: Tenant, timeout: float | None = None) -> Iterator[bool]:
     """Serialise sleep, wake and repair of one instance across processes.
 
-    Yields False (without waiting) if `blocking` is False and someone holds it.
-    The lock dies with its holder, so a killed worker or activator never leaves
-    it taken.
+    Waits forever (timeout None) or up to `timeout` seconds (0: not at all), then
+    yields whether it got the lock. The lock dies with its holder, so a killed
+    worker or activator never leaves it taken.
     """
     locks = data_dir() / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     fd = os.open(locks / f"{tenant.instance_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
+        if timeout is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield True
             return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.01)
         yield True
     finally:
         os.close(fd)
@@ -241,7 +250,8 @@ def instance_sleep(tenant: Tenant, actor: str, drain_timeout: float = 3.0) -> st
     """
     runtime, route, bouncer = runtime_for(tenant), routes(), pooler()
     iid = tenant.instance_id
-    with instance_lock(tenant, blocking=False) as locked:
+    # A wake or a repair holds the lock for tens of milliseconds: wait for it.
+    with instance_lock(tenant, timeout=10) as locked:
         if not locked:
             return "busy"
         tenant.refresh_from_db()
@@ -320,7 +330,7 @@ def instance_repair(tenant: Tenant) -> str | None:
     """
     runtime, route = runtime_for(tenant), routes()
     iid = tenant.instance_id
-    with instance_lock(tenant, blocking=False) as locked:
+    with instance_lock(tenant, timeout=0) as locked:
         if not locked:
             return None
         tenant.refresh_from_db()

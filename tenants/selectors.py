@@ -53,8 +53,18 @@ def host_pick() -> Host | None:
     return None
 
 
-def connection_string(tenant: Tenant, password: str) -> str:
+def connection_string(tenant: Tenant, password: str, pooled: bool = False) -> str:
+    """The direct (session-mode) string, or the transaction-mode ("pooled") one."""
+    database = tenant.pooled_database_name if pooled else tenant.database_name
     return (
         f"postgresql://{tenant.role_name}:{password}@{tenant.host.public_host}:"
-        f"{tenant.host.pooler_port}/{tenant.database_name}?sslmode=require"
+        f"{tenant.host.pooler_port}/{database}?sslmode=require"
     )
+
+
+def credentials_json(tenant: Tenant, password: str) -> dict:
+    return {
+        "password": password,
+        "connection_string": connection_string(tenant, password),
+        "pooled_connection_string": connection_string(tenant, password, pooled=True),
+    }

@@ -231,6 +231,28 @@ def tenant_reset_password(*, tenant: Tenant, actor: str) -> str:
     return password
 
 
+def tenant_sleep(*, tenant: Tenant, actor: str) -> None:
+    """Queue putting the tenant to sleep on its host (refused later if in use)."""
+    from tenants.tasks import sleep_tenant
+
+    if tenant.state != State.RUNNING:
+        raise Conflict(f"only a running database can be put to sleep, not a {tenant.state} one")
+    event_record(tenant=tenant, action="sleep_requested", actor=actor)
+    transaction.on_commit(
+        lambda: sleep_tenant.apply_async((tenant.pk, actor), queue=tenant.host.queue)
+    )
+
+
+def tenant_wake(*, tenant: Tenant, actor: str) -> None:
+    from tenants.tasks import wake_tenant
+
+    if tenant.state not in (State.RUNNING, State.SLEEPING):
+        raise Conflict(f"a {tenant.state} database cannot be woken")
+    transaction.on_commit(
+        lambda: wake_tenant.apply_async((tenant.pk, actor), queue=tenant.host.queue)
+    )
+
+
 def tenant_wait(*, tenant: Tenant, until, timeout: float) -> Tenant:
     """Poll the row until `until(tenant)` holds or `timeout` passes; return the fresh row."""
     deadline = time.monotonic() + timeout

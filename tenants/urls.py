@@ -12,6 +12,8 @@ urlpatterns = [
         api.database_password,
         name="api-database-password",
     ),
+    path("api/v1/databases/<str:tenant_id>/sleep", api.database_sleep, name="api-database-sleep"),
+    path("api/v1/databases/<str:tenant_id>/wake", api.database_wake, name="api-database-wake"),
     path("", views.dashboard, name="dashboard"),
     path("signup", views.signup, name="signup"),
     path("login", views.LoginView.as_view(), name="login"),

@@ -91,13 +91,13 @@ def platform(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
         call_command("build_image", verbosity=0)
         ensure_platform_rows()
-    started: list[Service] = []
+    started: dict[str, Service] = {}
     try:
         pooler = Service("pooler", [sys.executable, "manage.py", "run_pooler"])
-        started.append(pooler)
+        started["pooler"] = pooler
         pooler.wait_for(host_agent.pooler().is_up)
         activator = Service("activator", [sys.executable, "manage.py", "run_activator"])
-        started.append(activator)
+        started["activator"] = activator
         activator.wait_for(lambda: activator.log_contains("listening"))
         worker = Service(
             "worker",
@@ -118,7 +118,7 @@ def platform(django_db_setup, django_db_blocker):
                 "--without-gossip",
             ],
         )
-        started.append(worker)
+        started["worker"] = worker
         worker.wait_for(lambda: worker.log_contains(" ready."))
         beat = Service(
             "beat",
@@ -133,10 +133,11 @@ def platform(django_db_setup, django_db_blocker):
                 str(settings.DATA_DIR / "celerybeat-schedule"),
             ],
         )
-        started.append(beat)
-        yield {"pooler": pooler, "activator": activator, "worker": worker, "beat": beat}
+        started["beat"] = beat
+        # Tests that kill a service put its replacement in here, to be stopped too.
+        yield started
     finally:
-        for service in reversed(started):
+        for service in reversed(list(started.values())):
             service.stop()
         _destroy_all_instances()
 

@@ -1,0 +1,229 @@
+"""Scale to zero: idle tenants sleep with no process, and wake on connect with the
+connection held, through the real PgBouncer, activator, worker and beat."""
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import psycopg
+import pytest
+from django.conf import settings
+
+from tenants import host_agent
+from tenants.models import Event, Plan, Tenant
+from tests.conftest import Service, connect
+from tests.test_api_databases import create, wait_for_state
+from unikernel_images.runtimes.base import InstanceState
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def instance_state(tenant_id: int) -> InstanceState:
+    tenant = Tenant.objects.get(pk=tenant_id)
+    return host_agent.runtime_for(tenant).status(tenant.instance_id).state
+
+
+def put_to_sleep(api, db: dict) -> None:
+    response = api.call("POST", f"/databases/{db['id']}/sleep")
+    assert response.status_code == 200, response.content
+    assert response.json()["state"] == "sleeping"
+    assert instance_state(db["id"]) is InstanceState.STOPPED
+
+
+def starts_of(tenant_id: int) -> int:
+    return Event.objects.filter(tenant_id=tenant_id, action="wake").count()
+
+
+@pytest.fixture
+def napper(live, alice):
+    db = create(alice, "napper")
+    with connect(db["connection_string"]) as conn:
+        conn.execute("CREATE TABLE notes (body text)")
+        conn.execute("INSERT INTO notes VALUES ('written before the nap')")
+    return db
+
+
+def test_an_idle_tenant_sleeps_and_wakes_on_connect(napper, alice):
+    Plan.objects.filter(name="free").update(idle_timeout_seconds=1)
+    # The beat task notices within a few intervals that nobody used it.
+    wait_for_state(napper["id"], "sleeping", timeout=settings.DBAAS_RECONCILE_INTERVAL * 4 + 5)
+    tenant = Tenant.objects.get(pk=napper["id"])
+    assert instance_state(tenant.pk) is InstanceState.STOPPED
+    if os.geteuid() == 0:
+        from tests.test_api_databases import _processes_of_uid
+
+        assert _processes_of_uid(settings.DBAAS_TENANT_UID_BASE + tenant.pk) == []
+    assert Event.objects.filter(tenant=tenant, action="sleep", actor="idle").exists()
+    Plan.objects.filter(name="free").update(idle_timeout_seconds=300)
+
+    started = time.monotonic()
+    with connect(napper["connection_string"]) as conn:
+        rows = conn.execute("SELECT body FROM notes").fetchall()
+    assert rows == [("written before the nap",)]
+    assert time.monotonic() - started < 5
+    tenant.refresh_from_db()
+    assert tenant.state == "running"
+    assert tenant.wake_count == 1 and tenant.last_wake_ms is not None
+    got = alice.call("GET", f"/databases/{tenant.pk}").json()
+    assert got["state"] == "running" and got["last_active_at"] and got["wake_count"] == 1
+
+
+def test_twenty_concurrent_first_connections_share_one_wake(napper, alice):
+    put_to_sleep(alice, napper)
+    results: list[object] = []
+    barrier = threading.Barrier(20)
+
+    def client() -> None:
+        barrier.wait()
+        try:
+            with connect(napper["connection_string"]) as conn:
+                results.append(conn.execute("SELECT count(*) FROM notes").fetchone()[0])
+        except Exception as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=client) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [1] * 20
+    assert starts_of(napper["id"]) == 1
+    assert Tenant.objects.get(pk=napper["id"]).wake_count == 1
+
+
+def test_a_wrong_password_does_not_wake_it(napper, alice):
+    put_to_sleep(alice, napper)
+    bad = napper["connection_string"].replace(napper["password"], "wrong-password")
+    for _ in range(3):
+        with pytest.raises(psycopg.OperationalError, match="authentication failed"):
+            connect(bad)
+    time.sleep(0.5)
+    assert Tenant.objects.get(pk=napper["id"]).state == "sleeping"
+    assert instance_state(napper["id"]) is InstanceState.STOPPED
+    assert starts_of(napper["id"]) == 0
+
+
+def test_connections_during_the_sleep_transition_are_served(napper):
+    tenant = Tenant.objects.select_related("host", "plan").get(pk=napper["id"])
+    outcome: list[str] = []
+    sleeper = threading.Thread(
+        target=lambda: outcome.append(host_agent.instance_sleep(tenant, actor="test"))
+    )
+    sleeper.start()
+    served = 0
+    while sleeper.is_alive() or served < 3:
+        with connect(napper["connection_string"]) as conn:
+            assert conn.execute("SELECT count(*) FROM notes").fetchone() == (1,)
+        served += 1
+    sleeper.join()
+    assert outcome and outcome[0] in ("slept", "busy")
+    # Whatever the interleaving, the last connection found it awake and serving.
+    with connect(napper["connection_string"]) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_connected_session_keeps_it_awake(napper, alice):
+    with connect(napper["connection_string"]) as conn:
+        conn.execute("SELECT 1")
+        response = alice.call("POST", f"/databases/{napper['id']}/sleep")
+        assert response.status_code == 409
+        assert "in use" in response.json()["error"]
+        assert conn.execute("SELECT count(*) FROM notes").fetchone() == (1,)
+    assert Tenant.objects.get(pk=napper["id"]).state == "running"
+
+
+def test_the_pooled_string_survives_a_sleep_and_wake(live, alice):
+    db = create(alice, "serverless")
+    assert db["pooled_connection_string"].endswith(f"/{db['database']}_pooled?sslmode=require")
+    # Transaction pooling: no server-side prepared statements on PgBouncer 1.18.
+    with connect(db["pooled_connection_string"], prepare_threshold=None, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (v int)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        put_to_sleep(alice, db)
+        # The same client connection, no reconnect: its next transaction wakes it.
+        assert conn.execute("SELECT v FROM t").fetchall() == [(1,)]
+    assert Tenant.objects.get(pk=db["id"]).state == "running"
+
+
+def test_explicit_wake_and_errors(napper, alice, bob):
+    put_to_sleep(alice, napper)
+    response = alice.call("POST", f"/databases/{napper['id']}/sleep")
+    assert response.status_code == 409
+    assert bob.call("POST", f"/databases/{napper['id']}/wake").status_code == 404
+    response = alice.call("POST", f"/databases/{napper['id']}/wake")
+    assert response.status_code == 200
+    assert response.json()["state"] == "running"
+    assert instance_state(napper["id"]) is InstanceState.RUNNING
+    metrics = alice.client.get("/metrics").content.decode()
+    assert f'dbaas_tenant_wakes_total{{tenant="{napper["database"]}"' in metrics
+
+
+def _wait_consistent(tenant_id: int, timeout: float) -> str:
+    """Wait until the row and the host agree; return the state they agree on."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tenant = Tenant.objects.get(pk=tenant_id)
+        status = instance_state(tenant_id)
+        points_to_activator = host_agent.routes().points_to_activator(tenant.instance_id)
+        if (
+            tenant.state == "running"
+            and status is InstanceState.RUNNING
+            and not points_to_activator
+        ):
+            return "running"
+        if tenant.state == "sleeping" and status is InstanceState.STOPPED and points_to_activator:
+            return "sleeping"
+        time.sleep(0.05)
+    raise AssertionError(f"not consistent after {timeout} s: {tenant.state} / {status}")
+
+
+def test_a_worker_dying_after_the_stop_heals(napper):
+    """Crash point: the instance is stopped and routed to the activator, but the
+    worker died before recording `sleeping`."""
+    tenant = Tenant.objects.get(pk=napper["id"])
+    route = host_agent.routes()
+    route.point(tenant.instance_id, route.activator_dir(tenant.instance_id))
+    host_agent.runtime_for(tenant).stop(tenant.instance_id)
+    healed = _wait_consistent(tenant.pk, settings.DBAAS_RECONCILE_INTERVAL + 5)
+    assert healed == "running"
+    with connect(napper["connection_string"]) as conn:
+        assert conn.execute("SELECT count(*) FROM notes").fetchone() == (1,)
+
+
+def test_a_wake_dying_after_the_start_heals(napper, alice):
+    """Crash point: the instance was started for a wake, but the activator died
+    before routing to it and recording `running`."""
+    put_to_sleep(alice, napper)
+    tenant = Tenant.objects.select_related("plan").get(pk=napper["id"])
+    host_agent.runtime_for(tenant).start(host_agent.instance_spec(tenant))
+    assert _wait_consistent(tenant.pk, settings.DBAAS_RECONCILE_INTERVAL + 5) == "running"
+    with connect(napper["connection_string"]) as conn:
+        assert conn.execute("SELECT count(*) FROM notes").fetchone() == (1,)
+
+
+def test_killing_the_activator_mid_wake_heals(napper, alice, platform):
+    put_to_sleep(alice, napper)
+    activator: Service = platform["activator"]
+    failed = []
+
+    def client() -> None:
+        try:
+            with connect(napper["connection_string"]) as conn:
+                conn.execute("SELECT 1")
+        except Exception as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    time.sleep(0.02)  # the wake is under way
+    os.killpg(activator.proc.pid, signal.SIGKILL)
+    thread.join(60)
+    # A supervisor restarts it; the reconcile task makes row and host agree.
+    replacement = Service("activator", [sys.executable, "manage.py", "run_activator"])
+    platform["activator"] = replacement
+    replacement.wait_for(lambda: replacement.log_contains("listening"))
+    _wait_consistent(napper["id"], settings.DBAAS_RECONCILE_INTERVAL + 5)
+    with connect(napper["connection_string"]) as conn:
+        assert conn.execute("SELECT count(*) FROM notes").fetchone() == (1,)
