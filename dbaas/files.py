@@ -2,6 +2,7 @@
 Jinja2 rendering of config templates, atomic writes, ownership for the service user.
 """
 
+import functools
 import os
 import pwd
 import tempfile
@@ -12,13 +13,19 @@ import jinja2
 
 def render_template(package_dir: Path, name: str, **context: object) -> str:
     """Render `<package_dir>/templates/<name>`; a missing variable is an error."""
-    env = jinja2.Environment(
+    return _environment(package_dir).get_template(name).render(**context)
+
+
+@functools.cache
+def _environment(package_dir: Path) -> jinja2.Environment:
+    # One environment per folder, so each template is compiled once per process
+    # (rendering sits on the provisioning and wake paths).
+    return jinja2.Environment(
         loader=jinja2.FileSystemLoader(package_dir / "templates"),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,  # noqa: S701 - these are config files, not HTML
     )
-    return env.get_template(name).render(**context)
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644, owner: str | None = None) -> bool:

@@ -303,7 +303,11 @@ def instance_wake(tenant: Tenant, actor: str) -> Path:
             spec = instance_spec(tenant)
             runtime.configure(spec)
             runtime.start(spec)
-        moved = route.point(iid, runtime.socket_dir(iid))
+        # No RECONNECT here: it would also close the server connection PgBouncer
+        # is logging in through the activator right now, and PgBouncer would
+        # wait server_login_retry before trying again. Connections made through
+        # the activator stay spliced until PgBouncer retires them.
+        route.point(iid, runtime.socket_dir(iid))
         if tenant.state == State.SLEEPING:
             ms = _ms(started)
             _transition(
@@ -313,13 +317,6 @@ def instance_wake(tenant: Tenant, actor: str) -> Path:
             Tenant.objects.filter(pk=tenant.pk).update(
                 wake_count=F("wake_count") + 1, wake_ms_total=F("wake_ms_total") + ms
             )
-    if moved:
-        # Connections PgBouncer made through the activator are closed when released.
-        try:
-            for alias in _aliases(tenant):
-                pooler().reconnect(alias)
-        except Exception:
-            log.warning("RECONNECT after waking %s failed", tenant, exc_info=True)
     return runtime.socket_dir(iid)
 
 
