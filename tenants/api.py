@@ -178,7 +178,9 @@ def database_sleep(request: HttpRequest, tenant_id: str) -> JsonResponse:
         tenant=tenant, until=lambda t: t.state != Tenant.State.RUNNING, timeout=10
     )
     if tenant.state == Tenant.State.RUNNING:
-        raise Conflict("the database is in use (a client is connected); it stays awake")
+        raise Conflict(
+            "the database is in use (a client is connected, or it is waking); it stays awake"
+        )
     return JsonResponse(database_json(tenant))
 
 

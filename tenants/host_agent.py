@@ -257,7 +257,9 @@ def instance_sleep(tenant: Tenant, actor: str, drain_timeout: float = 3.0) -> st
         tenant.refresh_from_db()
         if tenant.state != State.RUNNING:
             return "skipped"
-        if not route.activator_socket(iid).exists():
+        if not _wait_for(route.activator_socket(iid).exists, timeout=3):
+            # The activator picks up new tenants within a scan interval; without
+            # its socket a sleeping tenant could not be woken.
             log.warning("not putting %s to sleep: its activator socket is missing", tenant)
             return "skipped"
         started = time.monotonic()
@@ -390,6 +392,15 @@ def _event(tenant: Tenant, action: str, actor: str, message: str, duration_ms: i
     event_record(
         tenant=tenant, action=action, actor=actor, message=message, duration_ms=duration_ms
     )
+
+
+def _wait_for(check, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _ms(started: float) -> int:

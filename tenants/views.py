@@ -85,7 +85,7 @@ def database_create(request: HttpRequest) -> HttpResponse:
         messages.error(request, f"The database could not be created: {tenant.state_reason}")
         return redirect("dashboard")
     # Shown once: the password lives only in this session until the page is seen.
-    request.session[f"created-{tenant.pk}"] = selectors.connection_string(tenant, password)
+    request.session[f"created-{tenant.pk}"] = selectors.credentials_json(tenant, password)
     return redirect("database-created", tenant_id=tenant.pk)
 
 
@@ -96,11 +96,15 @@ def database_created(request: HttpRequest, tenant_id: int) -> HttpResponse:
         tenant = selectors.tenant_get(account=account, tenant_id=tenant_id) if account else None
     except NotFound:
         tenant = None
-    url = request.session.pop(f"created-{tenant_id}", None)
-    if tenant is None or url is None:
+    credentials = request.session.pop(f"created-{tenant_id}", None)
+    if tenant is None or credentials is None:
         messages.info(
             request,
             "The connection string is shown only once; reset the password to get a new one.",
         )
         return redirect("dashboard")
-    return render(request, "tenants/created.html", {"tenant": tenant, "connection_string": url})
+    return render(
+        request, "tenants/created.html",
+        {"tenant": tenant, "connection_string": credentials["connection_string"],
+         "pooled_connection_string": credentials["pooled_connection_string"]},
+    )  # fmt: skip
