@@ -110,11 +110,17 @@ def instance_destroy(tenant: Tenant) -> None:
     The caller has moved the tenant out of the routed states already.
     """
     pooler_sync(tenant.host)
+    instance_remove(tenant)
+
+
+def instance_remove(tenant: Tenant) -> None:
+    """The instance, its data and its route; the pooler entry is the caller's."""
     routes().remove(tenant.instance_id)
     runtime_for(tenant).destroy(tenant.instance_id)
 
 
 def instance_start(tenant: Tenant) -> None:
+    """Start with the current settings (the plan may have changed since)."""
     runtime = runtime_for(tenant)
     spec = instance_spec(tenant)
     runtime.configure(spec)
@@ -302,9 +308,7 @@ def instance_wake(tenant: Tenant, actor: str) -> Path:
         if tenant.state not in (State.RUNNING, State.SLEEPING):
             raise RuntimeError(f"{tenant} is {tenant.state}; it cannot be woken")
         if runtime.status(iid).state is not InstanceState.RUNNING:
-            spec = instance_spec(tenant)
-            runtime.configure(spec)
-            runtime.start(spec)
+            instance_start(tenant)
         # No RECONNECT here: it would also close the server connection PgBouncer
         # is logging in through the activator right now, and PgBouncer would
         # wait server_login_retry before trying again. Connections made through
@@ -348,9 +352,7 @@ def instance_repair(tenant: Tenant) -> str | None:
             did = None
             if status is InstanceState.STOPPED:
                 started = time.monotonic()
-                spec = instance_spec(tenant)
-                runtime.configure(spec)
-                runtime.start(spec)
+                instance_start(tenant)
                 _event(
                     tenant,
                     "restart",

@@ -67,11 +67,10 @@ def _fail_and_discard(tenant: Tenant, reason: str, actor: str, duration_ms: int 
             reason=reason, actor=actor, action="provision", duration_ms=duration_ms,
         )  # fmt: skip
 
-    runtime = host_agent.runtime_for(tenant)
     try:
         with host_agent.routing_change(tenant.host):
             mark_failed()
-            runtime.destroy(tenant.instance_id)
+            host_agent.instance_remove(tenant)
     except Exception:
         log.exception("cleaning up failed %s did not finish; reconcile will", tenant)
         mark_failed()
