@@ -8,9 +8,17 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from tenants import selectors, services
-from tenants.errors import AuthenticationFailed, Conflict, InvalidInput, ServiceError, Unavailable
-from tenants.models import Tenant
+from tenants import backups, selectors, services
+from tenants.errors import (
+    AuthenticationFailed,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    NotImplementedYet,
+    ServiceError,
+    Unavailable,
+)
+from tenants.models import Backup, Restore, Tenant
 
 
 def error(status: int, message: str) -> JsonResponse:
@@ -196,3 +204,83 @@ def database_wake(request: HttpRequest, tenant_id: str) -> JsonResponse:
     if tenant.state != Tenant.State.RUNNING:
         raise Unavailable("the database did not wake up in time; try again")
     return JsonResponse(database_json(tenant))
+
+
+# -- backups -------------------------------------------------------------------------
+
+
+def backup_json(backup: Backup) -> dict:
+    def iso(value):
+        return value.isoformat() if value else None
+
+    return {
+        "id": backup.pk,
+        "database_id": backup.tenant_id,
+        "kind": backup.kind or None,
+        "state": backup.state,
+        "size_bytes": backup.size_bytes,
+        "compressed_bytes": backup.compressed_bytes,
+        "sha256": backup.sha256 or None,
+        "store": backup.store,
+        "error": backup.error or None,
+        "created_at": iso(backup.created_at),
+        "started_at": iso(backup.started_at),
+        "finished_at": iso(backup.finished_at),
+    }
+
+
+def restore_json(restore: Restore) -> dict:
+    return {
+        "id": restore.pk,
+        "backup_id": restore.backup_id,
+        "database_id": restore.tenant_id,
+        "state": restore.state,
+        "progress": restore.progress,
+        "error": restore.error or None,
+        "created_at": restore.created_at.isoformat(),
+        "finished_at": restore.finished_at.isoformat() if restore.finished_at else None,
+    }
+
+
+def _backup_of(tenant: Tenant, backup_id: str) -> Backup:
+    try:
+        return tenant.backups.get(pk=int(backup_id))
+    except (Backup.DoesNotExist, ValueError):
+        raise NotFound(f"backup {backup_id} not found") from None
+
+
+@endpoint("GET", "POST")
+def database_backups(request: HttpRequest, tenant_id: str) -> JsonResponse:
+    tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
+    if request.method == "GET":
+        return JsonResponse({"backups": [backup_json(b) for b in tenant.backups.all()]})
+    backup = backups.backup_request(tenant=tenant, actor=_actor(request))
+    return JsonResponse(backup_json(backup), status=202)
+
+
+@endpoint("GET")
+def database_backup(request: HttpRequest, tenant_id: str, backup_id: str) -> JsonResponse:
+    tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
+    return JsonResponse(backup_json(_backup_of(tenant, backup_id)))
+
+
+@endpoint("POST")
+def database_backup_restore(request: HttpRequest, tenant_id: str, backup_id: str) -> JsonResponse:
+    tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
+    backup = _backup_of(tenant, backup_id)
+    target = request.json.get("target", "same")
+    if target == "new":
+        raise NotImplementedYet("restoring into a new database is not available yet")
+    if target != "same":
+        raise InvalidInput("target must be 'same' (in place) or 'new'")
+    restore = backups.restore_request(backup=backup, actor=_actor(request))
+    return JsonResponse(restore_json(restore), status=202)
+
+
+@endpoint("GET")
+def database_restore(request: HttpRequest, tenant_id: str, restore_id: str) -> JsonResponse:
+    tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
+    try:
+        return JsonResponse(restore_json(tenant.restores.get(pk=int(restore_id))))
+    except (Restore.DoesNotExist, ValueError):
+        raise NotFound(f"restore {restore_id} not found") from None

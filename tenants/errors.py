@@ -33,3 +33,7 @@ class Conflict(ServiceError):
 
 class Unavailable(ServiceError):
     status = 503
+
+
+class NotImplementedYet(ServiceError):
+    status = 501

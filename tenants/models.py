@@ -159,3 +159,62 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} {self.message}"
+
+
+class Backup(models.Model):
+    """One physical backup of a tenant's instance, compressed with zstd."""
+
+    class Kind(models.TextChoices):
+        BASE = "base", "online base backup"
+        COLD = "cold", "copy of a sleeping instance"
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="backups")
+    kind = models.CharField(max_length=10, choices=Kind.choices, blank=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    store = models.CharField(max_length=20, default="local")
+    location = models.CharField(max_length=500, blank=True)
+    size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    compressed_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True)
+    requested_by = models.CharField(max_length=254, default="system")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"backup {self.pk} of {self.tenant} ({self.state})"
+
+
+class Restore(models.Model):
+    """Restoring a backup into its tenant, in place."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    backup = models.ForeignKey(Backup, on_delete=models.PROTECT, related_name="restores")
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="restores")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    progress = models.CharField(max_length=200, blank=True)
+    error = models.TextField(blank=True)
+    requested_by = models.CharField(max_length=254, default="system")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"restore {self.pk} of backup {self.backup_id} ({self.state})"

@@ -221,3 +221,29 @@ def _reconcile_tenant(tenant: Tenant, now) -> str | None:
         delete_tenant(tenant.pk)
         return "deleted"
     return None
+
+
+@shared_task(acks_late=True)
+def backup_tenant(backup_id: int) -> str:
+    from tenants.backups import backup_run
+    from tenants.models import Backup
+
+    backup = Backup.objects.select_related("tenant__host", "tenant__plan").filter(pk=backup_id)
+    if not backup.exists():
+        return "skipped"
+    backup_run(backup.get())
+    return "done"
+
+
+@shared_task(acks_late=True)
+def restore_backup(restore_id: int) -> str:
+    from tenants.backups import restore_run
+    from tenants.models import Restore
+
+    restore = Restore.objects.select_related("backup", "tenant__host", "tenant__plan").filter(
+        pk=restore_id
+    )
+    if not restore.exists():
+        return "skipped"
+    restore_run(restore.get())
+    return "done"

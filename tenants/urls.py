@@ -14,6 +14,26 @@ urlpatterns = [
     ),
     path("api/v1/databases/<str:tenant_id>/sleep", api.database_sleep, name="api-database-sleep"),
     path("api/v1/databases/<str:tenant_id>/wake", api.database_wake, name="api-database-wake"),
+    path(
+        "api/v1/databases/<str:tenant_id>/backups",
+        api.database_backups,
+        name="api-database-backups",
+    ),
+    path(
+        "api/v1/databases/<str:tenant_id>/backups/<str:backup_id>",
+        api.database_backup,
+        name="api-database-backup",
+    ),
+    path(
+        "api/v1/databases/<str:tenant_id>/backups/<str:backup_id>/restore",
+        api.database_backup_restore,
+        name="api-database-backup-restore",
+    ),
+    path(
+        "api/v1/databases/<str:tenant_id>/restores/<str:restore_id>",
+        api.database_restore,
+        name="api-database-restore",
+    ),
     path("", views.dashboard, name="dashboard"),
     path("signup", views.signup, name="signup"),
     path("login", views.LoginView.as_view(), name="login"),

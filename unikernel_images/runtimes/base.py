@@ -6,6 +6,7 @@ import enum
 import os
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,35 @@ class InstanceSpec:
     # (database, role) pairs allowed to log in with SCRAM.
     logins: tuple[tuple[str, str], ...] = ()
     extra_settings: dict[str, str] = field(default_factory=dict)
+
+
+class ExportStream:
+    """A readable tar stream from a child process; closing it checks the process."""
+
+    def __init__(self, proc, what: str) -> None:
+        self.proc = proc
+        self.what = what
+
+    def chunks(self, size: int = 1 << 20) -> Iterable[bytes]:
+        while chunk := self.proc.stdout.read(size):
+            yield chunk
+
+    def close(self) -> None:
+        self.proc.stdout.close()
+        code = self.proc.wait(timeout=600)
+        if code != 0:
+            err = self.proc.stderr.read().decode(errors="replace").strip()[-1000:]
+            raise InstanceError(f"{self.what} failed ({code}): {err}")
+
+    def __enter__(self) -> "ExportStream":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.proc.kill()
+            self.proc.wait()
+            return
+        self.close()
 
 
 @dataclass(frozen=True)
@@ -84,6 +114,29 @@ class Runtime(ABC):
         """Make work for `create` ahead of time, up to `count` instances; return how many
         were made. Runtimes with nothing to prepare keep this default."""
         return 0
+
+    # -- backup and restore: a physical copy as one tar stream -------------------------
+
+    @abstractmethod
+    def export_data(self, instance_id: str) -> ExportStream:
+        """A tar stream of the instance's whole cluster: an online base backup if it
+        runs, else its cleanly shut-down data directory (without starting it)."""
+
+    @abstractmethod
+    def import_data(self, spec: InstanceSpec, chunks: Iterable[bytes]) -> None:
+        """Unpack a tar stream made by export_data next to the current data."""
+
+    @abstractmethod
+    def swap_in_imported(self, spec: InstanceSpec) -> None:
+        """With the instance stopped: imported data becomes current, current is kept."""
+
+    @abstractmethod
+    def swap_back(self, spec: InstanceSpec) -> None:
+        """Undo swap_in_imported (the kept data becomes current again)."""
+
+    @abstractmethod
+    def drop_previous(self, instance_id: str) -> None:
+        """Forget the data kept by swap_in_imported, and any unused import."""
 
     def destroy(self, instance_id: str) -> None:
         """Stop and remove everything the instance had on this host."""

@@ -1,0 +1,54 @@
+"""A local directory (default: <data dir>/backups). Objects are written under a
+temporary name and renamed once complete and synced."""
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tenants.backup_stores.base import BackupStore, StoreError
+
+
+class LocalStore(BackupStore):
+    kind = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise StoreError(f"bad key {key!r}")
+        return path
+
+    def put(self, key: str, chunks: Iterable[bytes]) -> int:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        partial = path.with_name(f".partial-{path.name}")
+        written = 0
+        try:
+            with open(partial, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                    written += len(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(partial, 0o600)
+            partial.rename(path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return written
+
+    def get(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        try:
+            with open(self._path(key), "rb") as f:
+                while chunk := f.read(chunk_size):
+                    yield chunk
+        except FileNotFoundError:
+            raise StoreError(f"backup object {key!r} is missing from the local store") from None
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()

@@ -1,0 +1,216 @@
+"""Backups of tenants: requesting them (services), and making and restoring them on
+the tenant's host (called by the host agent's tasks).
+
+A backup is the instance's tar stream (see Runtime.export_data), compressed with
+zstd as it streams, hashed (sha256 of the stored bytes) and written to a store; a
+restore checks the hash while it unpacks, and replaces the current data only after
+the restored instance has started and answered.
+"""
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterable, Iterator
+
+import zstandard
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from tenants import host_agent
+from tenants.backup_stores import get_store
+from tenants.errors import Conflict
+from tenants.models import Backup, Restore, Tenant
+from tenants.services import event_record, tenant_transition
+from unikernel_images import postgres_admin
+
+log = logging.getLogger(__name__)
+State = Tenant.State
+
+
+class ChecksumMismatch(Exception):
+    pass
+
+
+# -- services (control plane) -----------------------------------------------------------
+
+
+def backup_request(*, tenant: Tenant, actor: str) -> Backup:
+    from tenants.tasks import backup_tenant
+
+    if tenant.state not in (State.RUNNING, State.SLEEPING):
+        raise Conflict(f"a {tenant.state} database cannot be backed up")
+    backup = Backup.objects.create(tenant=tenant, requested_by=actor, store=_store_kind())
+    event_record(tenant=tenant, action="backup_requested", actor=actor, message=f"#{backup.pk}")
+    transaction.on_commit(lambda: backup_tenant.apply_async((backup.pk,), queue=tenant.host.queue))
+    return backup
+
+
+def restore_request(*, backup: Backup, actor: str) -> Restore:
+    from tenants.tasks import restore_backup
+
+    tenant = backup.tenant
+    if backup.state != Backup.State.DONE:
+        raise Conflict(f"backup {backup.pk} is {backup.state}; only a finished one can be restored")
+    if tenant.state not in (State.RUNNING, State.SLEEPING):
+        raise Conflict(f"a {tenant.state} database cannot be restored into")
+    restore = Restore.objects.create(backup=backup, tenant=tenant, requested_by=actor)
+    event_record(tenant=tenant, action="restore_requested", actor=actor,
+                 message=f"backup #{backup.pk}")  # fmt: skip
+    transaction.on_commit(
+        lambda: restore_backup.apply_async((restore.pk,), queue=tenant.host.queue)
+    )
+    return restore
+
+
+def _store_kind() -> str:
+    return getattr(settings, "DBAAS_BACKUP_STORE", "local")
+
+
+# -- on the host --------------------------------------------------------------------------
+
+
+def backup_run(backup: Backup) -> None:
+    """Make the backup; the row ends `done` with sizes and hash, or `failed` with why."""
+    tenant = backup.tenant
+    if not Backup.objects.filter(pk=backup.pk, state=Backup.State.PENDING).update(
+        state=Backup.State.RUNNING, started_at=timezone.now()
+    ):
+        return
+    store = get_store(backup.store, settings.DATA_DIR)
+    key = f"{tenant.slug}/{backup.pk}-{timezone.now():%Y%m%dT%H%M%S}.tar.zst"
+    runtime = host_agent.runtime_for(tenant)
+    counter = _Counter()
+    started = time.monotonic()
+    try:
+        # The lock keeps a sleeping instance asleep (a wake waits) and a running
+        # one from being put to sleep while its backup streams.
+        with host_agent.instance_lock(tenant):
+            kind = (Backup.Kind.BASE if runtime.status(tenant.instance_id).state == "running"
+                    else Backup.Kind.COLD)  # fmt: skip
+            with runtime.export_data(tenant.instance_id) as stream:
+                compressed = _compress(stream.chunks(), counter)
+                stored = store.put(key, counter.hash_stored(compressed))
+    except Exception as exc:
+        log.exception("backup %s failed", backup.pk)
+        store.delete(key)
+        Backup.objects.filter(pk=backup.pk).update(
+            state=Backup.State.FAILED, error=str(exc)[:5000], finished_at=timezone.now()
+        )
+        event_record(tenant=tenant, action="backup", message=f"#{backup.pk} failed: {exc}",
+                     actor="worker", duration_ms=_ms(started))  # fmt: skip
+        return
+    Backup.objects.filter(pk=backup.pk).update(
+        state=Backup.State.DONE, kind=kind, location=key, size_bytes=counter.raw,
+        compressed_bytes=stored, sha256=counter.sha256.hexdigest(), finished_at=timezone.now(),
+    )  # fmt: skip
+    event_record(tenant=tenant, action="backup", actor="worker", duration_ms=_ms(started),
+                 message=f"#{backup.pk} {kind}: {counter.raw} bytes, {stored} stored")  # fmt: skip
+
+
+def restore_run(restore: Restore) -> None:
+    """Unpack and check the backup beside the current data, then swap; the current
+    data is kept until the restored instance has started and answered."""
+    if not Restore.objects.filter(pk=restore.pk, state=Restore.State.PENDING).update(
+        state=Restore.State.RUNNING
+    ):
+        return
+    backup, tenant = restore.backup, restore.tenant
+    runtime = host_agent.runtime_for(tenant)
+    started = time.monotonic()
+
+    def progress(text: str) -> None:
+        Restore.objects.filter(pk=restore.pk).update(progress=text)
+
+    try:
+        spec = host_agent.instance_spec(tenant)
+        progress("downloading, checking and unpacking")
+        store = get_store(backup.store, settings.DATA_DIR)
+        runtime.import_data(spec, _decompress_verified(store.get(backup.location), backup.sha256))
+        with host_agent.instance_lock(tenant):
+            tenant.refresh_from_db()
+            was_running = runtime.status(tenant.instance_id).state == "running"
+            progress("swapping in the restored data")
+            runtime.stop(tenant.instance_id)
+            runtime.swap_in_imported(spec)
+            try:
+                runtime.start(spec)
+                socket_dir = runtime.socket_dir(tenant.instance_id)
+                # The owner's password may have changed since the backup.
+                postgres_admin.set_role_secret(
+                    socket_dir, role=tenant.role_name, secret=tenant.scram_secret
+                )
+                with postgres_admin.connect(socket_dir, dbname=tenant.database_name) as conn:
+                    conn.execute("SELECT 1")
+            except Exception:
+                runtime.swap_back(spec)
+                if was_running:
+                    runtime.start(spec)
+                raise
+            runtime.drop_previous(tenant.instance_id)
+            if tenant.state == State.SLEEPING:
+                host_agent.routes().point(tenant.instance_id, socket_dir)
+                tenant_transition(
+                    tenant=tenant, from_states=[State.SLEEPING], to_state=State.RUNNING,
+                    action="wake", actor="restore", last_active_at=timezone.now(),
+                )  # fmt: skip
+    except Exception as exc:
+        log.exception("restore %s failed", restore.pk)
+        runtime.drop_previous(tenant.instance_id)
+        Restore.objects.filter(pk=restore.pk).update(
+            state=Restore.State.FAILED, error=str(exc)[:5000], finished_at=timezone.now()
+        )
+        event_record(tenant=tenant, action="restore", actor="worker", duration_ms=_ms(started),
+                     message=f"backup #{backup.pk} refused: {exc}")  # fmt: skip
+        return
+    Restore.objects.filter(pk=restore.pk).update(
+        state=Restore.State.DONE, progress="done", finished_at=timezone.now()
+    )
+    event_record(tenant=tenant, action="restore", actor="worker", duration_ms=_ms(started),
+                 message=f"restored backup #{backup.pk}")  # fmt: skip
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.raw = 0
+        self.sha256 = hashlib.sha256()
+
+    def hash_stored(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.sha256.update(chunk)
+            yield chunk
+
+
+def _compress(chunks: Iterable[bytes], counter: _Counter) -> Iterator[bytes]:
+    chunker = zstandard.ZstdCompressor(level=3).chunker(chunk_size=1 << 20)
+    for chunk in chunks:
+        counter.raw += len(chunk)
+        yield from chunker.compress(chunk)
+    yield from chunker.finish()
+
+
+def _decompress_verified(chunks: Iterable[bytes], expected_sha256: str) -> Iterator[bytes]:
+    """Decompress; at the end, refuse the whole stream if its hash differs.
+
+    The consumer unpacks beside the current data and discards everything on this
+    error, so a corrupted or truncated backup is never restored.
+    """
+    digest = hashlib.sha256()
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        for chunk in chunks:
+            digest.update(chunk)
+            yield decompressor.decompress(chunk)
+    except zstandard.ZstdError as exc:
+        raise ChecksumMismatch(f"the backup is corrupted (zstd: {exc})") from exc
+    if digest.hexdigest() != expected_sha256:
+        raise ChecksumMismatch(
+            f"the backup's sha256 is {digest.hexdigest()}, expected {expected_sha256}: "
+            "it is corrupted or truncated and will not be restored"
+        )
+    if not decompressor.eof:
+        raise ChecksumMismatch("the backup is truncated")
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)

@@ -1,0 +1,110 @@
+"""Backups and in-place restore, through the API and the real worker (local store)."""
+
+import time
+
+import pytest
+from django.conf import settings
+
+from tenants.models import Backup, Tenant
+from tests.conftest import connect
+from tests.test_api_databases import create
+from tests.test_scale_to_zero import instance_state, put_to_sleep
+from unikernel_images.runtimes.base import InstanceState
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def wait_for(api, path: str, states: tuple[str, ...], timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = api.call("GET", path).json()
+        if body["state"] in states or time.monotonic() > deadline:
+            return body
+        time.sleep(0.1)
+
+
+def back_up(api, db: dict) -> dict:
+    response = api.call("POST", f"/databases/{db['id']}/backups")
+    assert response.status_code == 202, response.content
+    backup = wait_for(api, f"/databases/{db['id']}/backups/{response.json()['id']}",
+                      ("done", "failed"))  # fmt: skip
+    assert backup["state"] == "done", backup
+    return backup
+
+
+def restore(api, db: dict, backup: dict) -> dict:
+    response = api.call("POST", f"/databases/{db['id']}/backups/{backup['id']}/restore")
+    assert response.status_code == 202, response.content
+    return wait_for(api, f"/databases/{db['id']}/restores/{response.json()['id']}",
+                    ("done", "failed"))  # fmt: skip
+
+
+def rows(db: dict) -> list[tuple]:
+    with connect(db["connection_string"]) as conn:
+        return conn.execute("SELECT v FROM t ORDER BY v").fetchall()
+
+
+@pytest.fixture
+def db(live, alice):
+    db = create(alice, "precious")
+    with connect(db["connection_string"]) as conn:
+        conn.execute("CREATE TABLE t (v int)")
+        conn.execute("INSERT INTO t SELECT generate_series(1, 1000)")
+    return db
+
+
+def test_restore_in_place_gives_back_exactly_the_backed_up_rows(db, alice):
+    backup = back_up(alice, db)
+    assert backup["kind"] == "base"
+    assert backup["size_bytes"] > backup["compressed_bytes"] > 0
+    assert len(backup["sha256"]) == 64
+    with connect(db["connection_string"]) as conn:
+        conn.execute("DELETE FROM t WHERE v > 10")
+        conn.execute("INSERT INTO t VALUES (5000)")
+    result = restore(alice, db, backup)
+    assert result["state"] == "done", result
+    assert rows(db) == [(v,) for v in range(1, 1001)]
+    listed = alice.call("GET", f"/databases/{db['id']}/backups").json()["backups"]
+    assert [b["id"] for b in listed] == [backup["id"]]
+
+
+def test_a_sleeping_tenant_is_backed_up_without_waking_it(db, alice):
+    put_to_sleep(alice, db)
+    backup = back_up(alice, db)
+    assert backup["kind"] == "cold"
+    assert Tenant.objects.get(pk=db["id"]).state == "sleeping"
+    assert instance_state(db["id"]) is InstanceState.STOPPED
+    assert Tenant.objects.get(pk=db["id"]).wake_count == 0
+    # ... and that copy restores.
+    with connect(db["connection_string"]) as conn:
+        conn.execute("TRUNCATE t")
+    assert restore(alice, db, backup)["state"] == "done"
+    assert len(rows(db)) == 1000
+
+
+def test_a_corrupted_backup_is_refused_and_the_tenant_keeps_its_data(db, alice):
+    backup = back_up(alice, db)
+    row = Backup.objects.get(pk=backup["id"])
+    path = settings.DATA_DIR / "backups" / row.location
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with connect(db["connection_string"]) as conn:
+        conn.execute("INSERT INTO t VALUES (424242)")
+    result = restore(alice, db, backup)
+    assert result["state"] == "failed"
+    assert "corrupted" in result["error"] or "sha256" in result["error"]
+    assert instance_state(db["id"]) is InstanceState.RUNNING
+    assert rows(db)[-1] == (424242,)
+    assert len(rows(db)) == 1001
+
+
+def test_backup_errors(db, alice, bob):
+    assert bob.call("GET", f"/databases/{db['id']}/backups").status_code == 404
+    assert bob.call("POST", f"/databases/{db['id']}/backups").status_code == 404
+    assert alice.call("GET", f"/databases/{db['id']}/backups/999999").status_code == 404
+    backup = back_up(alice, db)
+    path = f"/databases/{db['id']}/backups/{backup['id']}/restore"
+    assert alice.call("POST", path, {"target": "elsewhere"}).status_code == 400
+    assert alice.call("POST", path, {"target": "new"}).status_code == 501
+    assert bob.call("POST", path).status_code == 404
