@@ -146,7 +146,15 @@ DBAAS_RUNTIME = env_str("DBAAS_RUNTIME", "sandbox")
 # Template copies each host keeps ready, so that provisioning is a rename.
 DBAAS_SPARE_INSTANCES = env_int("DBAAS_SPARE_INSTANCES", 2)
 
+# Scheduled backups: how often a changed tenant is backed up, and where to.
+DBAAS_BACKUP_INTERVAL = env_int("DBAAS_BACKUP_INTERVAL", 86400)
+DBAAS_BACKUP_STORE = env_str("DBAAS_BACKUP_STORE", "local")
+
 CELERY_BEAT_SCHEDULE = {
+    "schedule-backups": {
+        "task": "tenants.tasks.schedule_backups",
+        "schedule": float(env_int("DBAAS_BACKUP_CHECK_INTERVAL", 600)),
+    },
     "reconcile-all-hosts": {
         "task": "tenants.tasks.reconcile_all_hosts",
         "schedule": float(DBAAS_RECONCILE_INTERVAL),

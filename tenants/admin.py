@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 
 from tenants import services
 from tenants.errors import ServiceError
-from tenants.models import Account, ApiToken, Event, Host, Plan, Tenant
+from tenants.models import Account, ApiToken, Backup, Event, Host, Plan, Restore, Tenant
 
 
 @admin.register(Host)
@@ -80,9 +80,16 @@ def _run_action(modeladmin, request, queryset, service, verb: str) -> None:
         modeladmin.message_user(request, line, level=messages.WARNING)
 
 
+@admin.action(description="Back up now")
+def back_up_tenants(modeladmin, request, queryset):
+    from tenants.backups import backup_request
+
+    _run_action(modeladmin, request, queryset, backup_request, "back up")
+
+
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    actions = [sleep_tenants, wake_tenants]
+    actions = [sleep_tenants, wake_tenants, back_up_tenants]
     list_display = (
         "name",
         "database_name",
@@ -137,3 +144,20 @@ class EventAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(Backup)
+class BackupAdmin(admin.ModelAdmin):
+    list_display = ("id", "tenant", "kind", "state", "size_bytes", "compressed_bytes", "store",
+                    "created_at", "finished_at")  # fmt: skip
+    list_filter = ("state", "kind", "store")
+    search_fields = ("tenant__name", "tenant__slug", "sha256")
+    list_select_related = ("tenant",)
+    readonly_fields = [f.name for f in Backup._meta.fields]
+
+
+@admin.register(Restore)
+class RestoreAdmin(admin.ModelAdmin):
+    list_display = ("id", "tenant", "backup", "state", "progress", "created_at", "finished_at")
+    list_filter = ("state",)
+    readonly_fields = [f.name for f in Restore._meta.fields]

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from datetime import timedelta
 
 import zstandard
 from django.conf import settings
@@ -63,8 +64,55 @@ def restore_request(*, backup: Backup, actor: str) -> Restore:
     return restore
 
 
+def backups_schedule(*, now=None) -> int:
+    """Request a backup of every live tenant whose last one is older than the backup
+    interval, unless nothing happened since (no activity: nothing to save)."""
+    now = now or timezone.now()
+    interval = timedelta(seconds=settings.DBAAS_BACKUP_INTERVAL)
+    requested = 0
+    tenants = Tenant.objects.filter(state__in=[State.RUNNING, State.SLEEPING]).select_related(
+        "host"
+    )
+    for tenant in tenants:
+        last = tenant.backups.exclude(state=Backup.State.FAILED).order_by("-created_at").first()
+        if last is not None:
+            if now - last.created_at < interval:
+                continue
+            if tenant.last_active_at and tenant.last_active_at < last.created_at:
+                continue  # unchanged since that backup
+        backup_request(tenant=tenant, actor="schedule")
+        requested += 1
+    return requested
+
+
+def backups_expire() -> int:
+    """Keep the newest `plan.backups_kept` finished backups per tenant; delete the rest
+    from their store. A deleted tenant's backups are kept just the same."""
+    expired = 0
+    for tenant in Tenant.objects.filter(backups__state=Backup.State.DONE).distinct():
+        done = tenant.backups.filter(state=Backup.State.DONE).order_by("-created_at", "-id")
+        for backup in done[tenant.plan.backups_kept :]:
+            get_store(backup.store, settings.DATA_DIR).delete(backup.location)
+            Backup.objects.filter(pk=backup.pk, state=Backup.State.DONE).update(
+                state=Backup.State.EXPIRED
+            )
+            event_record(tenant=tenant, action="backup_expired", message=f"#{backup.pk}")
+            expired += 1
+    return expired
+
+
+def backups_fail_abandoned(*, now=None) -> int:
+    """A backup left running by a worker that died: failed (its partial object was
+    never made visible in the store)."""
+    now = now or timezone.now()
+    limit = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30)
+    return Backup.objects.filter(state=Backup.State.RUNNING, started_at__lt=limit).update(
+        state=Backup.State.FAILED, error="the worker making it was lost", finished_at=now
+    )
+
+
 def _store_kind() -> str:
-    return getattr(settings, "DBAAS_BACKUP_STORE", "local")
+    return settings.DBAAS_BACKUP_STORE
 
 
 # -- on the host --------------------------------------------------------------------------

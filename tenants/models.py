@@ -37,6 +37,9 @@ class Plan(models.Model):
     pool_size = models.PositiveIntegerField(
         default=10, help_text="Server connections the pooler keeps per database."
     )
+    backups_kept = models.PositiveIntegerField(
+        default=7, help_text="Daily backups kept per database; older ones are deleted."
+    )
     sleeps_when_idle = models.BooleanField(default=True)
     idle_timeout_seconds = models.PositiveIntegerField(default=300)
     is_default = models.BooleanField(default=False, help_text="Given to new accounts.")
@@ -173,6 +176,7 @@ class Backup(models.Model):
         RUNNING = "running"
         DONE = "done"
         FAILED = "failed"
+        EXPIRED = "expired"  # past the plan's retention: deleted from the store
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="backups")
     kind = models.CharField(max_length=10, choices=Kind.choices, blank=True)

@@ -247,3 +247,15 @@ def restore_backup(restore_id: int) -> str:
         return "skipped"
     restore_run(restore.get())
     return "done"
+
+
+@shared_task
+def schedule_backups() -> dict[str, int]:
+    """Beat: daily backups of changed tenants, retention, abandoned backups."""
+    from tenants import backups
+
+    return {
+        "requested": backups.backups_schedule(),
+        "expired": backups.backups_expire(),
+        "abandoned": backups.backups_fail_abandoned(),
+    }

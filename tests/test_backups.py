@@ -108,3 +108,52 @@ def test_backup_errors(db, alice, bob):
     assert alice.call("POST", path, {"target": "elsewhere"}).status_code == 400
     assert alice.call("POST", path, {"target": "new"}).status_code == 501
     assert bob.call("POST", path).status_code == 404
+
+
+def test_daily_backups_skip_unchanged_tenants(db, alice):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tenants import backups
+
+    now = timezone.now()
+    assert backups.backups_schedule(now=now) == 1  # never backed up
+    first = Backup.objects.get(tenant_id=db["id"])
+    wait_for(alice, f"/databases/{db['id']}/backups/{first.pk}", ("done",))
+    assert backups.backups_schedule(now=now) == 0  # not due yet
+    later = now + timedelta(days=2)
+    Tenant.objects.filter(pk=db["id"]).update(last_active_at=now - timedelta(hours=1))
+    assert backups.backups_schedule(now=later) == 0  # due, but nothing changed
+    Tenant.objects.filter(pk=db["id"]).update(last_active_at=later - timedelta(hours=1))
+    assert backups.backups_schedule(now=later) == 1
+
+
+def test_retention_deletes_exactly_the_expired_ones(db, alice):
+    from tenants import backups
+    from tenants.models import Plan
+
+    made = [back_up(alice, db) for _ in range(3)]
+    Plan.objects.filter(name="free").update(backups_kept=2)
+    assert backups.backups_expire() == 1
+    states = {b.pk: b.state for b in Backup.objects.filter(tenant_id=db["id"])}
+    assert states == {made[0]["id"]: "expired", made[1]["id"]: "done", made[2]["id"]: "done"}
+    files = {b.pk: (settings.DATA_DIR / "backups" / b.location).exists()
+             for b in Backup.objects.filter(tenant_id=db["id"])}  # fmt: skip
+    assert files == {made[0]["id"]: False, made[1]["id"]: True, made[2]["id"]: True}
+    assert backups.backups_expire() == 0
+
+
+def test_a_backup_abandoned_by_a_dead_worker_is_failed(db):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tenants import backups
+
+    tenant = Tenant.objects.get(pk=db["id"])
+    stale = Backup.objects.create(tenant=tenant, state="running",
+                                  started_at=timezone.now() - timedelta(hours=1))  # fmt: skip
+    assert backups.backups_fail_abandoned() == 1
+    stale.refresh_from_db()
+    assert stale.state == "failed" and "lost" in stale.error
