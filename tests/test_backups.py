@@ -157,3 +157,19 @@ def test_a_backup_abandoned_by_a_dead_worker_is_failed(db):
     assert backups.backups_fail_abandoned() == 1
     stale.refresh_from_db()
     assert stale.state == "failed" and "lost" in stale.error
+
+
+def test_backups_go_to_s3_and_come_back(db, alice):
+    from tenants.backup_stores import get_store
+    from tenants.backups import backup_request
+
+    tenant = Tenant.objects.select_related("host").get(pk=db["id"])
+    backup = backup_request(tenant=tenant, actor="test", store="s3")
+    done = wait_for(alice, f"/databases/{db['id']}/backups/{backup.pk}", ("done", "failed"))
+    assert done["state"] == "done" and done["store"] == "s3", done
+    backup.refresh_from_db()
+    assert get_store("s3", settings.DATA_DIR).exists(backup.location)
+    with connect(db["connection_string"]) as conn:
+        conn.execute("DELETE FROM t")
+    assert restore(alice, db, done)["state"] == "done"
+    assert len(rows(db)) == 1000
