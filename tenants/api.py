@@ -14,7 +14,6 @@ from tenants.errors import (
     Conflict,
     InvalidInput,
     NotFound,
-    NotImplementedYet,
     ServiceError,
     Unavailable,
 )
@@ -131,8 +130,12 @@ def databases(request: HttpRequest) -> JsonResponse:
     name = request.json.get("name")
     if not isinstance(name, str):
         raise InvalidInput("field 'name' is required and must be a string")
+    return _create_and_wait(request, name)
+
+
+def _create_and_wait(request: HttpRequest, name: str, restored_from=None) -> JsonResponse:
     tenant, password = services.tenant_create(
-        account=request.account, name=name, actor=_actor(request)
+        account=request.account, name=name, actor=_actor(request), restored_from=restored_from
     )
     # The connection string must work the moment the client reads it: wait for
     # the host agent (tens of milliseconds normally).
@@ -269,10 +272,17 @@ def database_backup_restore(request: HttpRequest, tenant_id: str, backup_id: str
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
     backup = _backup_of(tenant, backup_id)
     target = request.json.get("target", "same")
-    if target == "new":
-        raise NotImplementedYet("restoring into a new database is not available yet")
-    if target != "same":
+    if target not in ("same", "new"):
         raise InvalidInput("target must be 'same' (in place) or 'new'")
+    if target == "new":
+        if backup.state != Backup.State.DONE:
+            raise Conflict(f"backup {backup.pk} is {backup.state}; only a finished one restores")
+        name = request.json.get("name", f"{tenant.name}_restored"[:40])
+        if not isinstance(name, str):
+            raise InvalidInput("field 'name' must be a string")
+        # A new database of the same account (the plan's quota applies), made
+        # from the backup: the answer is that of POST /databases.
+        return _create_and_wait(request, name, restored_from=backup)
     restore = backups.restore_request(backup=backup, actor=_actor(request))
     return JsonResponse(restore_json(restore), status=202)
 

@@ -171,8 +171,7 @@ def restore_run(restore: Restore) -> None:
     try:
         spec = host_agent.instance_spec(tenant)
         progress("downloading, checking and unpacking")
-        store = get_store(backup.store, settings.DATA_DIR)
-        runtime.import_data(spec, _decompress_verified(store.get(backup.location), backup.sha256))
+        runtime.import_data(spec, backup_chunks_verified(backup))
         with host_agent.instance_lock(tenant):
             tenant.refresh_from_db()
             was_running = runtime.status(tenant.instance_id).state == "running"
@@ -214,6 +213,12 @@ def restore_run(restore: Restore) -> None:
     )
     event_record(tenant=tenant, action="restore", actor="worker", duration_ms=_ms(started),
                  message=f"restored backup #{backup.pk}")  # fmt: skip
+
+
+def backup_chunks_verified(backup: Backup) -> Iterator[bytes]:
+    """The backup's tar stream, read from its store, decompressed and checked."""
+    store = get_store(backup.store, settings.DATA_DIR)
+    return _decompress_verified(store.get(backup.location), backup.sha256)
 
 
 class _Counter:

@@ -33,7 +33,3 @@ class Conflict(ServiceError):
 
 class Unavailable(ServiceError):
     status = 503
-
-
-class NotImplementedYet(ServiceError):
-    status = 501

@@ -96,6 +96,30 @@ def instance_provision(tenant: Tenant) -> None:
     pooler_sync(tenant.host)
 
 
+def instance_provision_from_backup(tenant: Tenant) -> None:
+    """Like instance_provision, with the data of `tenant.restored_from` (checked
+    against its sha256 while unpacking) instead of the image's template."""
+    from tenants.backups import backup_chunks_verified
+
+    backup = tenant.restored_from
+    source = backup.tenant
+    runtime = runtime_for(tenant)
+    spec = instance_spec(tenant)
+    runtime.destroy(spec.instance_id)
+    runtime.import_data(spec, backup_chunks_verified(backup))
+    runtime.swap_in_imported(spec)
+    runtime.drop_previous(spec.instance_id)
+    runtime.start(spec)
+    socket_dir = runtime.socket_dir(spec.instance_id)
+    if source.pk != tenant.pk:
+        postgres_admin.rename_owner(
+            socket_dir, old_role=source.role_name, old_database=source.database_name,
+            role=tenant.role_name, database=tenant.database_name, secret=tenant.scram_secret,
+        )  # fmt: skip
+    routes().point(tenant.instance_id, socket_dir)
+    pooler_sync(tenant.host)
+
+
 def spares_refill(runtime_kind: str) -> int:
     """Keep DBAAS_SPARE_INSTANCES template copies ready so provisioning skips the copy."""
     runtime = get_runtime(runtime_kind, instances_dir())

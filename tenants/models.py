@@ -109,6 +109,10 @@ class Tenant(models.Model):
     wake_ms_total = models.PositiveBigIntegerField(default=0)
     last_wake_ms = models.PositiveIntegerField(null=True, blank=True)
     pooler_xact_count = models.BigIntegerField(default=0)
+    # Set when the tenant is made from a backup instead of the image's template.
+    restored_from = models.ForeignKey(
+        "Backup", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
 
     class Meta:
         constraints = [

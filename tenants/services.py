@@ -139,7 +139,9 @@ def token_create(*, email: str, password: str) -> str:
 # -- tenants ---------------------------------------------------------------------------
 
 
-def tenant_create(*, account: Account, name: str, actor: str) -> tuple[Tenant, str]:
+def tenant_create(
+    *, account: Account, name: str, actor: str, restored_from=None
+) -> tuple[Tenant, str]:
     """Create the row and queue provisioning on the chosen host.
 
     Returns the tenant and its password, which is not stored anywhere.
@@ -172,6 +174,7 @@ def tenant_create(*, account: Account, name: str, actor: str) -> tuple[Tenant, s
             slug=_unique_slug(),
             scram_secret=scram_secret(password),
             state=State.PROVISIONING,
+            restored_from=restored_from,
         )
         event_record(
             tenant=tenant,

@@ -25,7 +25,7 @@ STUCK_AFTER = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30)
 
 
 def _load(tenant_id: int) -> Tenant | None:
-    related = ("host", "plan", "account__user")
+    related = ("host", "plan", "account__user", "restored_from__tenant")
     return Tenant.objects.select_related(*related).filter(pk=tenant_id).first()
 
 
@@ -40,7 +40,10 @@ def provision_tenant(tenant_id: int) -> str:
         return "skipped"
     started = time.monotonic()
     try:
-        host_agent.instance_provision(tenant)
+        if tenant.restored_from_id:
+            host_agent.instance_provision_from_backup(tenant)
+        else:
+            host_agent.instance_provision(tenant)
     except Exception as exc:
         log.exception("provisioning %s failed", tenant)
         _fail_and_discard(tenant, f"provisioning failed: {exc}", WORKER, _ms(started))

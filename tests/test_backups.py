@@ -2,6 +2,7 @@
 
 import time
 
+import psycopg
 import pytest
 from django.conf import settings
 
@@ -106,7 +107,6 @@ def test_backup_errors(db, alice, bob):
     backup = back_up(alice, db)
     path = f"/databases/{db['id']}/backups/{backup['id']}/restore"
     assert alice.call("POST", path, {"target": "elsewhere"}).status_code == 400
-    assert alice.call("POST", path, {"target": "new"}).status_code == 501
     assert bob.call("POST", path).status_code == 404
 
 
@@ -173,3 +173,24 @@ def test_backups_go_to_s3_and_come_back(db, alice):
         conn.execute("DELETE FROM t")
     assert restore(alice, db, done)["state"] == "done"
     assert len(rows(db)) == 1000
+
+
+def test_restore_into_a_new_database_leaves_the_original_untouched(db, alice):
+    backup = back_up(alice, db)
+    with connect(db["connection_string"]) as conn:
+        conn.execute("INSERT INTO t VALUES (777777)")
+    path = f"/databases/{db['id']}/backups/{backup['id']}/restore"
+    assert alice.call("POST", path, {"target": "new", "name": "Bad Name"}).status_code == 400
+    response = alice.call("POST", path, {"target": "new", "name": "copy"})
+    assert response.status_code == 201, response.content
+    copy = response.json()
+    assert copy["name"] == "copy" and copy["database"] != db["database"]
+    assert rows(copy) == [(v,) for v in range(1, 1001)]
+    assert len(rows(db)) == 1001 and rows(db)[-1] == (777777,)
+    with connect(copy["connection_string"]) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == copy["user"]
+        conn.execute("INSERT INTO t VALUES (1)")  # it owns its tables
+    # The original's credentials do not open the copy.
+    crossed = db["connection_string"].replace(f"/{db['database']}?", f"/{copy['database']}?")
+    with pytest.raises(psycopg.OperationalError):
+        connect(crossed)

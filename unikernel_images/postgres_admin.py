@@ -64,3 +64,23 @@ def role_secret(socket_dir: Path, *, role: str) -> str | None:
             "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)
         ).fetchone()
     return row[0] if row else None
+
+
+def rename_owner(
+    socket_dir: Path, *, old_role: str, old_database: str, role: str, database: str, secret: str
+) -> None:
+    """Give a cluster restored from another tenant's backup this tenant's names."""
+    with connect(socket_dir) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(old_database), sql.Identifier(database)
+            )
+        )
+        conn.execute(
+            sql.SQL("ALTER ROLE {} RENAME TO {}").format(
+                sql.Identifier(old_role), sql.Identifier(role)
+            )
+        )
+        conn.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(secret))
+        )

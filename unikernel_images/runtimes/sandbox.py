@@ -375,6 +375,8 @@ class SandboxRuntime(Runtime):
         return self.instance_dir(instance_id) / "data.previous"
 
     def import_data(self, spec: InstanceSpec, chunks) -> None:
+        self.instance_dir(spec.instance_id).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.instance_dir(spec.instance_id), 0o711)
         incoming = self._incoming(spec.instance_id)
         shutil.rmtree(incoming, ignore_errors=True)
         incoming.mkdir(mode=0o700, parents=True)
@@ -402,12 +404,14 @@ class SandboxRuntime(Runtime):
 
     def swap_in_imported(self, spec: InstanceSpec) -> None:
         iid = spec.instance_id
-        if self.status(iid).state is not InstanceState.STOPPED:
+        if self.status(iid).state not in (InstanceState.STOPPED, InstanceState.MISSING):
             raise InstanceError(f"instance {iid} must be stopped to swap its data")
         previous = self._previous(iid)
         shutil.rmtree(previous, ignore_errors=True)
-        self.data_dir(iid).rename(previous)
+        if self.data_dir(iid).exists():  # a new instance made from a backup has none
+            self.data_dir(iid).rename(previous)
         self._incoming(iid).rename(self.data_dir(iid))
+        self._make_socket_dir(spec)
 
     def swap_back(self, spec: InstanceSpec) -> None:
         iid = spec.instance_id
