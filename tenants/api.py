@@ -162,7 +162,11 @@ def database(request: HttpRequest, tenant_id: str) -> JsonResponse:
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
     if request.method == "GET":
         return JsonResponse(database_json(tenant))
+    purge = request.GET.get("purge", "false").lower()
+    if purge not in ("true", "false", "1", "0"):
+        raise InvalidInput("purge must be true or false")
     services.tenant_delete(tenant=tenant, actor=_actor(request))
+    backups.backups_on_delete(tenant=tenant, purge=purge in ("true", "1"))
     tenant.refresh_from_db()
     return JsonResponse(database_json(tenant), status=202)
 
@@ -294,3 +298,31 @@ def database_restore(request: HttpRequest, tenant_id: str, restore_id: str) -> J
         return JsonResponse(restore_json(tenant.restores.get(pk=int(restore_id))))
     except (Restore.DoesNotExist, ValueError):
         raise NotFound(f"restore {restore_id} not found") from None
+
+
+@endpoint("GET")
+def account_backups(request: HttpRequest) -> JsonResponse:
+    """Every usable backup of the account, deleted databases' included."""
+    found = Backup.objects.filter(
+        tenant__account=request.account, state=Backup.State.DONE
+    ).select_related("tenant")
+    return JsonResponse(
+        {"backups": [backup_json(b) | {"database_name": b.tenant.name} for b in found]}
+    )
+
+
+@endpoint("POST")
+def account_backup_restore(request: HttpRequest, backup_id: str) -> JsonResponse:
+    """Restore any of the account's backups (a deleted database's too) into a new one."""
+    try:
+        backup = Backup.objects.select_related("tenant").get(
+            pk=int(backup_id), tenant__account=request.account
+        )
+    except (Backup.DoesNotExist, ValueError):
+        raise NotFound(f"backup {backup_id} not found") from None
+    if backup.state != Backup.State.DONE:
+        raise Conflict(f"backup {backup.pk} is {backup.state}; only a finished one restores")
+    name = request.json.get("name")
+    if not isinstance(name, str):
+        raise InvalidInput("field 'name' is required and must be a string")
+    return _create_and_wait(request, name, restored_from=backup)

@@ -91,16 +91,35 @@ def backups_expire() -> int:
     """Keep the newest `plan.backups_kept` finished backups per tenant; delete the rest
     from their store. A deleted tenant's backups are kept just the same."""
     expired = 0
+    now = timezone.now()
     for tenant in Tenant.objects.filter(backups__state=Backup.State.DONE).distinct():
-        done = tenant.backups.filter(state=Backup.State.DONE).order_by("-created_at", "-id")
-        for backup in done[tenant.plan.backups_kept :]:
-            get_store(backup.store, settings.DATA_DIR).delete(backup.location)
-            Backup.objects.filter(pk=backup.pk, state=Backup.State.DONE).update(
-                state=Backup.State.EXPIRED
-            )
-            event_record(tenant=tenant, action="backup_expired", message=f"#{backup.pk}")
+        done = list(tenant.backups.filter(state=Backup.State.DONE).order_by("-created_at", "-id"))
+        kept = tenant.plan.backups_kept
+        doomed = done[kept:]
+        # A deleted database's last backup lives as long as a daily one would.
+        if tenant.state == State.DELETED:
+            retention = timedelta(seconds=settings.DBAAS_BACKUP_INTERVAL * kept)
+            doomed += [b for b in done[:kept] if now - b.created_at > retention]
+        for backup in doomed:
+            _expire(backup, reason=f"past the plan's retention ({kept})")
             expired += 1
     return expired
+
+
+def backups_on_delete(*, tenant: Tenant, purge: bool) -> int:
+    """When a database is deleted: keep only its newest backup (restorable into a new
+    database until the plan's retention expires it), or none if `purge`."""
+    done = tenant.backups.filter(state=Backup.State.DONE).order_by("-created_at", "-id")
+    doomed = list(done if purge else done[1:])
+    for backup in doomed:
+        _expire(backup, reason="purged with the database" if purge else "database deleted")
+    return len(doomed)
+
+
+def _expire(backup: Backup, reason: str) -> None:
+    get_store(backup.store, settings.DATA_DIR).delete(backup.location)
+    Backup.objects.filter(pk=backup.pk, state=Backup.State.DONE).update(state=Backup.State.EXPIRED)
+    event_record(tenant=backup.tenant, action="backup_expired", message=f"#{backup.pk}: {reason}")
 
 
 def backups_fail_abandoned(*, now=None) -> int:

@@ -34,6 +34,12 @@ urlpatterns = [
         api.database_restore,
         name="api-database-restore",
     ),
+    path("api/v1/backups", api.account_backups, name="api-backups"),
+    path(
+        "api/v1/backups/<str:backup_id>/restore",
+        api.account_backup_restore,
+        name="api-backup-restore",
+    ),
     path("", views.dashboard, name="dashboard"),
     path("signup", views.signup, name="signup"),
     path("login", views.LoginView.as_view(), name="login"),

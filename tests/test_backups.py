@@ -194,3 +194,28 @@ def test_restore_into_a_new_database_leaves_the_original_untouched(db, alice):
     crossed = db["connection_string"].replace(f"/{db['database']}?", f"/{copy['database']}?")
     with pytest.raises(psycopg.OperationalError):
         connect(crossed)
+
+
+def test_a_deleted_databases_last_backup_stays_restorable(db, alice, bob):
+    old = back_up(alice, db)
+    newest = back_up(alice, db)
+    assert alice.call("DELETE", f"/databases/{db['id']}").status_code == 202
+    states = dict(Backup.objects.filter(tenant_id=db["id"]).values_list("id", "state"))
+    assert states == {old["id"]: "expired", newest["id"]: "done"}
+    listed = alice.call("GET", "/backups").json()["backups"]
+    assert [(b["id"], b["database_name"]) for b in listed] == [(newest["id"], "precious")]
+    assert bob.call("GET", "/backups").json() == {"backups": []}
+    assert bob.call("POST", f"/backups/{newest['id']}/restore", {"name": "x"}).status_code == 404
+    response = alice.call("POST", f"/backups/{newest['id']}/restore", {"name": "revived"})
+    assert response.status_code == 201, response.content
+    assert len(rows(response.json())) == 1000
+
+
+def test_purge_deletes_every_backup_with_the_database(db, alice):
+    backup = back_up(alice, db)
+    assert alice.call("DELETE", f"/databases/{db['id']}?purge=maybe").status_code == 400
+    assert alice.call("DELETE", f"/databases/{db['id']}?purge=true").status_code == 202
+    assert Backup.objects.get(pk=backup["id"]).state == "expired"
+    assert not (settings.DATA_DIR / "backups" / Backup.objects.get(pk=backup["id"]).location
+                ).exists()  # fmt: skip
+    assert alice.call("GET", "/backups").json() == {"backups": []}
