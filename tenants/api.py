@@ -5,10 +5,11 @@ import json
 from collections.abc import Callable
 
 from django.conf import settings
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from tenants import backups, selectors, services
+from tenants.backup_stores import get_store
 from tenants.errors import (
     AuthenticationFailed,
     Conflict,
@@ -261,8 +262,31 @@ def database_backups(request: HttpRequest, tenant_id: str) -> JsonResponse:
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
     if request.method == "GET":
         return JsonResponse({"backups": [backup_json(b) for b in tenant.backups.all()]})
-    backup = backups.backup_request(tenant=tenant, actor=_actor(request))
+    kind = request.json.get("kind", "physical")
+    if kind not in ("physical", "logical"):
+        raise InvalidInput("kind must be 'physical' (default) or 'logical' (pg_dump export)")
+    backup = backups.backup_request(tenant=tenant, actor=_actor(request), logical=kind == "logical")
     return JsonResponse(backup_json(backup), status=202)
+
+
+@endpoint("GET")
+def database_backup_download(request: HttpRequest, tenant_id: str, backup_id: str):
+    """A logical export, as a pg_dump custom-format file for pg_restore."""
+    tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
+    backup = _backup_of(tenant, backup_id)
+    if backup.kind != Backup.Kind.LOGICAL:
+        raise InvalidInput("only logical exports can be downloaded; create one with "
+                           '{"kind": "logical"}')  # fmt: skip
+    if backup.state != Backup.State.DONE:
+        raise Conflict(f"export {backup.pk} is {backup.state}")
+    response = StreamingHttpResponse(
+        get_store(backup.store, settings.DATA_DIR).get(backup.location),
+        content_type="application/octet-stream",
+    )
+    response["Content-Disposition"] = f'attachment; filename="{tenant.name}-{backup.pk}.dump"'
+    response["Content-Length"] = str(backup.compressed_bytes)
+    response["X-Checksum-SHA256"] = backup.sha256
+    return response
 
 
 @endpoint("GET")

@@ -36,14 +36,17 @@ class ChecksumMismatch(Exception):
 # -- services (control plane) -----------------------------------------------------------
 
 
-def backup_request(*, tenant: Tenant, actor: str, store: str | None = None) -> Backup:
+def backup_request(
+    *, tenant: Tenant, actor: str, store: str | None = None, logical: bool = False
+) -> Backup:
     from tenants.tasks import backup_tenant
 
     if tenant.state not in (State.RUNNING, State.SLEEPING):
         raise Conflict(f"a {tenant.state} database cannot be backed up")
     backup = Backup.objects.create(
-        tenant=tenant, requested_by=actor, store=store or settings.DBAAS_BACKUP_STORE
-    )
+        tenant=tenant, requested_by=actor, store=store or settings.DBAAS_BACKUP_STORE,
+        kind=Backup.Kind.LOGICAL if logical else "",
+    )  # fmt: skip
     event_record(tenant=tenant, action="backup_requested", actor=actor, message=f"#{backup.pk}")
     transaction.on_commit(lambda: backup_tenant.apply_async((backup.pk,), queue=tenant.host.queue))
     return backup
@@ -55,6 +58,8 @@ def restore_request(*, backup: Backup, actor: str) -> Restore:
     tenant = backup.tenant
     if backup.state != Backup.State.DONE:
         raise Conflict(f"backup {backup.pk} is {backup.state}; only a finished one can be restored")
+    if backup.kind == Backup.Kind.LOGICAL:
+        raise Conflict("a logical export is restored with pg_restore by you; download it")
     if tenant.state not in (State.RUNNING, State.SLEEPING):
         raise Conflict(f"a {tenant.state} database cannot be restored into")
     restore = Restore.objects.create(backup=backup, tenant=tenant, requested_by=actor)
@@ -143,19 +148,29 @@ def backup_run(backup: Backup) -> None:
     ):
         return
     store = get_store(backup.store, settings.DATA_DIR)
-    key = f"{tenant.slug}/{backup.pk}-{timezone.now():%Y%m%dT%H%M%S}.tar.zst"
+    logical = backup.kind == Backup.Kind.LOGICAL
+    suffix = "dump" if logical else "tar.zst"
+    key = f"{tenant.slug}/{backup.pk}-{timezone.now():%Y%m%dT%H%M%S}.{suffix}"
     runtime = host_agent.runtime_for(tenant)
     counter = _Counter()
     started = time.monotonic()
     try:
-        # The lock keeps a sleeping instance asleep (a wake waits) and a running
-        # one from being put to sleep while its backup streams.
-        with host_agent.instance_lock(tenant):
-            kind = (Backup.Kind.BASE if runtime.status(tenant.instance_id).state == "running"
-                    else Backup.Kind.COLD)  # fmt: skip
-            with runtime.export_data(tenant.instance_id) as stream:
-                compressed = _compress(stream.chunks(), counter)
-                stored = store.put(key, counter.hash_stored(compressed))
+        if logical:
+            # pg_dump needs a running server: the user asked, so it may wake.
+            socket_dir = host_agent.instance_wake(tenant, actor="export")
+            kind = Backup.Kind.LOGICAL
+            with postgres_admin.dump(socket_dir, tenant.database_name) as stream:
+                # The custom format is compressed already.
+                stored = store.put(key, counter.hash_stored(counter.count(stream.chunks())))
+        else:
+            # The lock keeps a sleeping instance asleep (a wake waits) and a running
+            # one from being put to sleep while its backup streams.
+            with host_agent.instance_lock(tenant):
+                kind = (Backup.Kind.BASE if runtime.status(tenant.instance_id).state == "running"
+                        else Backup.Kind.COLD)  # fmt: skip
+                with runtime.export_data(tenant.instance_id) as stream:
+                    compressed = _compress(counter.count(stream.chunks()))
+                    stored = store.put(key, counter.hash_stored(compressed))
     except Exception as exc:
         log.exception("backup %s failed", backup.pk)
         store.delete(key)
@@ -245,16 +260,20 @@ class _Counter:
         self.raw = 0
         self.sha256 = hashlib.sha256()
 
+    def count(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.raw += len(chunk)
+            yield chunk
+
     def hash_stored(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
             self.sha256.update(chunk)
             yield chunk
 
 
-def _compress(chunks: Iterable[bytes], counter: _Counter) -> Iterator[bytes]:
+def _compress(chunks: Iterable[bytes]) -> Iterator[bytes]:
     chunker = zstandard.ZstdCompressor(level=3).chunker(chunk_size=1 << 20)
     for chunk in chunks:
-        counter.raw += len(chunk)
         yield from chunker.compress(chunk)
     yield from chunker.finish()
 

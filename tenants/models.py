@@ -174,6 +174,7 @@ class Backup(models.Model):
     class Kind(models.TextChoices):
         BASE = "base", "online base backup"
         COLD = "cold", "copy of a sleeping instance"
+        LOGICAL = "logical", "pg_dump export, for download"
 
     class State(models.TextChoices):
         PENDING = "pending"

@@ -34,6 +34,11 @@ urlpatterns = [
         api.database_restore,
         name="api-database-restore",
     ),
+    path(
+        "api/v1/databases/<str:tenant_id>/backups/<str:backup_id>/download",
+        api.database_backup_download,
+        name="api-database-backup-download",
+    ),
     path("api/v1/backups", api.account_backups, name="api-backups"),
     path(
         "api/v1/backups/<str:backup_id>/restore",

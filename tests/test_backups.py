@@ -219,3 +219,74 @@ def test_purge_deletes_every_backup_with_the_database(db, alice):
     assert not (settings.DATA_DIR / "backups" / Backup.objects.get(pk=backup["id"]).location
                 ).exists()  # fmt: skip
     assert alice.call("GET", "/backups").json() == {"backups": []}
+
+
+def test_a_logical_export_can_be_downloaded(db, alice, tmp_path):
+    import hashlib
+    import subprocess
+
+    assert alice.call("POST", f"/databases/{db['id']}/backups", {"kind": "tar"}).status_code == 400
+    response = alice.call("POST", f"/databases/{db['id']}/backups", {"kind": "logical"})
+    assert response.status_code == 202
+    export = wait_for(alice, f"/databases/{db['id']}/backups/{response.json()['id']}",
+                      ("done", "failed"))  # fmt: skip
+    assert export["state"] == "done" and export["kind"] == "logical", export
+    download = alice.client.get(
+        f"/api/v1/databases/{db['id']}/backups/{export['id']}/download",
+        HTTP_AUTHORIZATION=f"Bearer {alice.token}",
+    )
+    assert download.status_code == 200
+    body = b"".join(download.streaming_content)
+    assert hashlib.sha256(body).hexdigest() == export["sha256"] == download["X-Checksum-SHA256"]
+    dump = tmp_path / "export.dump"
+    dump.write_bytes(body)
+    listing = subprocess.run(["pg_restore", "-l", str(dump)], capture_output=True, text=True)
+    assert "TABLE DATA public t" in listing.stdout, listing.stderr
+    # Physical backups are restored by the platform, not downloaded.
+    physical = back_up(alice, db)
+    path = f"/databases/{db['id']}/backups/{physical['id']}/download"
+    assert alice.call("GET", path).status_code == 400
+    path = f"/databases/{db['id']}/backups/{export['id']}/restore"
+    assert alice.call("POST", path).status_code == 409
+
+
+def test_killing_the_worker_mid_backup_leaves_no_usable_partial(db, alice, platform):
+    import os
+    import signal
+
+    from tests.conftest import Service, _venv_bin
+
+    with connect(db["connection_string"]) as conn:  # enough data to take a while
+        conn.execute("CREATE TABLE big AS SELECT g, md5(g::text) AS h "
+                     "FROM generate_series(1, 1500000) g")  # fmt: skip
+    response = alice.call("POST", f"/databases/{db['id']}/backups")
+    backup_id = response.json()["id"]
+    deadline = time.monotonic() + 30
+    while Backup.objects.get(pk=backup_id).state == "pending" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker: Service = platform["worker"]
+    os.killpg(worker.proc.pid, signal.SIGKILL)
+    worker.proc.wait()
+    backup = Backup.objects.get(pk=backup_id)
+    assert backup.state == "running"
+    store_dir = settings.DATA_DIR / "backups" / Tenant.objects.get(pk=db["id"]).slug
+    visible = [p for p in store_dir.glob("*")] if store_dir.exists() else []
+    assert all(p.name.startswith(".partial-") for p in visible), visible
+    # The next reconcile after the task's time limit fails it; no object is usable.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tenants import backups
+
+    assert backups.backups_fail_abandoned(now=timezone.now() + timedelta(hours=1)) == 1
+    assert Backup.objects.get(pk=backup_id).state == "failed"
+    assert alice.call("GET", "/backups").json() == {"backups": []}
+    # A supervisor restarts the worker.
+    replacement = Service("worker", [
+        _venv_bin("celery"), "-A", "dbaas", "worker", "--loglevel", "INFO",
+        "-Q", f"host.{settings.DBAAS_HOST_NAME},control", "--concurrency", "2",
+        "--hostname", f"test-agent-{os.getpid()}-2@%h", "--without-mingle", "--without-gossip",
+    ])  # fmt: skip
+    platform["worker"] = replacement
+    replacement.wait_for(lambda: replacement.log_contains(" ready."))

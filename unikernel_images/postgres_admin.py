@@ -1,11 +1,13 @@
 """SQL the platform runs on an instance as its superuser, over the instance's socket."""
 
+import subprocess
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
 from unikernel_images.image import SUPERUSER, TENANT_DATABASE
+from unikernel_images.runtimes.base import ExportStream
 
 
 def connect(socket_dir: Path, dbname: str = "postgres") -> psycopg.Connection:
@@ -84,3 +86,12 @@ def rename_owner(
         conn.execute(
             sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(secret))
         )
+
+
+def dump(socket_dir: Path, database: str) -> ExportStream:
+    """pg_dump -Fc of one database, as a stream (the user's logical export)."""
+    proc = subprocess.Popen(
+        ["pg_dump", "-h", str(socket_dir), "-U", SUPERUSER, "-d", database, "-Fc", "-w"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/",
+    )  # fmt: skip
+    return ExportStream(proc, "pg_dump")
