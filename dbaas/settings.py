@@ -155,7 +155,14 @@ DBAAS_S3_ACCESS_KEY = env_str("DBAAS_S3_ACCESS_KEY", "")
 DBAAS_S3_SECRET_KEY = env_str("DBAAS_S3_SECRET_KEY", "")
 DBAAS_S3_REGION = env_str("DBAAS_S3_REGION", "us-east-1")
 
+# Backups restored and pg_amcheck'ed per host and day.
+DBAAS_VERIFY_SAMPLE = env_int("DBAAS_VERIFY_SAMPLE", 3)
+
 CELERY_BEAT_SCHEDULE = {
+    "verify-backups": {
+        "task": "tenants.tasks.verify_backups_all_hosts",
+        "schedule": 86400.0,
+    },
     "schedule-backups": {
         "task": "tenants.tasks.schedule_backups",
         "schedule": float(env_int("DBAAS_BACKUP_CHECK_INTERVAL", 600)),

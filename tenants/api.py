@@ -234,6 +234,8 @@ def backup_json(backup: Backup) -> dict:
         "created_at": iso(backup.created_at),
         "started_at": iso(backup.started_at),
         "finished_at": iso(backup.finished_at),
+        "verified_at": iso(backup.verified_at),
+        "verified_ok": backup.verified_ok,
     }
 
 

@@ -7,8 +7,11 @@ restore checks the hash while it unpacks, and replaces the current data only aft
 the restored instance has started and answered.
 """
 
+import dataclasses
 import hashlib
 import logging
+import os
+import random
 import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
@@ -16,6 +19,7 @@ from datetime import timedelta
 import zstandard
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from tenants import host_agent
@@ -247,6 +251,56 @@ def restore_run(restore: Restore) -> None:
     )
     event_record(tenant=tenant, action="restore", actor="worker", duration_ms=_ms(started),
                  message=f"restored backup #{backup.pk}")  # fmt: skip
+
+
+def backups_verify(*, host_name: str, sample: int) -> dict[str, int]:
+    """Restore the newest physical backup of up to `sample` random tenants of this host
+    into a scratch instance and run pg_amcheck on every database in it.
+
+    A corrupted or truncated backup (hash, zstd or amcheck) is reported on its row
+    and as an event; it is never restored into its tenant.
+    """
+    physical = ~Q(kind=Backup.Kind.LOGICAL) & Q(state=Backup.State.DONE)
+    tenant_ids = list(
+        Backup.objects.filter(physical, tenant__host__name=host_name)
+        .values_list("tenant_id", flat=True).distinct()
+    )  # fmt: skip
+    counts = {"ok": 0, "bad": 0}
+    for tenant_id in random.sample(tenant_ids, min(sample, len(tenant_ids))):
+        backup = Backup.objects.filter(physical, tenant_id=tenant_id).order_by("-created_at")[0]
+        ok, message = backup_verify(backup)
+        counts["ok" if ok else "bad"] += 1
+    return counts
+
+
+def backup_verify(backup: Backup) -> tuple[bool, str]:
+    tenant = Tenant.objects.select_related("host", "plan").get(pk=backup.tenant_id)
+    runtime = host_agent.runtime_for(tenant)
+    spec = dataclasses.replace(
+        host_agent.instance_spec(tenant), instance_id=f"verify-{backup.pk}",
+        # Its own uid, out of the tenants' range: a scratch copy is no tenant.
+        uid=(settings.DBAAS_TENANT_UID_BASE + 1_000_000_000 + backup.pk
+             if os.geteuid() == 0 else None),
+    )  # fmt: skip
+    try:
+        runtime.destroy(spec.instance_id)
+        runtime.import_data(spec, backup_chunks_verified(backup))
+        runtime.swap_in_imported(spec)
+        runtime.start(spec)
+        message = postgres_admin.amcheck(runtime.socket_dir(spec.instance_id))
+        ok = True
+    except Exception as exc:
+        ok, message = False, str(exc)[:5000]
+        log.error("backup %s of %s failed verification: %s", backup.pk, tenant, message)
+    finally:
+        runtime.destroy(spec.instance_id)
+    Backup.objects.filter(pk=backup.pk).update(
+        verified_at=timezone.now(), verified_ok=ok, verify_message=message
+    )
+    verdict = "ok" if ok else "CORRUPT"
+    event_record(tenant=tenant, action="backup_verify", actor="verify",
+                 message=f"#{backup.pk} {verdict}: {message}"[:5000])  # fmt: skip
+    return ok, message
 
 
 def backup_chunks_verified(backup: Backup) -> Iterator[bytes]:

@@ -195,6 +195,10 @@ class Backup(models.Model):
     requested_by = models.CharField(max_length=254, default="system")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    # The periodic verification: restored into a scratch instance and pg_amcheck'ed.
+    verified_at = models.DateTimeField(null=True, blank=True)
+    verified_ok = models.BooleanField(null=True)
+    verify_message = models.TextField(blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -253,6 +253,22 @@ def restore_backup(restore_id: int) -> str:
 
 
 @shared_task
+def verify_backups_all_hosts() -> int:
+    """Beat (daily): each host verifies a sample of its tenants' newest backups."""
+    hosts = list(Host.objects.values_list("name", flat=True))
+    for name in hosts:
+        verify_backups.apply_async((name,), queue=host_queue(name), expires=3600)
+    return len(hosts)
+
+
+@shared_task(soft_time_limit=3600, time_limit=3700)
+def verify_backups(host_name: str) -> dict[str, int]:
+    from tenants import backups
+
+    return backups.backups_verify(host_name=host_name, sample=settings.DBAAS_VERIFY_SAMPLE)
+
+
+@shared_task
 def schedule_backups() -> dict[str, int]:
     """Beat: daily backups of changed tenants, retention, abandoned backups."""
     from tenants import backups

@@ -290,3 +290,20 @@ def test_killing_the_worker_mid_backup_leaves_no_usable_partial(db, alice, platf
     ])  # fmt: skip
     platform["worker"] = replacement
     replacement.wait_for(lambda: replacement.log_contains(" ready."))
+
+
+def test_verification_restores_and_amchecks_and_reports_corruption(db, alice):
+    from tenants.backups import backup_verify, backups_verify
+
+    good = back_up(alice, db)
+    counts = backups_verify(host_name=settings.DBAAS_HOST_NAME, sample=5)
+    assert counts == {"ok": 1, "bad": 0}
+    row = Backup.objects.get(pk=good["id"])
+    assert row.verified_ok is True and "no corruption" in row.verify_message
+    path = settings.DATA_DIR / "backups" / row.location
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
+    ok, message = backup_verify(row)
+    assert not ok and ("truncated" in message or "sha256" in message)
+    row.refresh_from_db()
+    assert row.verified_ok is False
+    assert instance_state(db["id"]) is InstanceState.RUNNING

@@ -48,6 +48,8 @@ EXTENSIONS = {
     "ltree": "ltree",
     "tablefunc": "tablefunc",
     "unaccent": "unaccent",
+    # Not for tenants (untrusted): the platform installs it to verify backups.
+    "amcheck": "amcheck",
 }
 # Mount points the runtime binds over; they must exist in a read-only root.
 MOUNT_POINTS = ["data", "run/postgresql", "dev", "proc", "tmp"]
@@ -154,10 +156,13 @@ def build_image(
 
 
 def _source_fingerprint() -> str:
-    """What the image is made from: the host's postgres build and our config template."""
+    """What the image is made from: the host's postgres build, this builder (its file
+    lists) and the config template; a change in any of them means a rebuild."""
     st = (PG_LIB / "bin" / "postgres").stat()
-    conf = hashlib.sha256((PACKAGE_DIR / "templates" / "postgresql.conf.j2").read_bytes())
-    return f"{_postgres_version()}:{st.st_size}:{int(st.st_mtime)}:{conf.hexdigest()[:12]}"
+    recipe = hashlib.sha256()
+    for part in (Path(__file__), PACKAGE_DIR / "templates" / "postgresql.conf.j2"):
+        recipe.update(part.read_bytes())
+    return f"{_postgres_version()}:{st.st_size}:{int(st.st_mtime)}:{recipe.hexdigest()[:12]}"
 
 
 def _postgres_version() -> str:

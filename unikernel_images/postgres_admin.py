@@ -6,7 +6,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from unikernel_images.image import SUPERUSER, TENANT_DATABASE
+from unikernel_images.image import PG_LIB, SUPERUSER, TENANT_DATABASE
 from unikernel_images.runtimes.base import ExportStream
 
 
@@ -91,7 +91,20 @@ def rename_owner(
 def dump(socket_dir: Path, database: str) -> ExportStream:
     """pg_dump -Fc of one database, as a stream (the user's logical export)."""
     proc = subprocess.Popen(
-        ["pg_dump", "-h", str(socket_dir), "-U", SUPERUSER, "-d", database, "-Fc", "-w"],
+        [str(PG_LIB / "bin" / "pg_dump"), "-h", str(socket_dir), "-U", SUPERUSER,
+         "-d", database, "-Fc", "-w"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/",
     )  # fmt: skip
     return ExportStream(proc, "pg_dump")
+
+
+def amcheck(socket_dir: Path) -> str:
+    """pg_amcheck of every database (heap and btree indexes); raises on corruption."""
+    proc = subprocess.run(
+        [str(PG_LIB / "bin" / "pg_amcheck"), "-h", str(socket_dir), "-U", SUPERUSER,
+         "--all", "--install-missing", "--heapallindexed", "-w"],
+        capture_output=True, text=True, timeout=3600, cwd="/",
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"pg_amcheck found problems: {(proc.stdout + proc.stderr)[-2000:]}")
+    return "pg_amcheck: no corruption found"

@@ -22,7 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from unikernel_images.image import SUPERUSER, Image
+from unikernel_images.image import PG_LIB, SUPERUSER, Image
 from unikernel_images.runtimes.base import (
     ExportStream,
     InstanceError,
@@ -335,7 +335,7 @@ class SandboxRuntime(Runtime):
             # Online: a base backup over the instance's socket, WAL included, as
             # one tar stream on stdout (never staged on disk or in memory).
             args = [
-                "pg_basebackup",
+                str(PG_LIB / "bin" / "pg_basebackup"),
                 "-h",
                 str(self.socket_dir(instance_id)),
                 "-U",
