@@ -10,9 +10,15 @@ run: setup
 
 # Tests use their own data directory, pooler port, Redis db and host name, so they
 # can run beside `make run`; they share its control-plane cluster (test database).
-TEST_ENV := DBAAS_SERVICES_DIR=$(DBAAS_DATA_DIR) DBAAS_DATA_DIR=$(DBAAS_DATA_DIR)/test \
-	DBAAS_REDIS_DB=15 DBAAS_PGBOUNCER_PORT=6532 DBAAS_HOST_NAME=testhost \
-	DBAAS_RECONCILE_INTERVAL=2 DBAAS_DB_NAME=test_dbaas
+# TEST_SLOT=1..4 gives a second session its own set, to run two at once.
+TEST_SLOT ?= 0
+TEST_SUFFIX := $(if $(filter 0,$(TEST_SLOT)),,$(TEST_SLOT))
+TEST_ENV := DBAAS_SERVICES_DIR=$(DBAAS_DATA_DIR) DBAAS_DATA_DIR=$(DBAAS_DATA_DIR)/test$(TEST_SUFFIX) \
+	DBAAS_REDIS_DB=$(shell echo $$((15 - $(TEST_SLOT)))) \
+	DBAAS_PGBOUNCER_PORT=$(shell echo $$((6532 + $(TEST_SLOT)))) \
+	DBAAS_HOST_NAME=testhost$(TEST_SUFFIX) DBAAS_TEST_SLOT=$(TEST_SLOT) \
+	DBAAS_RECONCILE_INTERVAL=2 DBAAS_DB_NAME=test_dbaas$(TEST_SUFFIX) \
+	DBAAS_TEST_DB_NAME=test_dbaas$(TEST_SUFFIX) DBAAS_SIGNUPS_PER_IP_HOUR=100000
 
 test: setup lint services
 	$(PY) manage.py check

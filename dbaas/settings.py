@@ -32,7 +32,7 @@ ALLOWED_HOSTS = env_str("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver"
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "tenants.apps.DbaasAdminConfig",  # django.contrib.admin, our index
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -109,6 +109,23 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
+# Sign-ups allowed per client IP address and hour (web and API).
+DBAAS_SIGNUPS_PER_IP_HOUR = env_int("DBAAS_SIGNUPS_PER_IP_HOUR", 10)
+DBAAS_TRUSTED_PROXIES = [p for p in env_str("DBAAS_TRUSTED_PROXIES", "").split(",") if p]
+
+# Password-reset mail: printed on the console unless an SMTP server is set.
+EMAIL_HOST = env_str("DBAAS_SMTP_HOST", "")
+EMAIL_BACKEND = (
+    "django.core.mail.backends.smtp.EmailBackend"
+    if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_PORT = env_int("DBAAS_SMTP_PORT", 587)
+EMAIL_HOST_USER = env_str("DBAAS_SMTP_USER", "")
+EMAIL_HOST_PASSWORD = env_str("DBAAS_SMTP_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("DBAAS_SMTP_TLS", True)
+DEFAULT_FROM_EMAIL = env_str("DBAAS_MAIL_FROM", "dbaas <no-reply@localhost>")
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"
@@ -121,6 +138,27 @@ REDIS_URL = env_str(
 )
 
 CELERY_BROKER_URL = REDIS_URL
+
+
+def _redis_py_url(url: str) -> str:
+    """Celery spells a unix-socket Redis `redis+socket://PATH?virtual_host=DB`;
+    redis-py (Django's cache) spells it `unix://PATH?db=DB`."""
+    if not url.startswith("redis+socket://"):
+        return url
+    path, _, query = url.removeprefix("redis+socket://").partition("?")
+    db = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("virtual_host", "0")
+    return f"unix://{path}?db={db}"
+
+
+REDIS_PY_URL = _redis_py_url(REDIS_URL)
+# Shared by every web worker: rate limits.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_PY_URL,
+        "KEY_PREFIX": "dbaas",
+    }
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "control"
 CELERY_TASK_SERIALIZER = "json"
@@ -166,6 +204,10 @@ CELERY_BEAT_SCHEDULE = {
     "schedule-backups": {
         "task": "tenants.tasks.schedule_backups",
         "schedule": float(env_int("DBAAS_BACKUP_CHECK_INTERVAL", 600)),
+    },
+    "record-usage": {
+        "task": "tenants.tasks.record_usage_all_hosts",
+        "schedule": float(env_int("DBAAS_USAGE_INTERVAL", 60)),
     },
     "reconcile-all-hosts": {
         "task": "tenants.tasks.reconcile_all_hosts",

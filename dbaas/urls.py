@@ -8,6 +8,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("metrics", views.metrics, name="metrics"),
     path("", include("tenants.urls")),
+    path("", include("tenants.web_urls")),
 ]
 
 handler404 = "dbaas.views.not_found"

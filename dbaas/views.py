@@ -7,17 +7,16 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 
 def redis_client() -> redis.Redis:
-    """A redis-py client for REDIS_URL, which is written in kombu's syntax."""
-    url = settings.REDIS_URL
-    if url.startswith("redis+socket://"):
-        path, _, query = url.removeprefix("redis+socket://").partition("?")
-        db = int(query.partition("virtual_host=")[2].split("&")[0] or 0)
-        return redis.Redis(unix_socket_path=path, db=db, socket_timeout=2)
-    return redis.Redis.from_url(url, socket_timeout=2)
+    return redis.Redis.from_url(settings.REDIS_PY_URL, socket_timeout=2)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
     from tenants.host_agent import pooler
+
+    if request.method != "GET":
+        response = JsonResponse({"error": f"method {request.method} not allowed"}, status=405)
+        response["Allow"] = "GET"
+        return response
 
     checks: dict[str, str] = {}
     try:

@@ -225,6 +225,24 @@ class PgBouncer:
         ones follow the current route."""
         self.admin(f"RECONNECT {_ident(database)}")
 
+    def kill(self, database: str) -> bool:
+        """Drop the database's client and server connections; False if the pooler
+        does not know it (any more)."""
+        return self._ignoring_unknown(f"KILL {_ident(database)}")
+
+    def resume(self, database: str) -> bool:
+        """Undo a KILL's pause: a database given back after one takes clients again."""
+        return self._ignoring_unknown(f"RESUME {_ident(database)}")
+
+    def _ignoring_unknown(self, command: str) -> bool:
+        try:
+            self.admin(command)
+        except PoolerError as exc:
+            if "no such database" in str(exc) or "not paused" in str(exc):
+                return False
+            raise
+        return True
+
     def pools(self) -> dict[str, dict]:
         """SHOW POOLS by database (one user per database here)."""
         return {row["database"]: row for row in self.admin("SHOW POOLS")}

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PACKAGES=(postgresql-15 postgresql-contrib pgbouncer redis-server bubblewrap acl openssl
-          util-linux python3-venv)
+          util-linux python3-venv chromium)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -5,11 +5,21 @@ from django.contrib import admin, messages
 from tenants import services
 from tenants.errors import ServiceError
 from tenants.models import Account, ApiToken, Backup, Event, Host, Plan, Restore, Tenant
+from tenants.templatetags.humanize_bytes import bytes_
 
 
 @admin.register(Host)
 class HostAdmin(admin.ModelAdmin):
-    list_display = ("name", "public_host", "pooler_port", "accepting", "max_tenants", "created_at")
+    list_display = ("name", "public_host", "pooler_port", "accepting", "max_tenants", "usage_at")
+    readonly_fields = (
+        "memory_total_bytes",
+        "memory_used_bytes",
+        "disk_total_bytes",
+        "disk_used_bytes",
+        "pooler_clients",
+        "pooler_servers",
+        "usage_at",
+    )
     list_filter = ("accepting",)
     search_fields = ("name", "public_host")
 
@@ -87,9 +97,31 @@ def back_up_tenants(modeladmin, request, queryset):
     _run_action(modeladmin, request, queryset, backup_request, "back up")
 
 
+@admin.action(description="Restart")
+def restart_tenants(modeladmin, request, queryset):
+    _run_action(modeladmin, request, queryset, services.tenant_restart, "restart")
+
+
+@admin.action(description="Suspend (refuse connections, keep data)")
+def suspend_tenants(modeladmin, request, queryset):
+    _run_action(modeladmin, request, queryset, services.tenant_suspend, "suspend")
+
+
+@admin.action(description="Unsuspend")
+def unsuspend_tenants(modeladmin, request, queryset):
+    _run_action(modeladmin, request, queryset, services.tenant_unsuspend, "unsuspend")
+
+
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    actions = [sleep_tenants, wake_tenants, back_up_tenants]
+    actions = [
+        restart_tenants,
+        sleep_tenants,
+        wake_tenants,
+        back_up_tenants,
+        suspend_tenants,
+        unsuspend_tenants,
+    ]
     list_display = (
         "name",
         "database_name",
@@ -97,6 +129,7 @@ class TenantAdmin(admin.ModelAdmin):
         "state",
         "plan",
         "host",
+        "size",
         "created_at",
         "last_active_at",
         "wake_count",
@@ -120,9 +153,14 @@ class TenantAdmin(admin.ModelAdmin):
         "wake_ms_total",
         "last_wake_ms",
         "pooler_xact_count",
+        "size_bytes",
     )
     exclude = ("scram_secret", "pending_scram_secret")
     inlines = [EventInline]
+
+    @admin.display(description="size", ordering="size_bytes")
+    def size(self, tenant: Tenant) -> str:
+        return bytes_(tenant.size_bytes)
 
 
 @admin.register(Event)

@@ -5,11 +5,11 @@ import json
 from collections.abc import Callable
 
 from django.conf import settings
-from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 
-from tenants import backups, selectors, services
-from tenants.backup_stores import get_store
+from tenants import backups, downloads, openapi, ratelimit, selectors, services
 from tenants.errors import (
     AuthenticationFailed,
     Conflict,
@@ -65,7 +65,10 @@ def _body(request: HttpRequest) -> dict:
         return {}
     try:
         body = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
+        # Lone surrogates ("\ud800") parse, but no UTF-8 encoder (the database's, the
+        # password hasher's) takes them; nesting too deep for Python is refused too.
+        json.dumps(body, ensure_ascii=False).encode()
+    except (ValueError, UnicodeError, RecursionError):
         raise InvalidInput("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidInput("request body must be a JSON object")
@@ -93,6 +96,7 @@ def database_json(tenant: Tenant) -> dict:
         "created_at": tenant.created_at.isoformat(),
         "last_active_at": tenant.last_active_at.isoformat() if tenant.last_active_at else None,
         "wake_count": tenant.wake_count,
+        "size_bytes": tenant.size_bytes,
     }
 
 
@@ -105,6 +109,7 @@ def _actor(request: HttpRequest) -> str:
 
 @endpoint("POST", auth=False)
 def accounts(request: HttpRequest) -> JsonResponse:
+    ratelimit.check_signup(request)
     account, token = services.account_create(
         email=_string_field(request.json, "email"), password=_string_field(request.json, "password")
     )
@@ -115,7 +120,8 @@ def accounts(request: HttpRequest) -> JsonResponse:
 def tokens(request: HttpRequest) -> JsonResponse:
     body = request.json
     email, password = body.get("email"), body.get("password")
-    if not isinstance(email, str) or not isinstance(password, str):
+    # No account's email holds a NUL, and PostgreSQL refuses one even in a query.
+    if not isinstance(email, str) or not isinstance(password, str) or "\x00" in email:
         raise AuthenticationFailed("invalid email or password")
     return JsonResponse({"token": services.token_create(email=email, password=password)})
 
@@ -135,15 +141,10 @@ def databases(request: HttpRequest) -> JsonResponse:
 
 
 def _create_and_wait(request: HttpRequest, name: str, restored_from=None) -> JsonResponse:
-    tenant, password = services.tenant_create(
+    # The connection string must work the moment the client reads it: this waits
+    # for the host agent (tens of milliseconds normally).
+    tenant, password = services.tenant_create_ready(
         account=request.account, name=name, actor=_actor(request), restored_from=restored_from
-    )
-    # The connection string must work the moment the client reads it: wait for
-    # the host agent (tens of milliseconds normally).
-    tenant = services.tenant_wait(
-        tenant=tenant,
-        until=lambda t: t.state != Tenant.State.PROVISIONING,
-        timeout=settings.DBAAS_PROVISION_WAIT,
     )
     if tenant.state == Tenant.State.FAILED:
         return JsonResponse(
@@ -175,14 +176,7 @@ def database(request: HttpRequest, tenant_id: str) -> JsonResponse:
 @endpoint("POST")
 def database_password(request: HttpRequest, tenant_id: str) -> JsonResponse:
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
-    password = services.tenant_reset_password(tenant=tenant, actor=_actor(request))
-    tenant = services.tenant_wait(
-        tenant=tenant,
-        until=lambda t: not t.pending_scram_secret,
-        timeout=settings.DBAAS_PROVISION_WAIT,
-    )
-    if tenant.pending_scram_secret:
-        raise Unavailable("the new password is not applied yet; it will be shortly")
+    tenant, password = services.tenant_reset_password_applied(tenant=tenant, actor=_actor(request))
     return JsonResponse(database_json(tenant) | selectors.credentials_json(tenant, password))
 
 
@@ -281,14 +275,7 @@ def database_backup_download(request: HttpRequest, tenant_id: str, backup_id: st
                            '{"kind": "logical"}')  # fmt: skip
     if backup.state != Backup.State.DONE:
         raise Conflict(f"export {backup.pk} is {backup.state}")
-    response = StreamingHttpResponse(
-        get_store(backup.store, settings.DATA_DIR).get(backup.location),
-        content_type="application/octet-stream",
-    )
-    response["Content-Disposition"] = f'attachment; filename="{tenant.name}-{backup.pk}.dump"'
-    response["Content-Length"] = str(backup.compressed_bytes)
-    response["X-Checksum-SHA256"] = backup.sha256
-    return response
+    return downloads.export_response(tenant, backup)
 
 
 @endpoint("GET")
@@ -305,8 +292,6 @@ def database_backup_restore(request: HttpRequest, tenant_id: str, backup_id: str
     if target not in ("same", "new"):
         raise InvalidInput("target must be 'same' (in place) or 'new'")
     if target == "new":
-        if backup.state != Backup.State.DONE:
-            raise Conflict(f"backup {backup.pk} is {backup.state}; only a finished one restores")
         name = request.json.get("name", f"{tenant.name}_restored"[:40])
         if not isinstance(name, str):
             raise InvalidInput("field 'name' must be a string")
@@ -346,9 +331,23 @@ def account_backup_restore(request: HttpRequest, backup_id: str) -> JsonResponse
         )
     except (Backup.DoesNotExist, ValueError):
         raise NotFound(f"backup {backup_id} not found") from None
-    if backup.state != Backup.State.DONE:
-        raise Conflict(f"backup {backup.pk} is {backup.state}; only a finished one restores")
     name = request.json.get("name")
     if not isinstance(name, str):
         raise InvalidInput("field 'name' is required and must be a string")
     return _create_and_wait(request, name, restored_from=backup)
+
+
+# -- documentation -------------------------------------------------------------------
+
+
+@endpoint("GET", auth=False)
+def openapi_json(request: HttpRequest) -> JsonResponse:
+    """This API's OpenAPI 3.1 document (tenants/openapi.py)."""
+    return JsonResponse(openapi.document())
+
+
+@endpoint("GET", auth=False)
+def api_docs(request: HttpRequest) -> HttpResponse:
+    """The same document as a web page."""
+    context = openapi.docs_context(openapi.document())
+    return render(request, "tenants/api_docs.html", context)

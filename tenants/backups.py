@@ -45,8 +45,10 @@ def backup_request(
 ) -> Backup:
     from tenants.tasks import backup_tenant
 
-    if tenant.state not in (State.RUNNING, State.SLEEPING):
+    if tenant.state not in (State.RUNNING, State.SLEEPING, State.SUSPENDED):
         raise Conflict(f"a {tenant.state} database cannot be backed up")
+    if logical and tenant.state == State.SUSPENDED:
+        raise Conflict("a suspended database cannot be exported (that needs it running)")
     backup = Backup.objects.create(
         tenant=tenant, requested_by=actor, store=store or settings.DBAAS_BACKUP_STORE,
         kind=Backup.Kind.LOGICAL if logical else "",
@@ -66,9 +68,17 @@ def restore_request(*, backup: Backup, actor: str) -> Restore:
         raise Conflict("a logical export is restored with pg_restore by you; download it")
     if tenant.state not in (State.RUNNING, State.SLEEPING):
         raise Conflict(f"a {tenant.state} database cannot be restored into")
-    restore = Restore.objects.create(backup=backup, tenant=tenant, requested_by=actor)
-    event_record(tenant=tenant, action="restore_requested", actor=actor,
-                 message=f"backup #{backup.pk}")  # fmt: skip
+    with transaction.atomic():
+        # One in-place restore per database at a time: two would unpack into the
+        # same side directory on the host. The row lock serialises this check.
+        Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
+        unfinished = tenant.restores.filter(state__in=[Restore.State.PENDING,
+                                                       Restore.State.RUNNING]).first()  # fmt: skip
+        if unfinished is not None:
+            raise Conflict(f"restore {unfinished.pk} of this database is not finished yet")
+        restore = Restore.objects.create(backup=backup, tenant=tenant, requested_by=actor)
+        event_record(tenant=tenant, action="restore_requested", actor=actor,
+                     message=f"backup #{backup.pk}")  # fmt: skip
     transaction.on_commit(
         lambda: restore_backup.apply_async((restore.pk,), queue=tenant.host.queue)
     )
@@ -133,12 +143,18 @@ def _expire(backup: Backup, reason: str) -> None:
 
 def backups_fail_abandoned(*, now=None) -> int:
     """A backup left running by a worker that died: failed (its partial object was
-    never made visible in the store)."""
+    never made visible in the store). A restore too, so that the database can be
+    restored again."""
     now = now or timezone.now()
     limit = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30)
-    return Backup.objects.filter(state=Backup.State.RUNNING, started_at__lt=limit).update(
-        state=Backup.State.FAILED, error="the worker making it was lost", finished_at=now
+    lost = "the worker doing it was lost"
+    backups = Backup.objects.filter(state=Backup.State.RUNNING, started_at__lt=limit).update(
+        state=Backup.State.FAILED, error=lost, finished_at=now
     )
+    restores = Restore.objects.filter(
+        state__in=[Restore.State.PENDING, Restore.State.RUNNING], created_at__lt=limit
+    ).update(state=Restore.State.FAILED, error=lost, finished_at=now)
+    return backups + restores
 
 
 # -- on the host --------------------------------------------------------------------------

@@ -31,5 +31,9 @@ class Conflict(ServiceError):
     status = 409
 
 
+class TooManyRequests(ServiceError):
+    status = 429
+
+
 class Unavailable(ServiceError):
     status = 503

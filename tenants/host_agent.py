@@ -350,6 +350,76 @@ def instance_wake(tenant: Tenant, actor: str) -> Path:
     return runtime.socket_dir(iid)
 
 
+def instance_restart(tenant: Tenant, actor: str) -> str:
+    """Stop and start a running tenant's instance (an operator's action).
+
+    Sessions in progress are cut, as with any restart; connections arriving
+    meanwhile wait in the activator (it wakes through the same lock) instead of
+    finding no socket, which PgBouncer would only retry after server_login_retry.
+    """
+    runtime, route = runtime_for(tenant), routes()
+    iid = tenant.instance_id
+    with instance_lock(tenant):
+        tenant.refresh_from_db()
+        if tenant.state != State.RUNNING:
+            return "skipped"
+        started = time.monotonic()
+        if route.activator_socket(iid).exists():
+            route.point(iid, route.activator_dir(iid))
+        try:
+            runtime.stop(iid)
+            instance_start(tenant)
+        finally:
+            route.point(iid, runtime.socket_dir(iid))
+        _event(tenant, "restart", actor, "restarted on request", _ms(started))
+    return "restarted"
+
+
+def instance_suspend(tenant: Tenant, actor: str) -> str:
+    """Refuse the tenant's connections and stop its instance; its data stays.
+
+    The pooler forgets the database (new clients are told it does not exist),
+    clients still connected are dropped, and no process is left.
+    """
+    runtime, bouncer = runtime_for(tenant), pooler()
+    with instance_lock(tenant):
+        tenant.refresh_from_db()
+        if tenant.state not in (State.RUNNING, State.SLEEPING):
+            return "skipped"
+        started = time.monotonic()
+        with routing_change(tenant.host):
+            _transition(
+                tenant, tenant.state, State.SUSPENDED, action="suspend", actor=actor,
+                reason="suspended by an operator",
+            )  # fmt: skip
+        for alias in _aliases(tenant):
+            bouncer.kill(alias)
+        runtime.stop(tenant.instance_id)
+        _event(tenant, "stopped", actor, "instance stopped, data kept", _ms(started))
+    return "suspended"
+
+
+def instance_unsuspend(tenant: Tenant, actor: str) -> str:
+    """Start a suspended tenant again and give it back its pooler entry."""
+    runtime, route = runtime_for(tenant), routes()
+    iid = tenant.instance_id
+    with instance_lock(tenant):
+        tenant.refresh_from_db()
+        if tenant.state != State.SUSPENDED:
+            return "skipped"
+        started = time.monotonic()
+        instance_start(tenant)
+        route.point(iid, runtime.socket_dir(iid))
+        with routing_change(tenant.host):
+            _transition(
+                tenant, State.SUSPENDED, State.RUNNING, action="unsuspend", actor=actor,
+                duration_ms=_ms(started), last_active_at=timezone.now(),
+            )  # fmt: skip
+        for alias in _aliases(tenant):
+            pooler().resume(alias)
+    return "running"
+
+
 def instance_repair(tenant: Tenant) -> str | None:
     """Bring one tenant's instance and route in line with its state (reconcile).
 
@@ -403,6 +473,10 @@ def instance_repair(tenant: Tenant) -> str | None:
                 return "woken"
             if status is InstanceState.STOPPED and route.point(iid, route.activator_dir(iid)):
                 return "rerouted"
+        if tenant.state == State.SUSPENDED and status is InstanceState.RUNNING:
+            # A suspend killed between its state change and the stop.
+            runtime.stop(iid)
+            return "stopped"
     return None
 
 

@@ -16,6 +16,14 @@ class Host(models.Model):
     max_tenants = models.PositiveIntegerField(default=1000)
     accepting = models.BooleanField(default=True, help_text="New databases may be placed here.")
     created_at = models.DateTimeField(auto_now_add=True)
+    # Capacity, as the host's agent last measured it (tenants.usage).
+    memory_total_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    memory_used_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    disk_total_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    disk_used_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    pooler_clients = models.PositiveIntegerField(null=True, blank=True)
+    pooler_servers = models.PositiveIntegerField(null=True, blank=True)
+    usage_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return self.name
@@ -82,6 +90,8 @@ class Tenant(models.Model):
         DELETING = "deleting"
         DELETED = "deleted"
         FAILED = "failed"
+        # By an operator: connections refused, instance stopped, data kept.
+        SUSPENDED = "suspended"
 
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="tenants")
     plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="tenants")
@@ -109,6 +119,8 @@ class Tenant(models.Model):
     wake_ms_total = models.PositiveBigIntegerField(default=0)
     last_wake_ms = models.PositiveIntegerField(null=True, blank=True)
     pooler_xact_count = models.BigIntegerField(default=0)
+    # Disk used by the instance's data, measured by its host every usage interval.
+    size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
     # Set when the tenant is made from a backup instead of the image's template.
     restored_from = models.ForeignKey(
         "Backup", on_delete=models.PROTECT, null=True, blank=True, related_name="+"

@@ -9,6 +9,7 @@ from tenants.errors import NotFound
 from tenants.models import Account, ApiToken, Host, Tenant
 
 VISIBLE = ~Q(state=Tenant.State.DELETED)
+VISIBLE_TENANT = ~Q(tenants__state=Tenant.State.DELETED)
 
 
 def account_for_token(raw_token: str) -> Account | None:
@@ -51,6 +52,36 @@ def host_pick() -> Host | None:
         if host.live < host.max_tenants:
             return host
     return None
+
+
+def host_capacity() -> list[Host]:
+    """Every host with its tenants counted by state (`running`, `sleeping`, ...,
+    `total`) and the capacity its agent last measured."""
+    states = [Tenant.State.RUNNING, Tenant.State.SLEEPING, Tenant.State.SUSPENDED,
+              Tenant.State.FAILED]  # fmt: skip
+    counts = {state: Count("tenants", filter=Q(tenants__state=state)) for state in states}
+    return list(
+        Host.objects.annotate(**counts, total=Count("tenants", filter=VISIBLE_TENANT)).order_by(
+            "name"
+        )
+    )
+
+
+def account_usage(account: Account) -> dict:
+    """What the dashboard shows against the plan: databases and storage."""
+    tenants = list(tenant_list(account=account))
+    used = sum(t.size_bytes or 0 for t in tenants)
+    # The plan's limit is per database; the account's allowance is all of them.
+    per_database = account.plan.storage_limit_mb * 1024 * 1024
+    limit = per_database * account.plan.max_databases
+    return {
+        "databases": len(tenants),
+        "max_databases": account.plan.max_databases,
+        "storage_used_bytes": used,
+        "storage_limit_bytes": limit,
+        "storage_per_database_bytes": per_database,
+        "storage_percent": min(100, round(100 * used / limit)) if limit else 0,
+    }
 
 
 def connection_string(tenant: Tenant, password: str, pooled: bool = False) -> str:

@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import Iterable
 
+from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
@@ -150,6 +151,13 @@ def tenant_create(
 
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidInput(NAME_RULE)
+    if restored_from is not None:
+        if restored_from.state != "done":
+            raise Conflict(f"backup {restored_from.pk} is {restored_from.state}; "
+                           "only a finished one restores")  # fmt: skip
+        if restored_from.kind == "logical":
+            # A pg_dump file is not a data directory: provisioning from it would fail.
+            raise Conflict("a logical export is restored with pg_restore by you; download it")
     password = new_password()
     with transaction.atomic():
         # Lock the account: concurrent creates must not both pass the quota check.
@@ -202,7 +210,7 @@ def tenant_delete(*, tenant: Tenant, actor: str) -> None:
         raise Conflict("the database is still being created; delete it in a moment")
     claimed = tenant_transition(
         tenant=tenant,
-        from_states=[State.RUNNING, State.SLEEPING, State.FAILED],
+        from_states=[State.RUNNING, State.SLEEPING, State.FAILED, State.SUSPENDED],
         to_state=State.DELETING,
         actor=actor,
         action="delete",
@@ -254,6 +262,70 @@ def tenant_wake(*, tenant: Tenant, actor: str) -> None:
     transaction.on_commit(
         lambda: wake_tenant.apply_async((tenant.pk, actor), queue=tenant.host.queue)
     )
+
+
+def tenant_restart(*, tenant: Tenant, actor: str) -> None:
+    from tenants.tasks import restart_tenant
+
+    if tenant.state != State.RUNNING:
+        raise Conflict(f"only a running database can be restarted, not a {tenant.state} one")
+    event_record(tenant=tenant, action="restart_requested", actor=actor)
+    transaction.on_commit(
+        lambda: restart_tenant.apply_async((tenant.pk, actor), queue=tenant.host.queue)
+    )
+
+
+def tenant_suspend(*, tenant: Tenant, actor: str) -> None:
+    """Queue refusing the tenant's connections and stopping it, keeping its data."""
+    from tenants.tasks import suspend_tenant
+
+    if tenant.state not in (State.RUNNING, State.SLEEPING):
+        raise Conflict(f"a {tenant.state} database cannot be suspended")
+    event_record(tenant=tenant, action="suspend_requested", actor=actor)
+    transaction.on_commit(
+        lambda: suspend_tenant.apply_async((tenant.pk, actor), queue=tenant.host.queue)
+    )
+
+
+def tenant_unsuspend(*, tenant: Tenant, actor: str) -> None:
+    from tenants.tasks import unsuspend_tenant
+
+    if tenant.state != State.SUSPENDED:
+        raise Conflict(f"the database is {tenant.state}, not suspended")
+    event_record(tenant=tenant, action="unsuspend_requested", actor=actor)
+    transaction.on_commit(
+        lambda: unsuspend_tenant.apply_async((tenant.pk, actor), queue=tenant.host.queue)
+    )
+
+
+def tenant_create_ready(
+    *, account: Account, name: str, actor: str, restored_from=None
+) -> tuple[Tenant, str]:
+    """Create a database and wait (up to DBAAS_PROVISION_WAIT) until the host agent
+    has it running, so that its connection string works once shown. The tenant
+    returned may still be provisioning (slow host), or failed with its reason."""
+    tenant, password = tenant_create(
+        account=account, name=name, actor=actor, restored_from=restored_from
+    )
+    tenant = tenant_wait(
+        tenant=tenant,
+        until=lambda t: t.state != State.PROVISIONING,
+        timeout=settings.DBAAS_PROVISION_WAIT,
+    )
+    return tenant, password
+
+
+def tenant_reset_password_applied(*, tenant: Tenant, actor: str) -> tuple[Tenant, str]:
+    """Reset the password and wait until host and pooler have the new one."""
+    password = tenant_reset_password(tenant=tenant, actor=actor)
+    tenant = tenant_wait(
+        tenant=tenant,
+        until=lambda t: not t.pending_scram_secret,
+        timeout=settings.DBAAS_PROVISION_WAIT,
+    )
+    if tenant.pending_scram_secret:
+        raise Unavailable("the new password is not applied yet; it will be shortly")
+    return tenant, password
 
 
 def tenant_wait(*, tenant: Tenant, until, timeout: float) -> Tenant:

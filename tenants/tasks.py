@@ -52,7 +52,10 @@ def provision_tenant(tenant_id: int) -> str:
         tenant=tenant, from_states=[State.PROVISIONING], to_state=State.RUNNING, actor=WORKER,
         action="provision", duration_ms=_ms(started), last_active_at=timezone.now(),
     )  # fmt: skip
-    # After the answer, off the request's path: replace the spare just used.
+    # After the answer, off the request's path: its first size, and a new spare
+    # for the one just used.
+    size = host_agent.runtime_for(tenant).disk_usage(tenant.instance_id)
+    Tenant.objects.filter(pk=tenant.pk).update(size_bytes=size)
     host_agent.spares_refill(tenant.runtime)
     return "running"
 
@@ -126,6 +129,40 @@ def wake_tenant(tenant_id: int, actor: str = WORKER) -> str:
         return "skipped"
     host_agent.instance_wake(tenant, actor=actor)
     return "running"
+
+
+@shared_task(acks_late=True)
+def restart_tenant(tenant_id: int, actor: str = WORKER) -> str:
+    tenant = _load(tenant_id)
+    return host_agent.instance_restart(tenant, actor=actor) if tenant else "skipped"
+
+
+@shared_task(acks_late=True)
+def suspend_tenant(tenant_id: int, actor: str = WORKER) -> str:
+    tenant = _load(tenant_id)
+    return host_agent.instance_suspend(tenant, actor=actor) if tenant else "skipped"
+
+
+@shared_task(acks_late=True)
+def unsuspend_tenant(tenant_id: int, actor: str = WORKER) -> str:
+    tenant = _load(tenant_id)
+    return host_agent.instance_unsuspend(tenant, actor=actor) if tenant else "skipped"
+
+
+@shared_task
+def record_usage_all_hosts() -> int:
+    """Beat: every host measures its capacity and its tenants' sizes."""
+    hosts = list(Host.objects.values_list("name", flat=True))
+    for name in hosts:
+        record_usage.apply_async((name,), queue=host_queue(name), expires=300)
+    return len(hosts)
+
+
+@shared_task
+def record_usage(host_name: str) -> int:
+    from tenants import usage
+
+    return usage.record(Host.objects.get(name=host_name))
 
 
 @shared_task
@@ -212,7 +249,7 @@ def reconcile_host(host_name: str) -> dict[str, int]:
 
 
 def _reconcile_tenant(tenant: Tenant, now) -> str | None:
-    if tenant.state in (State.RUNNING, State.SLEEPING):
+    if tenant.state in (State.RUNNING, State.SLEEPING, State.SUSPENDED):
         if tenant.state == State.RUNNING and tenant.pending_scram_secret:
             apply_password(tenant.pk)
         return host_agent.instance_repair(tenant)

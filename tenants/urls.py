@@ -1,6 +1,6 @@
 from django.urls import path
 
-from tenants import api, views
+from tenants import api
 
 urlpatterns = [
     path("api/v1/accounts", api.accounts, name="api-accounts"),
@@ -45,10 +45,6 @@ urlpatterns = [
         api.account_backup_restore,
         name="api-backup-restore",
     ),
-    path("", views.dashboard, name="dashboard"),
-    path("signup", views.signup, name="signup"),
-    path("login", views.LoginView.as_view(), name="login"),
-    path("logout", views.LogoutView.as_view(), name="logout"),
-    path("databases/new", views.database_create, name="database-create"),
-    path("databases/<int:tenant_id>/created", views.database_created, name="database-created"),
+    path("api/v1/openapi.json", api.openapi_json, name="api-openapi"),
+    path("api/docs", api.api_docs, name="api-docs"),
 ]

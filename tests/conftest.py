@@ -22,7 +22,7 @@ from tenants import host_agent, services
 from tenants.models import Plan
 from unikernel_images.paths import instances_dir
 
-if not str(settings.DATA_DIR).endswith("/test"):
+if not settings.DATA_DIR.name.startswith("test"):
     raise pytest.UsageError("run the tests with `make test` (it sets DBAAS_DATA_DIR and friends)")
 
 LOGS = settings.DATA_DIR / "log"
@@ -85,7 +85,12 @@ def ensure_platform_rows():
     )
 
 
-S3_PORT = 18333  # SeaweedFS also takes port + 10000 (gRPC) for each of its ports
+# SeaweedFS also takes port + 10000 (gRPC) for each of its ports; TEST_SLOT (see
+# the Makefile) shifts them so that two test sessions can run side by side.
+_SLOT = int(os.environ.get("DBAAS_TEST_SLOT", "0"))
+S3_PORT, S3_MASTER_PORT, S3_VOLUME_PORT, S3_FILER_PORT = (
+    port + 100 * _SLOT for port in (18333, 19333, 18080, 18888)
+)
 
 
 @pytest.fixture(scope="session")
@@ -101,8 +106,11 @@ def s3_server():
     root.mkdir(parents=True)
     server = Service("s3", [
         _venv_bin("weed"), "server", "-s3", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-dir={root}", "-master.port=19333", "-volume.port=18080", "-filer.port=18888",
+        f"-dir={root}", f"-master.port={S3_MASTER_PORT}", f"-volume.port={S3_VOLUME_PORT}",
+        f"-filer.port={S3_FILER_PORT}",
         f"-s3.port={S3_PORT}", "-master.volumeSizeLimitMB=64",
+        # Its Iceberg and Lance catalogs are not used, and take fixed ports.
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
     ])  # fmt: skip
 
     def answers() -> bool:

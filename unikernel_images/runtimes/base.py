@@ -110,6 +110,28 @@ class Runtime(ABC):
     @abstractmethod
     def status(self, instance_id: str) -> InstanceStatus: ...
 
+    def disk_usage(self, instance_id: str) -> int:
+        """Bytes the instance occupies on this host (its data, logs and settings).
+
+        Counts allocated blocks, as the disk sees them, and never follows links.
+        """
+        total = 0
+        stack = [self.instance_dir(instance_id)]
+        while stack:
+            try:
+                entries = list(os.scandir(stack.pop()))
+            except OSError:  # removed or unreadable meanwhile: not ours to count
+                continue
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    else:
+                        total += entry.stat(follow_symlinks=False).st_blocks * 512
+                except OSError:
+                    continue
+        return total
+
     def prepare_spares(self, image: Image, count: int) -> int:
         """Make work for `create` ahead of time, up to `count` instances; return how many
         were made. Runtimes with nothing to prepare keep this default."""

@@ -1,0 +1,41 @@
+"""Fixed-window rate limits on a shared cache (Redis), e.g. sign-ups per IP address."""
+
+import time
+
+from django.conf import settings
+from django.core.cache import cache
+
+from tenants.errors import TooManyRequests
+
+
+def allow(key: str, limit: int, period_seconds: int) -> bool:
+    """Count one more event for `key`; False once more than `limit` fell in this window.
+
+    Every web worker shares the counter through the cache, and it expires by itself.
+    """
+    window = int(time.time() // period_seconds)
+    name = f"ratelimit:{key}:{window}"
+    cache.add(name, 0, timeout=period_seconds)
+    try:
+        count = cache.incr(name)
+    except ValueError:  # expired between add and incr
+        cache.set(name, 1, timeout=period_seconds)
+        count = 1
+    return count <= limit
+
+
+def client_ip(request) -> str:
+    """The peer's address; the web server listens on loopback or behind a proxy that
+    the operator names in DBAAS_TRUSTED_PROXIES, whose X-Forwarded-For is believed."""
+    peer = request.META.get("REMOTE_ADDR", "")
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if forwarded and peer in settings.DBAAS_TRUSTED_PROXIES:
+        return forwarded.split(",")[-1].strip()
+    return peer
+
+
+def check_signup(request) -> None:
+    """Refuse a sign-up past DBAAS_SIGNUPS_PER_IP_HOUR from this client's address."""
+    key = f"signup:{client_ip(request)}"
+    if not allow(key, settings.DBAAS_SIGNUPS_PER_IP_HOUR, 3600):
+        raise TooManyRequests("too many sign-ups from your address; try again in an hour")
