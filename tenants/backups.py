@@ -157,6 +157,13 @@ def backups_fail_abandoned(*, now=None) -> int:
     return backups + restores
 
 
+def partials_discard(kinds: Iterable[str], *, now=None) -> int:
+    """Remove from these stores what uploads cut short by a dead worker left behind."""
+    now = now or timezone.now()
+    started_before = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30)
+    return sum(get_store(k, settings.DATA_DIR).discard_partials(started_before) for k in kinds)
+
+
 # -- on the host --------------------------------------------------------------------------
 
 

@@ -307,11 +307,24 @@ def verify_backups(host_name: str) -> dict[str, int]:
 
 @shared_task
 def schedule_backups() -> dict[str, int]:
-    """Beat: daily backups of changed tenants, retention, abandoned backups."""
+    """Beat: daily backups of changed tenants, retention, abandoned backups and what
+    their uploads left: in S3 here, in each host's local store on that host."""
     from tenants import backups
+    from tenants.models import Backup
 
+    for name in Host.objects.values_list("name", flat=True):
+        discard_partial_backups.apply_async((name,), queue=host_queue(name), expires=600)
+    shared = ["s3"] if Backup.objects.filter(store="s3").exists() else []
     return {
         "requested": backups.backups_schedule(),
         "expired": backups.backups_expire(),
         "abandoned": backups.backups_fail_abandoned(),
+        "partials": backups.partials_discard(shared),
     }
+
+
+@shared_task
+def discard_partial_backups(host_name: str) -> int:
+    from tenants import backups
+
+    return backups.partials_discard(["local"])

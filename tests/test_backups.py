@@ -282,6 +282,11 @@ def test_killing_the_worker_mid_backup_leaves_no_usable_partial(db, alice, platf
     assert backups.backups_fail_abandoned(now=timezone.now() + timedelta(hours=1)) == 1
     assert Backup.objects.get(pk=backup_id).state == "failed"
     assert alice.call("GET", "/backups").json() == {"backups": []}
+    # What the upload wrote so far is swept away, once it is surely dead.
+    later = timezone.now() + timedelta(hours=1)
+    assert backups.partials_discard(["local"]) == 0  # too recent: could be in progress
+    assert backups.partials_discard(["local"], now=later) == len(visible)
+    assert not list(store_dir.glob(".partial-*"))
     # A supervisor restarts the worker.
     replacement = Service("worker", [
         _venv_bin("celery"), "-A", "dbaas", "worker", "--loglevel", "INFO",
@@ -307,3 +312,27 @@ def test_verification_restores_and_amchecks_and_reports_corruption(db, alice):
     row.refresh_from_db()
     assert row.verified_ok is False
     assert instance_state(db["id"]) is InstanceState.RUNNING
+
+
+def test_uploads_cut_short_are_aborted_in_s3(db, s3_server):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tenants import backups
+    from tenants.backup_stores import get_store
+
+    store = get_store("s3", settings.DATA_DIR)
+    upload = store.client.create_multipart_upload(Bucket=store.bucket, Key="x/1-cut.tar.zst")
+    store.client.upload_part(Bucket=store.bucket, Key="x/1-cut.tar.zst", PartNumber=1,
+                             UploadId=upload["UploadId"], Body=b"partial" * 1000)  # fmt: skip
+
+    def pending() -> list[str]:
+        listing = store.client.list_multipart_uploads(Bucket=store.bucket)
+        return [u["UploadId"] for u in listing.get("Uploads", [])]
+
+    assert upload["UploadId"] in pending()
+    assert backups.partials_discard(["s3"]) == 0  # too recent: could be in progress
+    assert backups.partials_discard(["s3"], now=timezone.now() + timedelta(hours=1)) >= 1
+    assert upload["UploadId"] not in pending()
+    assert not store.exists("x/1-cut.tar.zst")

@@ -2,6 +2,7 @@
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 
 
 class StoreError(Exception):
@@ -24,3 +25,9 @@ class BackupStore(ABC):
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def discard_partials(self, started_before: datetime) -> int:
+        """Remove what uploads cut short (a killed worker) left behind, if they started
+        before `started_before`; never listed as objects, but they take space.
+        Returns how many were removed."""

@@ -3,6 +3,7 @@ temporary name and renamed once complete and synced."""
 
 import os
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 from tenants.backup_stores.base import BackupStore, StoreError
@@ -52,3 +53,14 @@ class LocalStore(BackupStore):
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
+
+    def discard_partials(self, started_before: datetime) -> int:
+        removed = 0
+        for partial in self.root.glob("**/.partial-*"):
+            try:
+                if partial.stat().st_mtime < started_before.timestamp():
+                    partial.unlink()
+                    removed += 1
+            except FileNotFoundError:  # finished or removed meanwhile
+                continue
+        return removed

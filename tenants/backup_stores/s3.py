@@ -3,6 +3,7 @@ an object exists only once its upload completed (a failed one is aborted)."""
 
 import io
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
@@ -55,6 +56,22 @@ class S3Store(BackupStore):
         except ClientError:
             return False
         return True
+
+    def discard_partials(self, started_before: datetime) -> int:
+        """Abort multipart uploads that were never completed nor aborted."""
+        removed = 0
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket)
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] < started_before:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        removed += 1
+        except (BotoCoreError, ClientError) as exc:
+            raise StoreError(f"cannot list uploads of s3://{self.bucket}: {exc}") from exc
+        return removed
 
 
 class _ChunkReader(io.RawIOBase):
