@@ -73,6 +73,8 @@ class Command(BaseCommand):
             "dbaas is starting.",
             f"  web console:  {url}   (sign up at {url}signup)",
             f"  REST API:     curl -X POST {url}api/v1/accounts -d '{signup_body}'",
+            f"  API docs:     {url}api/docs",
+            f"  command line: .venv/bin/dbaas --api-url {url.rstrip('/')} signup",
             f"  admin:        {url}admin/   (operator: .venv/bin/python manage.py createsuperuser)",
             f"  databases:    postgresql://USER:PASSWORD@{pooler}/DB?sslmode=require",
             "Press Ctrl-C to stop everything.",
