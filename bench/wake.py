@@ -17,7 +17,7 @@ import threading
 import time
 
 import psycopg
-from provision import api, percentile  # same folder: the shared API client
+from provision import api, percentile, sign_up  # same folder: the shared API client
 
 
 def connect_select(url: str) -> float:
@@ -99,15 +99,7 @@ def main() -> None:
     token = ""
     for i in range(args.n):
         if i % args.per_account == 0:
-            status, body = api(
-                args.url,
-                "POST",
-                "/accounts",
-                {"email": f"wake-{run}-{i}@example.com", "password": f"bench password {run}"},
-            )
-            if status != 201:
-                raise SystemExit(f"sign-up failed: {status} {body}")
-            token = body["token"]
+            token = sign_up(args.url, f"wake-{run}-{i}@example.com", f"bench password {run}")
         status, body = api(args.url, "POST", "/databases", {"name": f"w{i}"}, token)
         if status != 201:
             raise SystemExit(f"create failed: {status} {body}")

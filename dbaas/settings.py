@@ -4,6 +4,7 @@ Every value comes from the environment with a default that works on one machine
 (`make run` needs nothing set); see README.md for the variables.
 """
 
+import os
 import socket
 
 import dj_database_url
@@ -175,6 +176,8 @@ DBAAS_PUBLIC_HOST = env_str("DBAAS_PUBLIC_HOST", "127.0.0.1")
 DBAAS_PGBOUNCER_LISTEN = env_str("DBAAS_PGBOUNCER_LISTEN", "127.0.0.1")
 DBAAS_PGBOUNCER_PORT = env_int("DBAAS_PGBOUNCER_PORT", 6432)
 DBAAS_RECONCILE_INTERVAL = env_int("DBAAS_RECONCILE_INTERVAL", 10)
+# Instances the activator starts at once (the others wait in order): 4 per core.
+DBAAS_WAKE_CONCURRENCY = env_int("DBAAS_WAKE_CONCURRENCY", 4 * (os.cpu_count() or 1))
 # How long POST /databases waits for the instance before answering 202.
 DBAAS_PROVISION_WAIT = env_int("DBAAS_PROVISION_WAIT", 30)
 # Tenants run as uid base+id when the platform runs as root.

@@ -19,8 +19,10 @@ from poolers.routes import Routes
 
 log = logging.getLogger(__name__)
 
-# wake(instance_id) -> the instance's socket directory once it accepts queries.
-WakeCallback = Callable[[str], Path]
+# wake(instance_id, ready) -> the instance's socket directory once it accepts queries.
+# The wake may call ready(socket_dir) before it returns, as soon as connections can
+# go through, and finish its own bookkeeping after that.
+WakeCallback = Callable[[str, Callable[[Path], None]], Path]
 
 
 class Activator:
@@ -94,14 +96,36 @@ class Activator:
         )
 
     async def _ensure_awake(self, instance_id: str) -> Path:
-        """One wake per instance at a time; everyone who arrives meanwhile shares it."""
+        """One wake per instance at a time; everyone who arrives meanwhile shares it.
+
+        The held connections go through as soon as the wake says the instance is
+        ready, not when the wake has also recorded itself in the control plane."""
         pending = self.wakes.get(instance_id)
         if pending is None:
             loop = asyncio.get_running_loop()
-            pending = loop.run_in_executor(None, self.wake, instance_id)
+            pending = loop.create_future()
+
+            def ready(socket_dir: Path) -> None:  # in the wake's thread
+                loop.call_soon_threadsafe(_settle, pending, socket_dir, None)
+
+            def finished(job: asyncio.Future) -> None:
+                self.wakes.pop(instance_id, None)
+                error = job.exception()
+                _settle(pending, None if error else job.result(), error)
+
+            job = loop.run_in_executor(None, self.wake, instance_id, ready)
+            job.add_done_callback(finished)
             self.wakes[instance_id] = pending
-            pending.add_done_callback(lambda _f: self.wakes.pop(instance_id, None))
         return await asyncio.shield(pending)
+
+
+def _settle(future: asyncio.Future, result: Path | None, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

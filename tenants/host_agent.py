@@ -8,7 +8,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,9 +50,9 @@ def pooler() -> PgBouncer:
     )
 
 
-def tenant_for_instance(instance_id: str) -> Tenant:
-    """The tenant whose instance is `t<pk>` (see Tenant.instance_id)."""
-    return Tenant.objects.select_related("host", "plan").get(pk=int(instance_id.removeprefix("t")))
+def tenant_pk_for_instance(instance_id: str) -> int:
+    """The pk of the tenant whose instance is `t<pk>` (see Tenant.instance_id)."""
+    return int(instance_id.removeprefix("t"))
 
 
 def routes() -> Routes:
@@ -321,16 +321,21 @@ def instance_sleep(tenant: Tenant, actor: str, drain_timeout: float = 3.0) -> st
     return "slept"
 
 
-def instance_wake(tenant: Tenant, actor: str) -> Path:
+def instance_wake(tenant: Tenant, actor: str, ready: Callable[[Path], None] | None = None) -> Path:
     """Start the tenant's instance if it is not running and route to it; the state
-    becomes running. Returns the instance's socket directory. Idempotent."""
-    runtime, route = runtime_for(tenant), routes()
-    iid = tenant.instance_id
+    becomes running. Returns the instance's socket directory. Idempotent.
+
+    `ready(socket_dir)` is called as soon as the instance accepts connections,
+    before the wake is recorded (the lock keeps any sleep out until it is)."""
+    route, iid = routes(), tenant.instance_id
     started = time.monotonic()
     with instance_lock(tenant):
-        tenant.refresh_from_db()
+        # One query, under the lock: the state, and the plan and host the start
+        # and the event need (refresh_from_db would drop them and lazy-load each).
+        tenant = Tenant.objects.select_related("host", "plan").get(pk=tenant.pk)
         if tenant.state not in (State.RUNNING, State.SLEEPING):
             raise RuntimeError(f"{tenant} is {tenant.state}; it cannot be woken")
+        runtime = runtime_for(tenant)
         if runtime.status(iid).state is not InstanceState.RUNNING:
             instance_start(tenant)
         # No RECONNECT here: it would also close the server connection PgBouncer
@@ -338,15 +343,15 @@ def instance_wake(tenant: Tenant, actor: str) -> Path:
         # wait server_login_retry before trying again. Connections made through
         # the activator stay spliced until PgBouncer retires them.
         route.point(iid, runtime.socket_dir(iid))
+        if ready is not None:
+            ready(runtime.socket_dir(iid))
         if tenant.state == State.SLEEPING:
             ms = _ms(started)
             _transition(
                 tenant, State.SLEEPING, State.RUNNING, action="wake", actor=actor,
                 duration_ms=ms, last_active_at=timezone.now(), last_wake_ms=ms,
+                wake_count=F("wake_count") + 1, wake_ms_total=F("wake_ms_total") + ms,
             )  # fmt: skip
-            Tenant.objects.filter(pk=tenant.pk).update(
-                wake_count=F("wake_count") + 1, wake_ms_total=F("wake_ms_total") + ms
-            )
     return runtime.socket_dir(iid)
 
 

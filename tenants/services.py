@@ -87,7 +87,8 @@ def tenant_transition(
                 )
                 tenant.state, tenant.state_reason, tenant.state_changed_at = to_state, reason, now
                 for name, value in fields.items():
-                    setattr(tenant, name, value)
+                    if not hasattr(value, "resolve_expression"):  # F() + 1: not a value
+                        setattr(tenant, name, value)
                 return True
     return False
 

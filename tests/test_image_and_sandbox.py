@@ -137,3 +137,21 @@ def test_a_start_failure_says_why(sandbox):
     with pytest.raises(InstanceError, match="max_connections"):
         runtime.start(spec)
     assert runtime.status(spec.instance_id).state is InstanceState.STOPPED
+
+
+def test_a_start_that_meets_a_status_probe_still_starts(sandbox):
+    """status() takes the instance lock for an instant; a start meeting it must not
+    mistake it for a running instance (found under load: a wake served nothing)."""
+    import fcntl
+    import threading
+
+    runtime, spec = sandbox
+    runtime.create(spec)
+    lock = runtime.instance_dir(spec.instance_id) / "instance.lock"
+    probe = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(probe, fcntl.LOCK_EX)  # a probe, descheduled while it holds the lock
+    threading.Timer(0.1, os.close, (probe,)).start()
+    runtime.start(spec)
+    assert runtime.status(spec.instance_id).state is InstanceState.RUNNING
+    with _superuser(runtime, spec) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)

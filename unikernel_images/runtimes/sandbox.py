@@ -139,10 +139,11 @@ class SandboxRuntime(Runtime):
             raise InstanceError(f"instance {iid} has no data directory; create it first")
         lock_fd = os.open(self._lock_file(iid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return  # already running: starting is idempotent
+            if not _lock_unless_held(lock_fd):
+                # Started already (starting is idempotent), perhaps by someone else
+                # a moment ago: return only once it accepts queries.
+                self._wait_running(iid, timeout)
+                return
             self._make_socket_dir(spec)
             # The lock proves no postmaster of ours is alive, so a postmaster.pid
             # left by a killed one is stale; postgres cannot tell across pid
@@ -273,6 +274,15 @@ class SandboxRuntime(Runtime):
                 raise InstanceError(
                     f"postgres not ready after {timeout:.0f} s: {self._log_tail(iid)}"
                 )
+            time.sleep(POLL)
+
+    def _wait_running(self, iid: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while (state := self.status(iid).state) is not InstanceState.RUNNING:
+            if state in (InstanceState.STOPPED, InstanceState.MISSING):
+                raise InstanceError(f"postgres exited during start-up: {self._log_tail(iid)}")
+            if time.monotonic() > deadline:
+                raise InstanceError(f"postgres not ready after {timeout:.0f} s")
             time.sleep(POLL)
 
     def stop(self, instance_id: str, timeout: float = 30) -> None:
@@ -447,13 +457,32 @@ class SandboxRuntime(Runtime):
         return " | ".join(text.strip().splitlines()[-lines:])
 
 
+def _lock_unless_held(fd: int, patience: float = 0.5) -> bool:
+    """Take the instance lock; False if an instance holds it.
+
+    status() takes the lock for an instant to test it: a start that meets such a
+    probe must not take it for a running instance, so it tries again for a while
+    (an instance holds the lock for its whole life, a probe for microseconds, or
+    a few milliseconds on a CPU that is saturated)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+
+
 def _read_child_pid(fd: int, timeout: float, log: Path) -> int:
     """bubblewrap writes {"child-pid": N} to its info fd once the sandbox exists."""
     buf = b""
     deadline = time.monotonic() + timeout
+    poller = select.poll()  # not select(): a busy host's descriptors pass 1023
+    poller.register(fd, select.POLLIN)
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
+        if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
             break
         chunk = os.read(fd, 4096)
         if not chunk:

@@ -7,22 +7,26 @@ a server connection to a sleeping tenant wakes it and is then passed through.
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
 from dbaas.env import service_user
 from poolers.activator import Activator
 from tenants import host_agent
+from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
 
 
-def wake(instance_id: str) -> Path:
+def wake(instance_id: str, ready: Callable[[Path], None]) -> Path:
     close_old_connections()
-    tenant = host_agent.tenant_for_instance(instance_id)
-    return host_agent.instance_wake(tenant, actor="activator")
+    # Only the pk: instance_wake loads the row itself, once, under the lock.
+    tenant = Tenant(pk=host_agent.tenant_pk_for_instance(instance_id))
+    return host_agent.instance_wake(tenant, actor="activator", ready=ready)
 
 
 class Command(BaseCommand):
@@ -41,6 +45,10 @@ class Command(BaseCommand):
     async def _main(self, activator: Activator) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        # Wakes block on the runtime and the control plane; many may run at once.
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
+        # Wakes block on the runtime and the control plane. A start is mostly CPU
+        # (exec, shared memory, forks), so a few at a time, first come first served,
+        # finish sooner than all of them sharing the cores; the rest wait in order.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=settings.DBAAS_WAKE_CONCURRENCY)
+        )
         await activator.run()
