@@ -188,3 +188,22 @@ def test_operator_sees_hosts_restarts_a_tenant_and_reads_its_timeline(live, page
     screenshot(page, "admin-tenant-timeline")
     with connect(db["connection_string"]) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_the_core_flow_works_without_javascript(live, browser, live_server):
+    context = browser.new_context(base_url=live_server.url, java_script_enabled=False)
+    page = context.new_page()
+    try:
+        sign_up(page, "nojs@example.com")
+        create_database(page, "plain")
+        page.wait_for_url(re.compile(r"/credentials$"))
+        url = page.locator("#connection-string").inner_text().strip()
+        with connect(url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        page.get_by_role("link", name="Go to plain").click()
+        page.get_by_role("button", name="Put to sleep").click()
+        assert "is asleep" in page.locator(".messages").inner_text()
+        page.get_by_role("button", name="Wake up").click()
+        assert "plain is running" in page.locator(".messages").inner_text()
+    finally:
+        context.close()
