@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DBAAS_DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: run test setup lint services stop clean
+.PHONY: run test setup setup-test lint services stop clean
 
 run: setup
 	$(PY) manage.py up
@@ -20,13 +20,16 @@ TEST_ENV := DBAAS_SERVICES_DIR=$(DBAAS_DATA_DIR) DBAAS_DATA_DIR=$(DBAAS_DATA_DIR
 	DBAAS_RECONCILE_INTERVAL=2 DBAAS_DB_NAME=test_dbaas$(TEST_SUFFIX) \
 	DBAAS_TEST_DB_NAME=test_dbaas$(TEST_SUFFIX) DBAAS_SIGNUPS_PER_IP_HOUR=100000
 
-test: setup lint services
+test: setup-test lint services
 	$(PY) manage.py check
 	$(PY) manage.py makemigrations --check --dry-run
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 setup:
 	@./scripts/setup.sh
+
+setup-test:
+	@./scripts/setup.sh test
 
 lint:
 	$(VENV)/bin/ruff check .

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Makes this machine able to run the platform: Debian packages, the service
 # account, and the virtualenv. Idempotent and quick when everything is there.
+# `setup.sh test` also installs what only the tests need (a browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PACKAGES=(postgresql-15 postgresql-contrib pgbouncer redis-server bubblewrap acl openssl
-          util-linux python3-venv chromium)
+          util-linux python3-venv)
+if [[ "${1:-}" == "test" ]]; then
+    PACKAGES+=(chromium)  # the browser tests drive Debian's chromium
+fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
