@@ -97,6 +97,7 @@ def database_json(tenant: Tenant) -> dict:
         "last_active_at": tenant.last_active_at.isoformat() if tenant.last_active_at else None,
         "wake_count": tenant.wake_count,
         "size_bytes": tenant.size_bytes,
+        "read_only": tenant.storage_read_only is True,
     }
 
 

@@ -272,6 +272,8 @@ def restore_run(restore: Restore) -> None:
     Restore.objects.filter(pk=restore.pk).update(
         state=Restore.State.DONE, progress="done", finished_at=timezone.now()
     )
+    # The restored catalog has the storage setting of its day: look again.
+    Tenant.objects.filter(pk=tenant.pk).update(storage_read_only=None)
     event_record(tenant=tenant, action="restore", actor="worker", duration_ms=_ms(started),
                  message=f"restored backup #{backup.pk}")  # fmt: skip
 

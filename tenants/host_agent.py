@@ -425,6 +425,26 @@ def instance_unsuspend(tenant: Tenant, actor: str) -> str:
     return "running"
 
 
+def storage_limit_apply(tenant: Tenant, *, read_only: bool) -> bool:
+    """Make a running tenant's new transactions read-only (over its plan's storage
+    limit) or writable again; False if it is not running now (tried again later)."""
+    runtime = runtime_for(tenant)
+    with instance_lock(tenant, timeout=0) as locked:
+        if not locked or runtime.status(tenant.instance_id).state is not InstanceState.RUNNING:
+            return False
+        socket_dir = runtime.socket_dir(tenant.instance_id)
+        postgres_admin.set_read_only(socket_dir, database=tenant.database_name, read_only=read_only)
+        # Server connections the pooler keeps were made before: replace them.
+        for alias in _aliases(tenant):
+            pooler().reconnect(alias)
+    Tenant.objects.filter(pk=tenant.pk).update(storage_read_only=read_only)
+    limit = f"{tenant.plan.storage_limit_mb} MB"
+    _event(tenant, "storage_limit", "usage",
+           f"over the {limit} storage limit: new transactions are read-only" if read_only
+           else f"within the {limit} storage limit: writable again", 0)  # fmt: skip
+    return True
+
+
 def instance_repair(tenant: Tenant) -> str | None:
     """Bring one tenant's instance and route in line with its state (reconcile).
 

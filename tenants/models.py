@@ -121,6 +121,9 @@ class Tenant(models.Model):
     pooler_xact_count = models.BigIntegerField(default=0)
     # Disk used by the instance's data, measured by its host every usage interval.
     size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    # Over the plan's storage limit, new transactions default to read-only (as
+    # Supabase does); None: not known yet for this data (new from a backup).
+    storage_read_only = models.BooleanField(null=True, blank=True)
     # Set when the tenant is made from a backup instead of the image's template.
     restored_from = models.ForeignKey(
         "Backup", on_delete=models.PROTECT, null=True, blank=True, related_name="+"

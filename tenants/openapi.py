@@ -189,6 +189,11 @@ DATABASE_FIELDS = {
     "size_bytes": nullable(
         integer("Disk used by its data, as its host last measured it", minimum=0)
     ),
+    "read_only": {
+        "type": "boolean",
+        "description": "Over the plan's storage limit: new transactions are read-only "
+        "(a session may `SET default_transaction_read_only = off` to delete data)",
+    },
 }
 CREDENTIAL_FIELDS = {
     "password": string("The owner's password; shown only in this answer"),

@@ -55,7 +55,9 @@ def provision_tenant(tenant_id: int) -> str:
     # After the answer, off the request's path: its first size, and a new spare
     # for the one just used.
     size = host_agent.runtime_for(tenant).disk_usage(tenant.instance_id)
-    Tenant.objects.filter(pk=tenant.pk).update(size_bytes=size)
+    # The template is writable; data from a backup may carry the read-only setting.
+    read_only = None if tenant.restored_from_id else False
+    Tenant.objects.filter(pk=tenant.pk).update(size_bytes=size, storage_read_only=read_only)
     host_agent.spares_refill(tenant.runtime)
     return "running"
 
