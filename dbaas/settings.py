@@ -176,6 +176,9 @@ DBAAS_PUBLIC_HOST = env_str("DBAAS_PUBLIC_HOST", "127.0.0.1")
 DBAAS_PGBOUNCER_LISTEN = env_str("DBAAS_PGBOUNCER_LISTEN", "127.0.0.1")
 DBAAS_PGBOUNCER_PORT = env_int("DBAAS_PGBOUNCER_PORT", 6432)
 DBAAS_RECONCILE_INTERVAL = env_int("DBAAS_RECONCILE_INTERVAL", 10)
+# Seconds after a wake before the pooler replaces the server connections it opened
+# through the activator by direct ones (see poolers/activator.py).
+DBAAS_ACTIVATOR_HANDOFF_DELAY = float(env_int("DBAAS_ACTIVATOR_HANDOFF_DELAY", 5))
 # Instances the activator starts at once (the others wait in order): 4 per core.
 DBAAS_WAKE_CONCURRENCY = env_int("DBAAS_WAKE_CONCURRENCY", 4 * (os.cpu_count() or 1))
 # How long POST /databases waits for the instance before answering 202.

@@ -26,12 +26,19 @@ WakeCallback = Callable[[str, Callable[[Path], None]], Path]
 
 
 class Activator:
+    """`handoff(instance_id)`, if given, runs `handoff_delay` seconds after a wake: it
+    has the pooler replace the server connections it opened through here, so that
+    they go straight to the instance and the activator stops carrying them."""
+
     def __init__(
         self, routes: Routes, wake: WakeCallback, socket_group: str | None,
-        scan_interval: float = 0.5,
+        scan_interval: float = 0.5, handoff: Callable[[str], None] | None = None,
+        handoff_delay: float = 5.0,
     ) -> None:  # fmt: skip
         self.routes = routes
         self.wake = wake
+        self.handoff = handoff
+        self.handoff_delay = handoff_delay
         self.socket_group = socket_group
         self.scan_interval = scan_interval
         self.servers: dict[str, asyncio.AbstractServer] = {}
@@ -112,11 +119,24 @@ class Activator:
                 self.wakes.pop(instance_id, None)
                 error = job.exception()
                 _settle(pending, None if error else job.result(), error)
+                if error is None and self.handoff is not None:
+                    # Later, not now: the connections held during the wake are still
+                    # logging in through here, and closing one would make PgBouncer
+                    # wait server_login_retry.
+                    loop.call_later(self.handoff_delay, self._hand_off, instance_id)
 
             job = loop.run_in_executor(None, self.wake, instance_id, ready)
             job.add_done_callback(finished)
             self.wakes[instance_id] = pending
         return await asyncio.shield(pending)
+
+    def _hand_off(self, instance_id: str) -> None:
+        def log_failure(job: asyncio.Future) -> None:
+            if job.exception() is not None:
+                log.warning("activator: hand-off of %s failed: %s", instance_id, job.exception())
+
+        job = asyncio.get_running_loop().run_in_executor(None, self.handoff, instance_id)
+        job.add_done_callback(log_failure)
 
 
 def _settle(future: asyncio.Future, result: Path | None, error: BaseException | None) -> None:

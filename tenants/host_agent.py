@@ -239,6 +239,14 @@ def instance_lock(tenant: Tenant, timeout: float | None = None) -> Iterator[bool
         os.close(fd)
 
 
+def pooler_reconnect(tenant: Tenant) -> None:
+    """Have PgBouncer replace the tenant's server connections as they are released
+    (idle ones at once), so that new ones follow the current route."""
+    bouncer = pooler()
+    for alias in _aliases(tenant):
+        bouncer.reconnect(alias)
+
+
 def _aliases(tenant: Tenant) -> tuple[str, str]:
     return tenant.database_name, tenant.pooled_database_name
 
@@ -295,8 +303,7 @@ def instance_sleep(tenant: Tenant, actor: str, drain_timeout: float = 3.0) -> st
         started = time.monotonic()
         route.point(iid, route.activator_dir(iid))
         try:
-            for alias in _aliases(tenant):
-                bouncer.reconnect(alias)
+            pooler_reconnect(tenant)
             deadline = time.monotonic() + drain_timeout
             while True:
                 pools = bouncer.pools()
@@ -340,8 +347,8 @@ def instance_wake(tenant: Tenant, actor: str, ready: Callable[[Path], None] | No
             instance_start(tenant)
         # No RECONNECT here: it would also close the server connection PgBouncer
         # is logging in through the activator right now, and PgBouncer would
-        # wait server_login_retry before trying again. Connections made through
-        # the activator stay spliced until PgBouncer retires them.
+        # wait server_login_retry before trying again. The activator does it a
+        # few seconds later (its hand-off), once those logins are done.
         route.point(iid, runtime.socket_dir(iid))
         if ready is not None:
             ready(runtime.socket_dir(iid))
@@ -435,8 +442,7 @@ def storage_limit_apply(tenant: Tenant, *, read_only: bool) -> bool:
         socket_dir = runtime.socket_dir(tenant.instance_id)
         postgres_admin.set_read_only(socket_dir, database=tenant.database_name, read_only=read_only)
         # Server connections the pooler keeps were made before: replace them.
-        for alias in _aliases(tenant):
-            pooler().reconnect(alias)
+        pooler_reconnect(tenant)
     Tenant.objects.filter(pk=tenant.pk).update(storage_read_only=read_only)
     limit = f"{tenant.plan.storage_limit_mb} MB"
     _event(tenant, "storage_limit", "usage",

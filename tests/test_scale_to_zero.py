@@ -227,3 +227,35 @@ def test_killing_the_activator_mid_wake_heals(napper, alice, platform):
     _wait_consistent(napper["id"], settings.DBAAS_RECONCILE_INTERVAL + 5)
     with connect(napper["connection_string"]) as conn:
         assert conn.execute("SELECT count(*) FROM notes").fetchone() == (1,)
+
+
+def test_after_a_wake_the_activator_hands_its_connections_over(napper, alice, platform):
+    """The server connections PgBouncer opened through the activator while the tenant
+    woke are replaced by direct ones a few seconds later: the activator does not
+    carry the tenant's traffic."""
+    activator_pid = platform["activator"].proc.pid
+
+    def activator_sockets() -> int:
+        count = 0
+        for fd in os.listdir(f"/proc/{activator_pid}/fd"):
+            try:
+                count += os.readlink(f"/proc/{activator_pid}/fd/{fd}").startswith("socket:")
+            except FileNotFoundError:  # closed meanwhile
+                continue
+        return count
+
+    put_to_sleep(alice, napper)
+    before = activator_sockets()
+    with connect(napper["connection_string"]) as conn:
+        assert conn.execute("SELECT count(*) FROM notes").fetchone() == (1,)
+    # PgBouncer keeps its server connection (idle, in its pool), spliced through
+    # the activator: two sockets there (the wake's control-plane connection may
+    # add one that stays).
+    spliced = activator_sockets()
+    assert spliced >= before + 2
+    deadline = time.monotonic() + settings.DBAAS_ACTIVATOR_HANDOFF_DELAY + 10
+    while activator_sockets() > spliced - 2:
+        assert time.monotonic() < deadline, "the activator still carries connections"
+        time.sleep(0.1)
+    with connect(napper["connection_string"]) as conn:  # straight to the instance now
+        assert conn.execute("SELECT count(*) FROM notes").fetchone() == (1,)

@@ -29,6 +29,12 @@ def wake(instance_id: str, ready: Callable[[Path], None]) -> Path:
     return host_agent.instance_wake(tenant, actor="activator", ready=ready)
 
 
+def hand_off(instance_id: str) -> None:
+    close_old_connections()
+    tenant = Tenant.objects.get(pk=host_agent.tenant_pk_for_instance(instance_id))
+    host_agent.pooler_reconnect(tenant)
+
+
 class Command(BaseCommand):
     help = "Run this host's activator: hold connections to sleeping tenants and wake them."
 
@@ -36,8 +42,9 @@ class Command(BaseCommand):
         routes = host_agent.routes()
         routes.prepare()
         activator = Activator(
-            routes, wake, socket_group=service_user() if os.geteuid() == 0 else None
-        )
+            routes, wake, socket_group=service_user() if os.geteuid() == 0 else None,
+            handoff=hand_off, handoff_delay=settings.DBAAS_ACTIVATOR_HANDOFF_DELAY,
+        )  # fmt: skip
         self.stdout.write(f"run_activator: listening for the tenants in {routes.root}")
         self.stdout.flush()
         asyncio.run(self._main(activator))
