@@ -378,13 +378,21 @@ def login(session: Session, email: str, password: str) -> None:
 @cli.command()
 @pass_session
 def logout(session: Session) -> None:
-    """Forget the saved token.
-
-    The token stays valid on the server: the API cannot revoke one yet.
-    """
+    """Revoke the saved token on the server and forget it."""
     config = session.config
     email = config.get("email")
     if "token" in config:
+        origin = config.get("api_url") or session.api_url  # where the token came from
+        try:
+            Client(origin, config["token"]).call("DELETE", "/tokens/current")
+        except Unreachable:
+            click.echo(
+                f"warning: {origin} cannot be reached; the token is forgotten here "
+                "but still valid there",
+                err=True,
+            )
+        except CliError:
+            pass  # revoked already, or the server does not know it: nothing to undo
         # The API URL stays, so that the next `dbaas login` goes to the same server.
         save_config({k: v for k, v in config.items() if k not in ("token", "email")})
     session.output(

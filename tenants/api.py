@@ -49,12 +49,15 @@ def endpoint(*methods: str, auth: bool = True) -> Callable:
     return decorate
 
 
-def _authenticate(request: HttpRequest):
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+def _bearer_token(request: HttpRequest) -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed("missing bearer token (Authorization: Bearer <token>)")
-    account = selectors.account_for_token(token.strip())
+    return token.strip()
+
+
+def _authenticate(request: HttpRequest):
+    account = selectors.account_for_token(_bearer_token(request))
     if account is None:
         raise AuthenticationFailed("invalid token")
     return account
@@ -125,6 +128,13 @@ def tokens(request: HttpRequest) -> JsonResponse:
     if not isinstance(email, str) or not isinstance(password, str) or "\x00" in email:
         raise AuthenticationFailed("invalid email or password")
     return JsonResponse({"token": services.token_create(email=email, password=password)})
+
+
+@endpoint("DELETE")
+def token_current(request: HttpRequest) -> JsonResponse:
+    """Revoke the token this request presents."""
+    services.token_revoke(raw_token=_bearer_token(request))
+    return JsonResponse({"revoked": True})
 
 
 # -- databases -----------------------------------------------------------------------

@@ -245,6 +245,7 @@ SCHEMAS = {
         {"email": string("Normalised to lower case"), "token": string("An API token")}
     ),
     "Token": response_object({"token": string("A new API token")}),
+    "Revoked": response_object({"revoked": {"type": "boolean", "const": True}}),
     "Database": response_object(DATABASE_FIELDS, "A database (never with its password)."),
     "DatabaseWithCredentials": response_object(
         DATABASE_FIELDS | CREDENTIAL_FIELDS,
@@ -376,6 +377,14 @@ def build_paths() -> dict:
                 },
                 body=json_body(ref("Credentials")),
                 auth=False,
+            )
+        },
+        "/api/v1/tokens/current": {
+            "delete": operation(
+                "revokeToken",
+                "accounts",
+                "Revoke the token this request presents",
+                {200: answer("It no longer works", ref("Revoked"))},
             )
         },
         "/api/v1/databases": {

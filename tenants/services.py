@@ -131,6 +131,11 @@ def token_issue(*, account: Account) -> str:
     return raw
 
 
+def token_revoke(*, raw_token: str) -> None:
+    """The token stops working at once (a leaked one, or a `dbaas logout`)."""
+    ApiToken.objects.filter(key_hash=hashlib.sha256(raw_token.encode()).hexdigest()).delete()
+
+
 def token_create(*, email: str, password: str) -> str:
     user = authenticate(username=(email or "").strip().lower(), password=password or "")
     if user is None or not hasattr(user, "account"):

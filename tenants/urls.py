@@ -5,6 +5,7 @@ from tenants import api
 urlpatterns = [
     path("api/v1/accounts", api.accounts, name="api-accounts"),
     path("api/v1/tokens", api.tokens, name="api-tokens"),
+    path("api/v1/tokens/current", api.token_current, name="api-token-current"),
     path("api/v1/databases", api.databases, name="api-databases"),
     path("api/v1/databases/<str:tenant_id>", api.database, name="api-database"),
     path(

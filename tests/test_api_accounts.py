@@ -1,4 +1,4 @@
-"""POST /api/v1/accounts and /api/v1/tokens, and token authentication."""
+"""POST /api/v1/accounts and /api/v1/tokens, revoking a token, and token authentication."""
 
 import pytest
 
@@ -62,6 +62,21 @@ def test_it_issues_a_token_for_the_right_password(client):
     assert response.status_code == 200
     token = response.json()["token"]
     assert Api(client, token).call("GET", "/databases").status_code == 200
+
+
+def test_a_token_can_be_revoked_and_only_that_one(client):
+    first = signup(client, "r@example.com", "correct horse battery")
+    second = Api(
+        client,
+        Api(client)
+        .call("POST", "/tokens", {"email": "r@example.com", "password": "correct horse battery"})
+        .json()["token"],
+    )
+    response = second.call("DELETE", "/tokens/current")
+    assert response.status_code == 200 and response.json() == {"revoked": True}
+    assert second.call("GET", "/databases").json() == {"error": "invalid token"}
+    assert first.call("GET", "/databases").status_code == 200
+    assert Api(client).call("DELETE", "/tokens/current").status_code == 401
 
 
 @pytest.mark.parametrize(

@@ -93,8 +93,12 @@ def test_a_session_from_signup_to_delete(cli, server):
     assert stat.S_IMODE(cli.config.stat().st_mode) == 0o600
     assert stat.S_IMODE(cli.config.parent.stat().st_mode) == 0o700
 
+    token = saved["token"]
     assert "Logged out alice@example.com" in cli("logout").stdout
     assert "token" not in cli.saved()
+    # Revoked on the server too: the old token is refused.
+    again = cli("--token", token, "db", "list", code=1)
+    assert error_line(again).startswith("error: invalid token")
     assert "not logged in" in error_line(cli("db", "list", code=1))
     # The API URL was kept: login goes to the same server without --api-url.
     wrong = cli("login", "--email", "alice@example.com", "--password", "wrong", code=1)

@@ -144,6 +144,7 @@ PLAN = {
     "restoreBackupIntoNew": (10, 8),
     "createDatabase": (12, 10),
     "deleteDatabase": (10, 6),
+    "revokeToken": (1, 0),  # the fuzzer's own token: last
 }
 
 
