@@ -4,7 +4,6 @@ import functools
 import json
 from collections.abc import Callable
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
@@ -194,10 +193,7 @@ def database_password(request: HttpRequest, tenant_id: str) -> JsonResponse:
 @endpoint("POST")
 def database_sleep(request: HttpRequest, tenant_id: str) -> JsonResponse:
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
-    services.tenant_sleep(tenant=tenant, actor=_actor(request))
-    tenant = services.tenant_wait(
-        tenant=tenant, until=lambda t: t.state != Tenant.State.RUNNING, timeout=10
-    )
+    tenant = services.tenant_sleep_settled(tenant=tenant, actor=_actor(request))
     if tenant.state == Tenant.State.RUNNING:
         raise Conflict(
             "the database is in use (a client is connected, or it is waking); it stays awake"
@@ -208,12 +204,7 @@ def database_sleep(request: HttpRequest, tenant_id: str) -> JsonResponse:
 @endpoint("POST")
 def database_wake(request: HttpRequest, tenant_id: str) -> JsonResponse:
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
-    services.tenant_wake(tenant=tenant, actor=_actor(request))
-    tenant = services.tenant_wait(
-        tenant=tenant,
-        until=lambda t: t.state == Tenant.State.RUNNING,
-        timeout=settings.DBAAS_PROVISION_WAIT,
-    )
+    tenant = services.tenant_wake_settled(tenant=tenant, actor=_actor(request))
     if tenant.state != Tenant.State.RUNNING:
         raise Unavailable("the database did not wake up in time; try again")
     return JsonResponse(database_json(tenant))

@@ -248,16 +248,21 @@ def tenant_reset_password(*, tenant: Tenant, actor: str) -> str:
     return password
 
 
+def _on_host(tenant: Tenant, task, actor: str, requested: str | None) -> None:
+    """Queue `task(tenant id, actor)` on the tenant's host once the caller's transaction
+    commits, recording the request as an event named `requested` (if given)."""
+    if requested:
+        event_record(tenant=tenant, action=requested, actor=actor)
+    transaction.on_commit(lambda: task.apply_async((tenant.pk, actor), queue=tenant.host.queue))
+
+
 def tenant_sleep(*, tenant: Tenant, actor: str) -> None:
     """Queue putting the tenant to sleep on its host (refused later if in use)."""
     from tenants.tasks import sleep_tenant
 
     if tenant.state != State.RUNNING:
         raise Conflict(f"only a running database can be put to sleep, not a {tenant.state} one")
-    event_record(tenant=tenant, action="sleep_requested", actor=actor)
-    transaction.on_commit(
-        lambda: sleep_tenant.apply_async((tenant.pk, actor), queue=tenant.host.queue)
-    )
+    _on_host(tenant, sleep_tenant, actor, "sleep_requested")
 
 
 def tenant_wake(*, tenant: Tenant, actor: str) -> None:
@@ -265,8 +270,23 @@ def tenant_wake(*, tenant: Tenant, actor: str) -> None:
 
     if tenant.state not in (State.RUNNING, State.SLEEPING):
         raise Conflict(f"a {tenant.state} database cannot be woken")
-    transaction.on_commit(
-        lambda: wake_tenant.apply_async((tenant.pk, actor), queue=tenant.host.queue)
+    _on_host(tenant, wake_tenant, actor, None)
+
+
+def tenant_sleep_settled(*, tenant: Tenant, actor: str) -> Tenant:
+    """Put it to sleep and wait (10 s) for the host's answer: the fresh row is
+    sleeping, or still running because a client uses it."""
+    tenant_sleep(tenant=tenant, actor=actor)
+    return tenant_wait(tenant=tenant, until=lambda t: t.state != State.RUNNING, timeout=10)
+
+
+def tenant_wake_settled(*, tenant: Tenant, actor: str) -> Tenant:
+    """Wake it and wait (up to DBAAS_PROVISION_WAIT) until it runs; the fresh row."""
+    tenant_wake(tenant=tenant, actor=actor)
+    return tenant_wait(
+        tenant=tenant,
+        until=lambda t: t.state == State.RUNNING,
+        timeout=settings.DBAAS_PROVISION_WAIT,
     )
 
 
@@ -275,10 +295,7 @@ def tenant_restart(*, tenant: Tenant, actor: str) -> None:
 
     if tenant.state != State.RUNNING:
         raise Conflict(f"only a running database can be restarted, not a {tenant.state} one")
-    event_record(tenant=tenant, action="restart_requested", actor=actor)
-    transaction.on_commit(
-        lambda: restart_tenant.apply_async((tenant.pk, actor), queue=tenant.host.queue)
-    )
+    _on_host(tenant, restart_tenant, actor, "restart_requested")
 
 
 def tenant_suspend(*, tenant: Tenant, actor: str) -> None:
@@ -287,10 +304,7 @@ def tenant_suspend(*, tenant: Tenant, actor: str) -> None:
 
     if tenant.state not in (State.RUNNING, State.SLEEPING):
         raise Conflict(f"a {tenant.state} database cannot be suspended")
-    event_record(tenant=tenant, action="suspend_requested", actor=actor)
-    transaction.on_commit(
-        lambda: suspend_tenant.apply_async((tenant.pk, actor), queue=tenant.host.queue)
-    )
+    _on_host(tenant, suspend_tenant, actor, "suspend_requested")
 
 
 def tenant_unsuspend(*, tenant: Tenant, actor: str) -> None:
@@ -298,10 +312,7 @@ def tenant_unsuspend(*, tenant: Tenant, actor: str) -> None:
 
     if tenant.state != State.SUSPENDED:
         raise Conflict(f"the database is {tenant.state}, not suspended")
-    event_record(tenant=tenant, action="unsuspend_requested", actor=actor)
-    transaction.on_commit(
-        lambda: unsuspend_tenant.apply_async((tenant.pk, actor), queue=tenant.host.queue)
-    )
+    _on_host(tenant, unsuspend_tenant, actor, "unsuspend_requested")
 
 
 def tenant_create_ready(

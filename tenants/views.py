@@ -200,10 +200,7 @@ def database_password(request: HttpRequest, tenant: Tenant) -> HttpResponse:
 
 @_database_action
 def database_sleep(request: HttpRequest, tenant: Tenant) -> HttpResponse:
-    services.tenant_sleep(tenant=tenant, actor=_actor(request))
-    tenant = services.tenant_wait(
-        tenant=tenant, until=lambda t: t.state != State.RUNNING, timeout=10
-    )
+    tenant = services.tenant_sleep_settled(tenant=tenant, actor=_actor(request))
     if tenant.state == State.SLEEPING:
         messages.success(request, f"{tenant.name} is asleep; the next connection wakes it.")
     else:
@@ -215,10 +212,7 @@ def database_sleep(request: HttpRequest, tenant: Tenant) -> HttpResponse:
 
 @_database_action
 def database_wake(request: HttpRequest, tenant: Tenant) -> HttpResponse:
-    services.tenant_wake(tenant=tenant, actor=_actor(request))
-    tenant = services.tenant_wait(
-        tenant=tenant, until=lambda t: t.state == State.RUNNING, timeout=30
-    )
+    tenant = services.tenant_wake_settled(tenant=tenant, actor=_actor(request))
     messages.success(request, f"{tenant.name} is {tenant.state}.")
     return redirect("database", tenant_id=tenant.pk)
 
