@@ -151,13 +151,20 @@ def unsuspend_tenant(tenant_id: int, actor: str = WORKER) -> str:
     return host_agent.instance_unsuspend(tenant, actor=actor) if tenant else "skipped"
 
 
+def _on_every_host(*tasks, expires: int) -> int:
+    """Queue each task (taking the host's name) on every host's own queue; a task
+    not picked up within `expires` seconds is dropped (the next beat sends another)."""
+    hosts = list(Host.objects.values_list("name", flat=True))
+    for name in hosts:
+        for task in tasks:
+            task.apply_async((name,), queue=host_queue(name), expires=expires)
+    return len(hosts)
+
+
 @shared_task
 def record_usage_all_hosts() -> int:
     """Beat: every host measures its capacity and its tenants' sizes."""
-    hosts = list(Host.objects.values_list("name", flat=True))
-    for name in hosts:
-        record_usage.apply_async((name,), queue=host_queue(name), expires=300)
-    return len(hosts)
+    return _on_every_host(record_usage, expires=300)
 
 
 @shared_task
@@ -170,11 +177,7 @@ def record_usage(host_name: str) -> int:
 @shared_task
 def reconcile_all_hosts() -> int:
     """Beat: ask every host's agent to reconcile itself and put idle tenants to sleep."""
-    hosts = list(Host.objects.values_list("name", flat=True))
-    for name in hosts:
-        reconcile_host.apply_async((name,), queue=host_queue(name), expires=60)
-        sleep_idle_tenants.apply_async((name,), queue=host_queue(name), expires=60)
-    return len(hosts)
+    return _on_every_host(reconcile_host, sleep_idle_tenants, expires=60)
 
 
 @shared_task
@@ -294,10 +297,7 @@ def restore_backup(restore_id: int) -> str:
 @shared_task
 def verify_backups_all_hosts() -> int:
     """Beat (daily): each host verifies a sample of its tenants' newest backups."""
-    hosts = list(Host.objects.values_list("name", flat=True))
-    for name in hosts:
-        verify_backups.apply_async((name,), queue=host_queue(name), expires=3600)
-    return len(hosts)
+    return _on_every_host(verify_backups, expires=3600)
 
 
 @shared_task(soft_time_limit=3600, time_limit=3700)
@@ -314,8 +314,7 @@ def schedule_backups() -> dict[str, int]:
     from tenants import backups
     from tenants.models import Backup
 
-    for name in Host.objects.values_list("name", flat=True):
-        discard_partial_backups.apply_async((name,), queue=host_queue(name), expires=600)
+    _on_every_host(discard_partial_backups, expires=600)
     shared = ["s3"] if Backup.objects.filter(store="s3").exists() else []
     return {
         "requested": backups.backups_schedule(),
