@@ -55,6 +55,11 @@ class Plan(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def storage_limit_bytes(self) -> int:
+        """Per database; the MB of storage_limit_mb are MiB."""
+        return self.storage_limit_mb * 1024 * 1024
+
 
 class Account(models.Model):
     user = models.OneToOneField(

@@ -72,7 +72,7 @@ def account_usage(account: Account) -> dict:
     tenants = list(tenant_list(account=account))
     used = sum(t.size_bytes or 0 for t in tenants)
     # The plan's limit is per database; the account's allowance is all of them.
-    per_database = account.plan.storage_limit_mb * 1024 * 1024
+    per_database = account.plan.storage_limit_bytes
     limit = per_database * account.plan.max_databases
     return {
         "databases": len(tenants),

@@ -48,19 +48,20 @@ def record(host: Host) -> int:
         disk_total_bytes=disk.total, disk_used_bytes=disk.used,
         pooler_clients=clients, pooler_servers=servers, usage_at=timezone.now(),
     )  # fmt: skip
-    tenants = (
+    tenants = list(
         Tenant.objects.filter(host=host)
         .exclude(state__in=[Tenant.State.DELETED, Tenant.State.PROVISIONING])
         .select_related("host", "plan")
     )
     for tenant in tenants:
-        size = host_agent.runtime_for(tenant).disk_usage(tenant.instance_id)
-        Tenant.objects.filter(pk=tenant.pk).update(size_bytes=size)
+        tenant.size_bytes = host_agent.runtime_for(tenant).disk_usage(tenant.instance_id)
         # Only a running database grows; a sleeping one is dealt with once awake.
-        over = size > tenant.plan.storage_limit_mb * 1024 * 1024
+        over = tenant.size_bytes > tenant.plan.storage_limit_bytes
         if tenant.state == Tenant.State.RUNNING and tenant.storage_read_only is not over:
             try:
                 host_agent.storage_limit_apply(tenant, read_only=over)
             except Exception:
                 log.exception("storage limit of %s not applied; next time", tenant)
+    # Only this field: the rows may have changed state meanwhile.
+    Tenant.objects.bulk_update(tenants, ["size_bytes"], batch_size=500)
     return len(tenants)
