@@ -20,6 +20,8 @@ from pathlib import Path
 
 import click
 
+from dbaas.units import human_bytes
+
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 # Generous: creating a database waits on the server for the instance to run.
 REQUEST_TIMEOUT = 120
@@ -220,14 +222,7 @@ def when(value: str | None) -> str:
 
 
 def size(value: int | None) -> str:
-    if value is None:
-        return "-"
-    amount = float(value)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if amount < 1000 or unit == "TB":
-            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1000
-    raise AssertionError("unreachable")
+    return human_bytes(value, missing="-")
 
 
 def table(headers: list[str], rows: list[list[str]]) -> None:
@@ -340,15 +335,24 @@ def _logged_in(session: Session, email: str, token: str) -> None:
     )
 
 
+def _credential_options(*, confirm: bool) -> Callable:
+    """--email and --password, asked for when missing (the password hidden)."""
+
+    def decorate(command: Callable) -> Callable:
+        command = click.option(
+            "--password",
+            prompt=True,
+            hide_input=True,
+            confirmation_prompt=confirm,
+            help="Prefer the prompt: options show in the process list.",
+        )(command)
+        return click.option("--email", prompt=True)(command)
+
+    return decorate
+
+
 @cli.command()
-@click.option("--email", prompt=True)
-@click.option(
-    "--password",
-    prompt=True,
-    hide_input=True,
-    confirmation_prompt=True,
-    help="Prefer the prompt: options show in the process list.",
-)
+@_credential_options(confirm=True)
 @pass_session
 def signup(session: Session, email: str, password: str) -> None:
     """Create an account, and log in with it."""
@@ -359,13 +363,7 @@ def signup(session: Session, email: str, password: str) -> None:
 
 
 @cli.command()
-@click.option("--email", prompt=True)
-@click.option(
-    "--password",
-    prompt=True,
-    hide_input=True,
-    help="Prefer the prompt: options show in the process list.",
-)
+@_credential_options(confirm=False)
 @pass_session
 def login(session: Session, email: str, password: str) -> None:
     """Log in: get a token and save it with the API URL."""

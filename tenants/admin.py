@@ -2,10 +2,10 @@
 
 from django.contrib import admin, messages
 
+from dbaas.units import human_bytes
 from tenants import services
 from tenants.errors import ServiceError
 from tenants.models import Account, ApiToken, Backup, Event, Host, Plan, Restore, Tenant
-from tenants.templatetags.humanize_bytes import bytes_
 
 
 @admin.register(Host)
@@ -160,7 +160,7 @@ class TenantAdmin(admin.ModelAdmin):
 
     @admin.display(description="size", ordering="size_bytes")
     def size(self, tenant: Tenant) -> str:
-        return bytes_(tenant.size_bytes)
+        return human_bytes(tenant.size_bytes)
 
 
 @admin.register(Event)
