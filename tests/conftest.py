@@ -271,5 +271,14 @@ def bob(client):
     return signup(client, "bob@example.com")
 
 
+def wait_until(check, timeout: float = 60):
+    """Poll `check()` until it returns something true, and return that."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+    return result
+
+
 def connect(url: str, **kwargs) -> psycopg.Connection:
     return psycopg.connect(url, connect_timeout=10, **kwargs)

@@ -14,8 +14,7 @@ from django.contrib.auth import get_user_model
 
 from dbaas.env import BASE_DIR
 from tenants.models import Event, Tenant
-from tests.conftest import connect
-from tests.test_web import wait_until
+from tests.conftest import connect, wait_until
 
 # Playwright's sync API runs an event loop in this thread; the ORM calls the tests
 # make between browser steps are still plain synchronous code.

@@ -5,7 +5,6 @@ bounded schemathesis run with a real account's token."""
 
 import os
 import re
-import time
 from collections import Counter
 
 import pytest
@@ -28,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
 
 from tenants import openapi
 from tenants.models import Backup, Plan, Restore, Tenant
-from tests.conftest import Api, connect, signup
+from tests.conftest import Api, connect, signup, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -146,13 +145,6 @@ PLAN = {
     "deleteDatabase": (10, 6),
     "revokeToken": (1, 0),  # the fuzzer's own token: last
 }
-
-
-def wait_until(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def quiet() -> bool:

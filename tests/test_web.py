@@ -12,7 +12,7 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 
 from tenants.models import Tenant
-from tests.conftest import connect, signup
+from tests.conftest import connect, signup, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -198,14 +198,6 @@ def test_quota_reached_is_said_and_refused(live, client):
 def web_login(client, email: str) -> None:
     response = client.post("/signup", {"email": email, "password": "correct horse battery"})
     assert response.status_code == 302, response.content
-
-
-def wait_until(check, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-    return result
 
 
 def test_log_in_and_out(db, client):
