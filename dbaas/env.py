@@ -54,3 +54,11 @@ def service_user() -> str:
     if os.geteuid() == 0:
         return env_str("DBAAS_SERVICE_USER", "dbaas")
     return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def pgbouncer_binary() -> str:
+    """The PgBouncer scripts/pgbouncer.sh chose (a build of a newer Debian release's
+    source, or the OS package); DBAAS_PGBOUNCER_BIN overrides it."""
+    chosen = BASE_DIR / "build" / "pgbouncer" / "pgbouncer"
+    default = str(chosen) if chosen.exists() else "pgbouncer"
+    return env_str("DBAAS_PGBOUNCER_BIN", default)

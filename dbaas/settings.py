@@ -9,7 +9,15 @@ import socket
 
 import dj_database_url
 
-from dbaas.env import BASE_DIR, data_dir, env_bool, env_int, env_str, services_dir
+from dbaas.env import (
+    BASE_DIR,
+    data_dir,
+    env_bool,
+    env_int,
+    env_str,
+    pgbouncer_binary,
+    services_dir,
+)
 
 DATA_DIR = data_dir()
 # Where the platform's own control-plane cluster and Redis live; the tests point
@@ -175,6 +183,7 @@ DBAAS_HOST_NAME = env_str("DBAAS_HOST_NAME", socket.gethostname().split(".")[0])
 DBAAS_PUBLIC_HOST = env_str("DBAAS_PUBLIC_HOST", "127.0.0.1")
 DBAAS_PGBOUNCER_LISTEN = env_str("DBAAS_PGBOUNCER_LISTEN", "127.0.0.1")
 DBAAS_PGBOUNCER_PORT = env_int("DBAAS_PGBOUNCER_PORT", 6432)
+DBAAS_PGBOUNCER_BIN = pgbouncer_binary()
 DBAAS_RECONCILE_INTERVAL = env_int("DBAAS_RECONCILE_INTERVAL", 10)
 # Seconds after a wake before the pooler replaces the server connections it opened
 # through the activator by direct ones (see poolers/activator.py).

@@ -6,6 +6,7 @@ Knows nothing of tenants: callers pass the full list of databases and users.
 
 import fcntl
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,10 +16,17 @@ from pathlib import Path
 import psycopg
 
 from dbaas.files import chown, make_dir, render_template, write_atomic
+from poolers import advisories
 from poolers.scram import new_password, scram_secret
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ADMIN_USER = "dbaas_pooler_admin"
+
+# Names PgBouncer is given: lowercase identifiers of at most 62 bytes. PgBouncer keeps
+# a database name in 64 bytes; a longer name a client asks for is cut to 63 and
+# treated as a database that does not exist. Our names never have 63 bytes, so such
+# a cut name can never match an entry or an hba rule (see pgbouncer_hba.conf.j2).
+NAME = re.compile(r"[a-z_][a-z0-9_]{0,61}")
 
 
 class PoolerError(Exception):
@@ -32,6 +40,7 @@ class DatabaseEntry:
     socket_dir: Path  # where the server's socket is (a route link, see routes.py)
     pool_size: int
     max_connections: int
+    owner: str  # the only user that may log in to it
     pool_mode: str | None = None  # None: the default (session)
 
 
@@ -49,14 +58,17 @@ class PgBouncer:
         listen_port: int,
         service_user: str,
         max_client_conn: int = 10000,
+        binary: str = "pgbouncer",
     ) -> None:
         self.root = root  # <data>/pgbouncer
+        self.binary = binary
         self.listen_addr = listen_addr
         self.listen_port = listen_port
         self.service_user = service_user
         self.max_client_conn = max_client_conn
         self.ini = root / "pgbouncer.ini"
         self.auth_file = root / "userlist.txt"
+        self.hba_file = root / "pgbouncer_hba.conf"
         self.tls_cert = root / "server.crt"
         self.tls_key = root / "server.key"
         self.socket_dir = root.parent / "run" / "pgbouncer"
@@ -125,11 +137,12 @@ class PgBouncer:
         return self._admin_password_file.read_text().strip()
 
     def write_config(self, databases: list[DatabaseEntry], users: list[UserEntry]) -> bool:
-        """Render pgbouncer.ini and the auth file; True if either changed."""
-        names = [u.name for u in users]
-        if ADMIN_USER in names or len(set(names)) != len(names):
-            raise PoolerError("user names must be unique per host and not the admin's")
+        """Render pgbouncer.ini, its hba file and the auth file; True if any changed."""
+        _check_names(databases, users)
         admin = UserEntry(ADMIN_USER, self._admin_secret_file.read_text().strip())
+        owners: dict[str, list[str]] = {}
+        for db in sorted(databases, key=lambda d: d.name):
+            owners.setdefault(db.owner, []).append(db.name)
         ini = render_template(
             PACKAGE_DIR,
             "pgbouncer.ini.j2",
@@ -138,17 +151,22 @@ class PgBouncer:
             listen_port=self.listen_port,
             socket_dir=self.socket_dir,
             auth_file=self.auth_file,
+            hba_file=self.hba_file,
             admin_user=ADMIN_USER,
             max_client_conn=self.max_client_conn,
             tls_key=self.tls_key,
             tls_cert=self.tls_cert,
+        )
+        hba = render_template(
+            PACKAGE_DIR, "pgbouncer_hba.conf.j2", admin_user=ADMIN_USER, owners=owners.items()
         )
         userlist = render_template(
             PACKAGE_DIR, "userlist.txt.j2", users=[admin, *sorted(users, key=lambda u: u.name)]
         )
         owner_group = self.service_user
         changed = False
-        for path, text in ((self.auth_file, userlist), (self.ini, ini)):
+        # The ini last: it names the other two, which must be complete by then.
+        for path, text in ((self.auth_file, userlist), (self.hba_file, hba), (self.ini, ini)):
             if write_atomic(path, text, mode=0o640):
                 chown(path, "root" if os.geteuid() == 0 else owner_group, group_of=owner_group)
                 changed = True
@@ -168,7 +186,12 @@ class PgBouncer:
     # -- process -----------------------------------------------------------------
 
     def command(self) -> list[str]:
-        return ["pgbouncer", str(self.ini)]
+        return [self.binary, str(self.ini)]
+
+    def exposure(self) -> advisories.Exposure:
+        """Is this PgBouncer, with the files rendered now, open to a known flaw?"""
+        version = advisories.installed_version(self.binary)
+        return advisories.exposure(version, self.ini, self.hba_file)
 
     def exec_foreground(self) -> None:
         """Replace this process with pgbouncer, as the service user."""
@@ -249,6 +272,21 @@ class PgBouncer:
 
     def stats(self) -> dict[str, dict]:
         return {row["database"]: row for row in self.admin("SHOW STATS")}
+
+
+def _check_names(databases: list[DatabaseEntry], users: list[UserEntry]) -> None:
+    names = [u.name for u in users]
+    if ADMIN_USER in names or len(set(names)) != len(names):
+        raise PoolerError("user names must be unique per host and not the admin's")
+    aliases = [d.name for d in databases]
+    if "pgbouncer" in aliases or len(set(aliases)) != len(aliases):
+        raise PoolerError("database names must be unique per host and not 'pgbouncer'")
+    for name in (*names, *aliases, *(d.owner for d in databases)):
+        if not NAME.fullmatch(name):
+            raise PoolerError(f"not a name this pooler accepts: {name!r}")
+    unknown = {d.owner for d in databases} - set(names)
+    if unknown:
+        raise PoolerError(f"databases owned by users it does not know: {sorted(unknown)}")
 
 
 def _ident(name: str) -> str:

@@ -28,6 +28,11 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Which PgBouncer runs: the newest safe one the OS or Debian's archive offers.
+if [[ $EUID -eq 0 ]]; then
+    ./scripts/pgbouncer.sh
+fi
+
 # Debian's packages start their own pgbouncer and redis on the default ports;
 # the platform runs its own, so the packaged ones are not needed.
 if [[ $EUID -eq 0 ]] && ! id dbaas >/dev/null 2>&1; then

@@ -47,6 +47,7 @@ def pooler() -> PgBouncer:
         listen_addr=settings.DBAAS_PGBOUNCER_LISTEN,
         listen_port=settings.DBAAS_PGBOUNCER_PORT,
         service_user=service_user(),
+        binary=settings.DBAAS_PGBOUNCER_BIN,
     )
 
 
@@ -180,15 +181,28 @@ def pooler_sync(host: Host) -> bool:
         return _render_and_reload(bouncer, host)
 
 
+def pooler_render(host: Host) -> PgBouncer:
+    """Write the pooler's files from the control plane, for a PgBouncer about to start."""
+    bouncer = pooler()
+    bouncer.prepare(public_host=settings.DBAAS_PUBLIC_HOST)
+    with bouncer.config_lock():
+        _render(bouncer, host)
+    return bouncer
+
+
 def _render_and_reload(bouncer: PgBouncer, host: Host) -> bool:
-    routed = list(Tenant.objects.filter(host=host, state__in=ROUTED_STATES).select_related("plan"))
-    changed = bouncer.write_config(
-        databases=[entry for t in routed for entry in _database_entries(t)],
-        users=[UserEntry(t.role_name, t.scram_secret) for t in routed],
-    )
+    changed = _render(bouncer, host)
     if changed:
         bouncer.reload()
     return changed
+
+
+def _render(bouncer: PgBouncer, host: Host) -> bool:
+    routed = list(Tenant.objects.filter(host=host, state__in=ROUTED_STATES).select_related("plan"))
+    return bouncer.write_config(
+        databases=[entry for t in routed for entry in _database_entries(t)],
+        users=[UserEntry(t.role_name, t.scram_secret) for t in routed],
+    )
 
 
 def _database_entries(tenant: Tenant) -> list[DatabaseEntry]:
@@ -198,6 +212,7 @@ def _database_entries(tenant: Tenant) -> list[DatabaseEntry]:
         "socket_dir": routes().link(tenant.instance_id),
         "pool_size": tenant.plan.pool_size,
         "max_connections": tenant.plan.connection_limit,
+        "owner": tenant.role_name,
     }
     return [
         DatabaseEntry(name=tenant.database_name, **common),

@@ -60,6 +60,11 @@ class Command(BaseCommand):
             public_host=settings.DBAAS_PUBLIC_HOST,
             pooler_port=settings.DBAAS_PGBOUNCER_PORT,
         )
+        # Rendered now so that the banner can tell whether they keep the pooler's
+        # known flaws closed; run_pooler renders them again as it starts.
+        from tenants.host_agent import pooler_render
+
+        self.pooler_exposure = pooler_render(host).exposure()
         # The tenants stopped by the last Ctrl-C come back as soon as the host
         # agent is up, not one reconcile interval later.
         reconcile_host.apply_async((host.name,), queue=host.queue, expires=300)
@@ -77,10 +82,13 @@ class Command(BaseCommand):
             f"  command line: .venv/bin/dbaas --api-url {url.rstrip('/')} signup",
             f"  admin:        {url}admin/   (operator: .venv/bin/python manage.py createsuperuser)",
             f"  databases:    postgresql://USER:PASSWORD@{pooler}/DB?sslmode=require",
+            f"  pooler:       {self.pooler_exposure.message()}",
             "Press Ctrl-C to stop everything.",
             "",
         ]
         self.stdout.write(self.style.SUCCESS("\n".join(lines)))
+        if self.pooler_exposure.exposed:
+            self.stderr.write(self.style.ERROR(self.pooler_exposure.message()))
 
     def _web_bind(self) -> str:
         return env_str("DBAAS_WEB_BIND", "127.0.0.1")

@@ -16,12 +16,11 @@ class Command(BaseCommand):
             public_host=settings.DBAAS_PUBLIC_HOST,
             pooler_port=settings.DBAAS_PGBOUNCER_PORT,
         )
-        bouncer = host_agent.pooler()
-        bouncer.prepare(public_host=settings.DBAAS_PUBLIC_HOST)
-        try:
-            host_agent.pooler_sync(host)
-        except Exception as exc:  # not running yet: the files are written all the same
-            self.stderr.write(f"run_pooler: {exc}")
+        bouncer = host_agent.pooler_render(host)
+        exposure = bouncer.exposure()
+        (self.stderr if exposure.exposed else self.stdout).write(
+            f"run_pooler: {exposure.message()}"
+        )
         self.stdout.write(
             f"run_pooler: pgbouncer on {settings.DBAAS_PGBOUNCER_LISTEN}:"
             f"{settings.DBAAS_PGBOUNCER_PORT} for host {host.name}"
