@@ -247,6 +247,7 @@ def database_pairs(db: dict) -> list[tuple[str, object]]:
         ("database", db["database"]),
         ("user", db["user"]),
         ("plan", db["plan"]),
+        ("postgres", db.get("postgres_version")),
         ("created", when(db["created_at"])),
         ("last active", when(db["last_active_at"])),
         ("wakes", db["wake_count"]),

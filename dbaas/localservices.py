@@ -14,7 +14,7 @@ from pathlib import Path
 from dbaas.env import BASE_DIR, env_bool, service_user, services_dir
 from dbaas.files import chown, make_dir, render_template, write_atomic
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+POSTGRES_LIB_ROOT = Path("/usr/lib/postgresql")
 TEMPLATES = BASE_DIR / "dbaas"
 
 
@@ -47,13 +47,28 @@ class ControlPlanePostgres:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.pgdata = root / "controlplane"
+        self.bin = self._bin_dir()
         self.socket_dir = root / "run" / "controlplane"
         self.logfile = root / "log" / "controlplane.log"
+
+    def _bin_dir(self) -> Path:
+        """The programs of the cluster's own major (a cluster made earlier keeps
+        its major when a newer one is installed), else of the newest one here."""
+        try:
+            major = (self.pgdata / "PG_VERSION").read_text().strip()
+        except (FileNotFoundError, PermissionError):
+            majors = [p.parent.parent.name for p in POSTGRES_LIB_ROOT.glob("*/bin/postgres")]
+            if not majors:
+                raise RuntimeError(
+                    f"no PostgreSQL is installed under {POSTGRES_LIB_ROOT}"
+                ) from None
+            major = max(majors, key=int)
+        return POSTGRES_LIB_ROOT / major / "bin"
 
     def is_running(self) -> bool:
         return (
             subprocess.run(
-                [str(PG_BIN / "pg_isready"), "-q", "-h", str(self.socket_dir)], timeout=10
+                [str(self.bin / "pg_isready"), "-q", "-h", str(self.socket_dir)], timeout=10
             ).returncode
             == 0
         )
@@ -72,7 +87,7 @@ class ControlPlanePostgres:
             make_dir(self.pgdata, 0o700, owner=user)
             _run_as_service_user(
                 [
-                    str(PG_BIN / "initdb"),
+                    str(self.bin / "initdb"),
                     "-D",
                     str(self.pgdata),
                     "-U",
@@ -102,7 +117,7 @@ class ControlPlanePostgres:
         chown(self.logfile, user)
         _run_as_service_user(
             [
-                str(PG_BIN / "pg_ctl"),
+                str(self.bin / "pg_ctl"),
                 "-D",
                 str(self.pgdata),
                 "-l",
@@ -125,7 +140,7 @@ class ControlPlanePostgres:
     def stop(self) -> None:
         if (self.pgdata / "postmaster.pid").exists():
             _run_as_service_user(
-                [str(PG_BIN / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"]
+                [str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"]
             )
 
 

@@ -194,7 +194,6 @@ DBAAS_WAKE_CONCURRENCY = env_int("DBAAS_WAKE_CONCURRENCY", 4 * (os.cpu_count() o
 DBAAS_PROVISION_WAIT = env_int("DBAAS_PROVISION_WAIT", 30)
 # Tenants run as uid base+id when the platform runs as root.
 DBAAS_TENANT_UID_BASE = env_int("DBAAS_TENANT_UID_BASE", 200000)
-DBAAS_IMAGE = env_str("DBAAS_IMAGE", "postgres-15")
 DBAAS_RUNTIME = env_str("DBAAS_RUNTIME", "sandbox")
 # Template copies each host keeps ready, so that provisioning is a rename.
 DBAAS_SPARE_INSTANCES = env_int("DBAAS_SPARE_INSTANCES", 2)

@@ -6,16 +6,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
-PACKAGES=(postgresql-15 postgresql-contrib pgbouncer redis-server bubblewrap acl openssl
+# `postgresql` is the OS's current major: 15 on Debian 12, 17 on Debian 13.
+PACKAGES=(postgresql postgresql-contrib pgbouncer redis-server bubblewrap acl openssl
           util-linux python3-venv)
 if [[ "${1:-}" == "test" ]]; then
     PACKAGES+=(chromium)  # the browser tests drive Debian's chromium
 fi
 
+# Installed, or provided by an installed package (Debian 13's postgresql-17
+# provides postgresql-contrib).
+provided=$(dpkg-query -W -f='${db:Status-Abbrev}|${Provides}\n' 2>/dev/null \
+    | awk -F'|' '$1 ~ /^ii/ {print $2}' | tr ',' '\n' | sed 's/ *(.*//; s/^ *//')
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
-        || missing+=("$pkg")
+        || grep -qxF "$pkg" <<<"$provided" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
     if [[ $EUID -ne 0 ]]; then
@@ -28,9 +33,11 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# Which PgBouncer runs: the newest safe one the OS or Debian's archive offers.
+# Which PgBouncer runs: the newest safe one the OS or Debian's archive offers; and
+# the extensions (PostGIS, pgvector) that go into the instance images.
 if [[ $EUID -eq 0 ]]; then
     ./scripts/pgbouncer.sh
+    ./scripts/extensions.sh
 fi
 
 # Debian's packages start their own pgbouncer and redis on the default ports;

@@ -95,6 +95,7 @@ def database_json(tenant: Tenant) -> dict:
         "database": tenant.database_name,
         "user": tenant.role_name,
         "plan": tenant.plan.name,
+        "postgres_version": tenant.major,
         "created_at": tenant.created_at.isoformat(),
         "last_active_at": tenant.last_active_at.isoformat() if tenant.last_active_at else None,
         "wake_count": tenant.wake_count,

@@ -186,7 +186,8 @@ def backup_run(backup: Backup) -> None:
             # pg_dump needs a running server: the user asked, so it may wake.
             socket_dir = host_agent.instance_wake(tenant, actor="export")
             kind = Backup.Kind.LOGICAL
-            with postgres_admin.dump(socket_dir, tenant.database_name) as stream:
+            dump = postgres_admin.dump(socket_dir, tenant.database_name, major=tenant.major)
+            with dump as stream:
                 # The custom format is compressed already.
                 stored = store.put(key, counter.hash_stored(counter.count(stream.chunks())))
         else:
@@ -312,7 +313,9 @@ def backup_verify(backup: Backup) -> tuple[bool, str]:
         runtime.import_data(spec, backup_chunks_verified(backup))
         runtime.swap_in_imported(spec)
         runtime.start(spec)
-        message = postgres_admin.amcheck(runtime.socket_dir(spec.instance_id))
+        message = postgres_admin.amcheck(
+            runtime.socket_dir(spec.instance_id), major=spec.image.major
+        )
         ok = True
     except Exception as exc:
         ok, message = False, str(exc)[:5000]

@@ -22,7 +22,7 @@ from poolers.pgbouncer import DatabaseEntry, PgBouncer, UserEntry
 from poolers.routes import Routes
 from tenants.models import Host, Tenant
 from unikernel_images import postgres_admin
-from unikernel_images.image import load_image
+from unikernel_images.image import default_image_name, load_image
 from unikernel_images.paths import images_dir, instances_dir
 from unikernel_images.runtimes import get_runtime
 from unikernel_images.runtimes.base import InstanceSpec, InstanceState, Runtime
@@ -74,6 +74,8 @@ def instance_spec(tenant: Tenant) -> InstanceSpec:
         # A few slots above the plan's limit for the platform's own sessions.
         max_connections=tenant.plan.connection_limit + 5,
         logins=((tenant.database_name, tenant.role_name),),
+        # Read by the instance's own check at CREATE EXTENSION (platform.sql).
+        extra_settings={"dbaas.allowed_extensions": f"'{','.join(tenant.plan.extension_list)}'"},
     )
 
 
@@ -125,7 +127,7 @@ def spares_refill(runtime_kind: str) -> int:
     """Keep DBAAS_SPARE_INSTANCES template copies ready so provisioning skips the copy."""
     runtime = get_runtime(runtime_kind, instances_dir())
     return runtime.prepare_spares(
-        load_image(images_dir(), settings.DBAAS_IMAGE), settings.DBAAS_SPARE_INSTANCES
+        load_image(images_dir(), default_image_name()), settings.DBAAS_SPARE_INSTANCES
     )
 
 

@@ -1,6 +1,9 @@
 """Hosts, plans, accounts, API tokens, tenants (one Postgres instance each) and events."""
 
+import re
+
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
@@ -35,6 +38,17 @@ class Host(models.Model):
         return host_queue(self.name)
 
 
+# Extensions a database owner may create unless the plan says otherwise: those the
+# images carry for tenants (unikernel_images.image.EXTENSIONS).
+DEFAULT_EXTENSIONS = (
+    "btree_gin btree_gist citext fuzzystrmatch hstore intarray ltree pg_trgm pgcrypto "
+    "postgis tablefunc unaccent uuid-ossp vector"
+)
+
+
+EXTENSION_NAME = re.compile(r"[a-z0-9_-]{1,63}")
+
+
 class Plan(models.Model):
     name = models.SlugField(max_length=40, unique=True)
     max_databases = models.PositiveIntegerField(default=3)
@@ -51,9 +65,29 @@ class Plan(models.Model):
     sleeps_when_idle = models.BooleanField(default=True)
     idle_timeout_seconds = models.PositiveIntegerField(default=300)
     is_default = models.BooleanField(default=False, help_text="Given to new accounts.")
+    extensions = models.CharField(
+        max_length=1000,
+        default=DEFAULT_EXTENSIONS,
+        blank=True,
+        help_text="Extensions an owner may CREATE, separated by spaces (of those the "
+        "image has; applied when an instance starts).",
+    )
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def extension_list(self) -> list[str]:
+        """The names, each a plain identifier (they go into the instance's config)."""
+        names = self.extensions.replace(",", " ").split()
+        return sorted({n for n in names if EXTENSION_NAME.fullmatch(n)})
+
+    def clean(self) -> None:
+        bad = [
+            n for n in self.extensions.replace(",", " ").split() if not EXTENSION_NAME.fullmatch(n)
+        ]
+        if bad:
+            raise ValidationError({"extensions": f"not extension names: {', '.join(bad)}"})
 
     @property
     def storage_limit_bytes(self) -> int:
@@ -105,7 +139,8 @@ class Tenant(models.Model):
     # Host-unique suffix: pooler entries and auth-file users are one table per host.
     slug = models.CharField(max_length=12, unique=True)
     runtime = models.CharField(max_length=20, default="sandbox")
-    image = models.CharField(max_length=40, default="postgres-15")
+    # postgres-<major>: the newest this host had when the database was made.
+    image = models.CharField(max_length=40)
     state = models.CharField(
         max_length=20, choices=State.choices, default=State.PROVISIONING, db_index=True
     )
@@ -160,6 +195,11 @@ class Tenant(models.Model):
     @property
     def role_name(self) -> str:
         return self.database_name
+
+    @property
+    def major(self) -> str:
+        """The PostgreSQL major the database runs, e.g. "17"."""
+        return self.image.removeprefix("postgres-")
 
     @property
     def instance_id(self) -> str:

@@ -183,6 +183,7 @@ DATABASE_FIELDS = {
     "database": string("Server-side database name: `<name>_<8 random characters>`"),
     "user": string("Owner role, the same as `database`"),
     "plan": string("Name of the plan"),
+    "postgres_version": string("PostgreSQL major version of its server, e.g. `17`"),
     "created_at": timestamp(),
     "last_active_at": nullable(timestamp("Last time a client used it; null if never")),
     "wake_count": integer("Times it was woken from sleep", minimum=0),

@@ -22,6 +22,7 @@ from poolers.scram import new_password, scram_secret
 from tenants import selectors
 from tenants.errors import AuthenticationFailed, Conflict, InvalidInput, QuotaExceeded, Unavailable
 from tenants.models import Account, ApiToken, Event, Host, Plan, Tenant
+from unikernel_images.image import default_image_name
 
 State = Tenant.State
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -189,6 +190,8 @@ def tenant_create(
             scram_secret=scram_secret(password),
             state=State.PROVISIONING,
             restored_from=restored_from,
+            # A physical backup starts only on the major it was taken from.
+            image=restored_from.tenant.image if restored_from else default_image_name(),
         )
         event_record(
             tenant=tenant,

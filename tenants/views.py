@@ -21,6 +21,7 @@ from django.views.decorators.http import require_POST
 from tenants import backups, downloads, ratelimit, selectors, services
 from tenants.errors import NotFound, ServiceError
 from tenants.models import Account, Backup, Tenant
+from unikernel_images.image import default_image_name, major_of
 
 State = Tenant.State
 # States in which something is under way: the page refreshes itself until done.
@@ -108,6 +109,7 @@ def dashboard(request: HttpRequest, account: Account) -> HttpResponse:
             "usage": usage,
             "quota_reached": usage["databases"] >= usage["max_databases"],
             "refresh": any(t.state in BUSY_STATES for t in tenants),
+            "postgres_major": major_of(default_image_name()),
         },
     )
 

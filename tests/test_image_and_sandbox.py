@@ -1,4 +1,5 @@
-"""The postgres-15 image and the sandbox runtime, without the control plane."""
+"""The instance image (of the newest PostgreSQL major this host has) and the sandbox
+runtime, without the control plane."""
 
 import json
 import os
@@ -9,34 +10,40 @@ import psycopg
 import pytest
 from django.conf import settings
 
-from unikernel_images.image import build_image, load_image
+from unikernel_images.image import build_image, image_name, load_image, newest_major
 from unikernel_images.paths import images_dir
 from unikernel_images.runtimes import get_runtime
 from unikernel_images.runtimes.base import InstanceError, InstanceSpec, InstanceState
 
 pytestmark = pytest.mark.timeout(120)
+MAJOR = newest_major()
 
 
 @pytest.fixture(scope="module")
 def image():
     user = "dbaas" if os.geteuid() == 0 else None
-    return build_image(images_dir(), "postgres-15", build_user=user, progress=lambda _: None)
+    return build_image(images_dir(), image_name(MAJOR), build_user=user, progress=lambda _: None)
 
 
 def test_the_image_is_minimal_and_described_by_its_manifest(image):
     manifest = json.loads((image.path / "manifest.json").read_text())
-    assert manifest["name"] == "postgres-15"
-    assert manifest["version"].startswith("15.")
+    assert manifest["name"] == f"postgres-{MAJOR}"
+    assert manifest["version"].startswith(f"{MAJOR}.")
+    assert manifest["major"] == MAJOR
     assert len(manifest["content_hash"]) == 64
     assert manifest["rootfs_bytes"] > 0 and manifest["template_bytes"] > 0
     root = image.rootfs
-    assert (root / "usr/lib/postgresql/15/bin/postgres").exists()
-    assert (root / "usr/share/zoneinfo/UTC").exists()
-    # A single-application root: no shell, no other programs, no other zones.
+    assert (root / f"usr/lib/postgresql/{MAJOR}/bin/postgres").exists()
+    # Every time zone the OS knows, as its postgres would.
+    zones = {p.relative_to("/usr/share/zoneinfo") for p in Path("/usr/share/zoneinfo").rglob("*")}
+    copied = {
+        p.relative_to(root / "usr/share/zoneinfo") for p in (root / "usr/share/zoneinfo").rglob("*")
+    }
+    assert zones - copied <= {Path("localtime")}
+    # A single-application root: no shell, no other programs.
     assert not (root / "bin/sh").exists() and not (root / "usr/bin/bash").exists()
     assert sorted(p.name for p in (root / "usr/bin").iterdir()) == ["setpriv"]
-    assert [p.name for p in (root / "usr/share/zoneinfo").iterdir()] == ["UTC"]
-    assert (image.template / "PG_VERSION").read_text().strip() == "15"
+    assert (image.template / "PG_VERSION").read_text().strip() == MAJOR
     conf = (image.template / "postgresql.conf").read_text()
     assert "listen_addresses = ''" in conf
 
@@ -44,7 +51,7 @@ def test_the_image_is_minimal_and_described_by_its_manifest(image):
 def test_building_again_is_a_no_op(image):
     again = build_image(
         images_dir(),
-        "postgres-15",
+        image_name(MAJOR),
         build_user="dbaas" if os.geteuid() == 0 else None,
         progress=lambda _: None,
     )
@@ -54,7 +61,7 @@ def test_building_again_is_a_no_op(image):
 
 def test_a_missing_image_is_a_clear_error(tmp_path):
     with pytest.raises(Exception, match="build_image"):
-        load_image(tmp_path, "postgres-15")
+        load_image(tmp_path, image_name(MAJOR))
 
 
 @pytest.fixture

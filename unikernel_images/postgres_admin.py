@@ -6,7 +6,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from unikernel_images.image import PG_LIB, SUPERUSER, TENANT_DATABASE
+from unikernel_images.image import SUPERUSER, TENANT_DATABASE, pg_tool
 from unikernel_images.runtimes.base import ExportStream
 
 
@@ -100,20 +100,21 @@ def set_read_only(socket_dir: Path, *, database: str, read_only: bool) -> None:
         conn.execute(sql.SQL(statement).format(sql.Identifier(database)))
 
 
-def dump(socket_dir: Path, database: str) -> ExportStream:
-    """pg_dump -Fc of one database, as a stream (the user's logical export)."""
+def dump(socket_dir: Path, database: str, *, major: str) -> ExportStream:
+    """pg_dump -Fc of one database, as a stream (the user's logical export), with the
+    pg_dump of the server's major."""
     proc = subprocess.Popen(
-        [str(PG_LIB / "bin" / "pg_dump"), "-h", str(socket_dir), "-U", SUPERUSER,
+        [pg_tool(major, "pg_dump"), "-h", str(socket_dir), "-U", SUPERUSER,
          "-d", database, "-Fc", "-w"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/",
     )  # fmt: skip
     return ExportStream(proc, "pg_dump")
 
 
-def amcheck(socket_dir: Path) -> str:
+def amcheck(socket_dir: Path, *, major: str) -> str:
     """pg_amcheck of every database (heap and btree indexes); raises on corruption."""
     proc = subprocess.run(
-        [str(PG_LIB / "bin" / "pg_amcheck"), "-h", str(socket_dir), "-U", SUPERUSER,
+        [pg_tool(major, "pg_amcheck"), "-h", str(socket_dir), "-U", SUPERUSER,
          "--all", "--install-missing", "--heapallindexed", "-w"],
         capture_output=True, text=True, timeout=3600, cwd="/",
     )  # fmt: skip

@@ -22,7 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from unikernel_images.image import PG_LIB, SUPERUSER, Image
+from unikernel_images.image import SUPERUSER, Image, pg_tool
 from unikernel_images.runtimes.base import (
     ExportStream,
     InstanceError,
@@ -287,8 +287,21 @@ class SandboxRuntime(Runtime):
 
     def stop(self, instance_id: str, timeout: float = 30) -> None:
         status = self.status(instance_id)
+        # A start under way holds the lock a moment before it records the pid.
+        recorded_by = time.monotonic() + min(timeout, 5)
+        while status.pid is None and status.state not in (
+            InstanceState.STOPPED, InstanceState.MISSING
+        ) and time.monotonic() < recorded_by:  # fmt: skip
+            time.sleep(POLL)
+            status = self.status(instance_id)
         if status.state in (InstanceState.STOPPED, InstanceState.MISSING):
             return
+        if status.pid is None:
+            # Its starter died between launching it and recording the pid: find
+            # the postmaster among the processes that hold the instance's lock.
+            status = InstanceStatus(
+                status.state, pid=_postmaster_holding(self._lock_file(instance_id))
+            )
         if status.pid is None:
             raise InstanceError(f"instance {instance_id} is running but its pid is unknown")
         # SIGINT = fast shutdown: roll back sessions, checkpoint, exit cleanly.
@@ -344,8 +357,10 @@ class SandboxRuntime(Runtime):
         if state is InstanceState.RUNNING:
             # Online: a base backup over the instance's socket, WAL included, as
             # one tar stream on stdout (never staged on disk or in memory).
+            # The client of the server's own major (its data directory says which).
+            major = (self.data_dir(instance_id) / "PG_VERSION").read_text().strip()
             args = [
-                str(PG_LIB / "bin" / "pg_basebackup"),
+                pg_tool(major, "pg_basebackup"),
                 "-h",
                 str(self.socket_dir(instance_id)),
                 "-U",
@@ -499,6 +514,24 @@ def _read_child_pid(fd: int, timeout: float, log: Path) -> int:
 def _copy_template(template: Path, dest: Path) -> None:
     _run(["cp", "-a", "--reflink=auto", str(template), str(dest)])
     os.chmod(dest, 0o700)
+
+
+def _postmaster_holding(lock: Path) -> int | None:
+    """The process holding `lock` whose parent does not: the instance's postmaster
+    (its children inherit the descriptor; bubblewrap, its parent, closes it)."""
+    holders: dict[int, int] = {}
+    target = str(lock)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) == target for fd in (proc / "fd").iterdir()):
+                stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                holders[int(proc.name)] = int(stat[1])
+        except (FileNotFoundError, PermissionError, ProcessLookupError, IndexError):
+            continue
+    roots = [pid for pid, parent in holders.items() if parent not in holders]
+    return roots[0] if len(roots) == 1 else None
 
 
 def _alive(pid: int) -> bool:

@@ -1,28 +1,35 @@
-"""`manage.py build_image [--force]`: build the default instance image if missing."""
+"""`manage.py build_image [--name postgres-17] [--force]`: build the instance image of
+every PostgreSQL major this host has (or the one named), unless up to date."""
 
-from django.conf import settings
-from django.core.management.base import BaseCommand
+import os
+
+from django.core.management.base import BaseCommand, CommandError
 
 from dbaas.env import service_user
-from unikernel_images.image import build_image
+from unikernel_images.image import ImageError, build_image, image_name, installed_majors
 from unikernel_images.paths import images_dir
 
 
 class Command(BaseCommand):
-    help = "Build the tenant instance image (idempotent)."
+    help = "Build the tenant instance images (idempotent)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--name", default=settings.DBAAS_IMAGE)
+        parser.add_argument("--name", help="one image, e.g. postgres-17 (default: all)")
         parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
 
     def handle(self, *args, name, force, **options):
-        import os
-
         build_user = service_user() if os.geteuid() == 0 else None
-        build_image(
-            images_dir(),
-            name,
-            build_user=build_user,
-            force=force,
-            progress=lambda line: self.stdout.write(f"build_image: {line}"),
-        )
+        names = [name] if name else [image_name(major) for major in installed_majors()]
+        if not names:
+            raise CommandError("no PostgreSQL server is installed on this host")
+        for each in names:
+            try:
+                build_image(
+                    images_dir(),
+                    each,
+                    build_user=build_user,
+                    force=force,
+                    progress=lambda line: self.stdout.write(f"build_image: {line}"),
+                )
+            except ImageError as exc:
+                raise CommandError(str(exc)) from exc

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The extensions tenants may create beyond PostgreSQL's contrib set, for every
+# PostgreSQL major installed here: PostGIS and pgvector. Called by setup.sh (as root).
+#   - from the OS's packages when it has them (postgresql-<major>-postgis-3; Debian
+#     13 also has postgresql-17-pgvector);
+#   - pgvector otherwise from Debian's source package of a later release (Debian 12:
+#     trixie's 0.8.0), built once against postgresql-server-dev-<major> and installed
+#     under build/extensions (never into the system's directories), where the image
+#     builder (unikernel_images/image.py) looks for what the OS does not have.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/debian-source.sh
+
+EXTRA=$PWD/build/extensions
+log() { echo "==> extensions: $*"; }
+
+apt_has() {
+    apt-cache policy "$1" 2>/dev/null \
+        | awk '/Candidate:/ {found = ($2 != "(none)")} END {exit !found}'
+}
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+apt_install() {
+    installed "$1" && return 0
+    log "installing $1"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null 2>&1
+}
+
+build_pgvector() {  # build_pgvector <major>
+    local major=$1 so=$EXTRA/usr/lib/postgresql/$1/lib/vector.so
+    [[ -f $so ]] && { log "pgvector for PostgreSQL $major: built earlier"; return 0; }
+    debsrc_update || { log "Debian's archive cannot be read: no pgvector for $major"; return 1; }
+    apt_install "postgresql-server-dev-$major"
+    debsrc_build_tools
+    local version work
+    for version in $(debsrc_versions pgvector); do
+        work=$PWD/build/.work-pgvector-$version
+        debsrc_unpack pgvector "$version" "$work" || continue
+        log "building pgvector $version for PostgreSQL $major (once)"
+        if (cd "$work/src" \
+                && make USE_PGXS=1 PG_CONFIG="/usr/lib/postgresql/$major/bin/pg_config" \
+                    OPTFLAGS="" >build.log 2>&1 \
+                && make USE_PGXS=1 PG_CONFIG="/usr/lib/postgresql/$major/bin/pg_config" \
+                    DESTDIR="$EXTRA" install >install.log 2>&1); then
+            rm -rf "$work"
+            return 0
+        fi
+        log "pgvector $version did not build for $major (see $work); trying an older one"
+    done
+    return 1
+}
+
+for pg in /usr/lib/postgresql/*/bin/postgres; do
+    major=$(basename "$(dirname "$(dirname "$pg")")")
+    if apt_has "postgresql-$major-postgis-3"; then
+        apt_install "postgresql-$major-postgis-3"
+    else
+        log "no PostGIS package for PostgreSQL $major: images go without it"
+    fi
+    if apt_has "postgresql-$major-pgvector"; then
+        apt_install "postgresql-$major-pgvector"
+    else
+        build_pgvector "$major" || log "no pgvector for PostgreSQL $major: images go without it"
+    fi
+done
