@@ -5,8 +5,10 @@ Knows nothing of tenants: callers pass the full list of databases and users.
 """
 
 import fcntl
+import functools
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,11 +24,12 @@ from poolers.scram import new_password, scram_secret
 PACKAGE_DIR = Path(__file__).resolve().parent
 ADMIN_USER = "dbaas_pooler_admin"
 
-# Names PgBouncer is given: lowercase identifiers of at most 62 bytes. PgBouncer keeps
-# a database name in 64 bytes; a longer name a client asks for is cut to 63 and
+# Names PgBouncer is given: lowercase letters, digits, `_` and `-` (Prisma's shadow
+# databases have a UUID in their names), at most 62 bytes. PgBouncer keeps a
+# database name in 64 bytes; a longer name a client asks for is cut to 63 and
 # treated as a database that does not exist. Our names never have 63 bytes, so such
 # a cut name can never match an entry or an hba rule (see pgbouncer_hba.conf.j2).
-NAME = re.compile(r"[a-z_][a-z0-9_]{0,61}")
+NAME = re.compile(r"[a-z_][a-z0-9_-]{0,61}")
 
 
 class PoolerError(Exception):
@@ -42,12 +45,31 @@ class DatabaseEntry:
     max_connections: int
     owner: str  # the only user that may log in to it
     pool_mode: str | None = None  # None: the default (session)
+    max_clients: int | None = None  # client connections at once; None: no limit
+
+
+@dataclass(frozen=True)
+class Features:
+    """What the PgBouncer that runs can be configured to do, by its version."""
+
+    prepared_statements: bool  # max_prepared_statements (1.21)
+    track_extra_parameters: bool  # (1.20)
+    client_limits: bool  # max_db_client_connections (1.24)
+
+    @classmethod
+    def of(cls, version: tuple[int, int, int]) -> "Features":
+        return cls(
+            prepared_statements=version >= (1, 21, 0),
+            track_extra_parameters=version >= (1, 20, 0),
+            client_limits=version >= (1, 24, 0),
+        )
 
 
 @dataclass(frozen=True)
 class UserEntry:
     name: str
     secret: str  # SCRAM-SHA-256 secret, never a password
+    max_server_connections: int | None = None  # over all its databases
 
 
 class PgBouncer:
@@ -156,6 +178,8 @@ class PgBouncer:
             max_client_conn=self.max_client_conn,
             tls_key=self.tls_key,
             tls_cert=self.tls_cert,
+            users=sorted(users, key=lambda u: u.name),
+            features=self.features,
         )
         hba = render_template(
             PACKAGE_DIR, "pgbouncer_hba.conf.j2", admin_user=ADMIN_USER, owners=owners.items()
@@ -188,10 +212,20 @@ class PgBouncer:
     def command(self) -> list[str]:
         return [self.binary, str(self.ini)]
 
+    @property
+    def version(self) -> advisories.Version:
+        """The binary's version, asked once per binary file (it is on the path of
+        every provisioning's render)."""
+        path = shutil.which(self.binary) or self.binary
+        return _version_of(path, os.stat(path).st_mtime_ns)
+
+    @property
+    def features(self) -> Features:
+        return Features.of(self.version)
+
     def exposure(self) -> advisories.Exposure:
         """Is this PgBouncer, with the files rendered now, open to a known flaw?"""
-        version = advisories.installed_version(self.binary)
-        return advisories.exposure(version, self.ini, self.hba_file)
+        return advisories.exposure(self.version, self.ini, self.hba_file)
 
     def exec_foreground(self) -> None:
         """Replace this process with pgbouncer, as the service user."""
@@ -274,6 +308,11 @@ class PgBouncer:
         return {row["database"]: row for row in self.admin("SHOW STATS")}
 
 
+@functools.cache
+def _version_of(path: str, mtime_ns: int) -> advisories.Version:
+    return advisories.installed_version(path)
+
+
 def _check_names(databases: list[DatabaseEntry], users: list[UserEntry]) -> None:
     names = [u.name for u in users]
     if ADMIN_USER in names or len(set(names)) != len(names):
@@ -290,6 +329,7 @@ def _check_names(databases: list[DatabaseEntry], users: list[UserEntry]) -> None
 
 
 def _ident(name: str) -> str:
-    if not name.replace("_", "").isalnum():
+    """A database name as the admin console's commands take it (quoted if needed)."""
+    if not NAME.fullmatch(name):
         raise PoolerError(f"not a database name pgbouncer commands accept: {name!r}")
-    return name
+    return name if re.fullmatch(r"[a-z0-9_]+", name) else f'"{name}"'

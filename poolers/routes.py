@@ -17,6 +17,7 @@ class Routes:
     def __init__(self, root: Path, service_user: str) -> None:
         self.root = root  # <data>/pgbouncer/routes
         self.activator_root = root.parent / "activator"
+        self.registrar_root = root.parent / "registrar"
         self.service_user = service_user
 
     def link(self, instance_id: str) -> Path:
@@ -29,10 +30,20 @@ class Routes:
     def activator_socket(self, instance_id: str) -> Path:
         return self.activator_dir(instance_id) / ".s.PGSQL.5432"
 
+    def registrar_dir(self, instance_id: str) -> Path:
+        """Where the instance's server asks for its new databases to be routed
+        (bound into the instance; see poolers/registrar.py)."""
+        return self.registrar_root / instance_id
+
+    def registrar_socket(self, instance_id: str) -> Path:
+        return self.registrar_dir(instance_id) / ".s.registrar"
+
     def prepare(self) -> None:
         for path in (self.root, self.activator_root):
             make_dir(path, 0o750)
             chown(path, "root" if os.geteuid() == 0 else self.service_user, self.service_user)
+        # Each instance's directory in here is bound into that instance alone.
+        make_dir(self.registrar_root, 0o711)
 
     def point(self, instance_id: str, target: Path) -> bool:
         """Route the instance's server connections to `target`; False if already so."""

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# The extensions tenants may create beyond PostgreSQL's contrib set, for every
-# PostgreSQL major installed here: PostGIS and pgvector. Called by setup.sh (as root).
+# What the instance images need beyond PostgreSQL's own packages, for every
+# PostgreSQL major installed here. Called by setup.sh (as root).
+#   - the platform's module (unikernel_images/pg_module), built against
+#     postgresql-server-dev-<major> into build/extensions whenever its source changes;
+# and the extensions tenants may create beyond PostgreSQL's contrib set, PostGIS
+# and pgvector:
 #   - from the OS's packages when it has them (postgresql-<major>-postgis-3; Debian
 #     13 also has postgresql-17-pgvector);
 #   - pgvector otherwise from Debian's source package of a later release (Debian 12:
@@ -49,8 +53,29 @@ build_pgvector() {  # build_pgvector <major>
     return 1
 }
 
+build_module() {  # build_module <major>: the platform's module, when its source changed
+    local major=$1 src=$PWD/unikernel_images/pg_module
+    local stamp=$EXTRA/.dbaas-$major.sha256 sum
+    sum=$(cat "$src"/*.c "$src/Makefile" | sha256sum | cut -d' ' -f1)
+    if [[ -f $stamp && $(cat "$stamp") == "$sum" \
+            && -f $EXTRA/usr/lib/postgresql/$major/lib/dbaas.so ]]; then
+        return 0
+    fi
+    apt_install "postgresql-server-dev-$major"
+    debsrc_build_tools
+    log "building the platform's module for PostgreSQL $major"
+    local work=$PWD/build/.work-dbaas-$major
+    rm -rf "$work" && cp -r "$src" "$work"
+    (cd "$work" && make PG_CONFIG="/usr/lib/postgresql/$major/bin/pg_config" >build.log 2>&1 \
+        && make PG_CONFIG="/usr/lib/postgresql/$major/bin/pg_config" DESTDIR="$EXTRA" \
+            install >install.log 2>&1) || { log "the module did not build: see $work"; exit 1; }
+    rm -rf "$work"
+    mkdir -p "$EXTRA" && echo "$sum" > "$stamp"
+}
+
 for pg in /usr/lib/postgresql/*/bin/postgres; do
     major=$(basename "$(dirname "$(dirname "$pg")")")
+    build_module "$major"
     if apt_has "postgresql-$major-postgis-3"; then
         apt_install "postgresql-$major-postgis-3"
     else

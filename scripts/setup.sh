@@ -9,6 +9,11 @@ VENV=${VENV:-.venv}
 # `postgresql` is the OS's current major: 15 on Debian 12, 17 on Debian 13.
 PACKAGES=(postgresql postgresql-contrib pgbouncer redis-server bubblewrap acl openssl
           util-linux python3-venv)
+# Debian 13 moved the old zone names (US/Eastern, ...) apps still use to
+# tzdata-legacy; tenants' servers carry every zone the OS has.
+if apt-cache policy tzdata-legacy 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+    PACKAGES+=(tzdata-legacy)
+fi
 if [[ "${1:-}" == "test" ]]; then
     PACKAGES+=(chromium)  # the browser tests drive Debian's chromium
 fi

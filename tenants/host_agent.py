@@ -14,13 +14,13 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Prefetch
 from django.utils import timezone
 
 from dbaas.env import data_dir, service_user
 from poolers.pgbouncer import DatabaseEntry, PgBouncer, UserEntry
 from poolers.routes import Routes
-from tenants.models import Host, Tenant
+from tenants.models import Host, Tenant, TenantDatabase
 from unikernel_images import postgres_admin
 from unikernel_images.image import default_image_name, load_image
 from unikernel_images.paths import images_dir, instances_dir
@@ -71,11 +71,14 @@ def instance_spec(tenant: Tenant) -> InstanceSpec:
         image=load_image(images_dir(), tenant.image),
         uid=settings.DBAAS_TENANT_UID_BASE + tenant.pk if root else None,
         socket_group=service_user() if root else None,
-        # A few slots above the plan's limit for the platform's own sessions.
-        max_connections=tenant.plan.connection_limit + 5,
-        logins=((tenant.database_name, tenant.role_name),),
-        # Read by the instance's own check at CREATE EXTENSION (platform.sql).
-        extra_settings={"dbaas.allowed_extensions": f"'{','.join(tenant.plan.extension_list)}'"},
+        # What the pooler may open, and a few slots for the platform's own sessions.
+        max_connections=_server_connections_cap(tenant) + 5,
+        # The owner, to any database it may CONNECT to: its own, and those it
+        # creates; the pooler routes only those (CONNECT to the maintenance
+        # databases is revoked in the image).
+        logins=(("all", tenant.role_name),),
+        registrar_dir=routes().registrar_dir(tenant.instance_id),
+        allowed_extensions=tuple(tenant.plan.extension_list),
     )
 
 
@@ -93,7 +96,7 @@ def instance_provision(tenant: Tenant) -> None:
         role=tenant.role_name,
         database=tenant.database_name,
         secret=tenant.scram_secret,
-        connection_limit=tenant.plan.connection_limit,
+        connection_limit=_server_connections_cap(tenant),
     )
     routes().point(tenant.instance_id, runtime.socket_dir(spec.instance_id))
     pooler_sync(tenant.host)
@@ -138,6 +141,8 @@ def instance_destroy(tenant: Tenant) -> None:
     """
     pooler_sync(tenant.host)
     instance_remove(tenant)
+    # The names of the databases it made are free for others again.
+    TenantDatabase.objects.filter(tenant=tenant).delete()
 
 
 def instance_remove(tenant: Tenant) -> None:
@@ -200,26 +205,82 @@ def _render_and_reload(bouncer: PgBouncer, host: Host) -> bool:
 
 
 def _render(bouncer: PgBouncer, host: Host) -> bool:
-    routed = list(Tenant.objects.filter(host=host, state__in=ROUTED_STATES).select_related("plan"))
+    routed = list(
+        Tenant.objects.filter(host=host, state__in=ROUTED_STATES)
+        .select_related("plan")
+        .prefetch_related(_ACTIVE_DATABASES)
+    )
     return bouncer.write_config(
         databases=[entry for t in routed for entry in _database_entries(t)],
-        users=[UserEntry(t.role_name, t.scram_secret) for t in routed],
+        users=[
+            UserEntry(
+                t.role_name, t.scram_secret, max_server_connections=_server_connections_cap(t)
+            )
+            for t in routed
+        ],
     )
 
 
+def _server_connections_cap(tenant: Tenant) -> int:
+    """What the owner's server takes from the pooler: the plan's session
+    connections plus one transaction-mode pool (postgres has 5 more for the
+    platform, see instance_spec)."""
+    return tenant.plan.connection_limit + tenant.plan.pool_size
+
+
+_ACTIVE_DATABASES = Prefetch(
+    "databases",
+    queryset=TenantDatabase.objects.filter(state=TenantDatabase.State.ACTIVE),
+    to_attr="active_databases",
+)
+
+
 def _database_entries(tenant: Tenant) -> list[DatabaseEntry]:
-    """The default (session) entry, and the transaction-mode one for serverless apps."""
-    common = {
-        "dbname": tenant.database_name,
-        "socket_dir": routes().link(tenant.instance_id),
-        "pool_size": tenant.plan.pool_size,
-        "max_connections": tenant.plan.connection_limit,
-        "owner": tenant.role_name,
-    }
-    return [
-        DatabaseEntry(name=tenant.database_name, **common),
-        DatabaseEntry(name=tenant.pooled_database_name, pool_mode="transaction", **common),
-    ]
+    """For each of the tenant's databases, the one the platform made and those it
+    made itself: the default (session) entry, and the transaction-mode one for
+    serverless apps."""
+    entries = []
+    plan, link = tenant.plan, routes().link(tenant.instance_id)
+    for dbname in _database_names(tenant):
+        common = {"dbname": dbname, "socket_dir": link, "owner": tenant.role_name}
+        # Session mode: one server connection per client, as many as the plan
+        # says; the next client is refused at once rather than left waiting.
+        entries.append(
+            DatabaseEntry(
+                name=dbname,
+                pool_size=plan.connection_limit,
+                max_connections=plan.connection_limit,
+                max_clients=plan.connection_limit,
+                **common,
+            )
+        )
+        if pooled := pooled_alias(dbname):
+            # Transaction mode: any number of clients share the plan's pool.
+            entries.append(
+                DatabaseEntry(
+                    name=pooled,
+                    pool_mode="transaction",
+                    pool_size=plan.pool_size,
+                    max_connections=plan.pool_size,
+                    **common,
+                )
+            )
+    return entries
+
+
+def pooled_alias(dbname: str) -> str | None:
+    """The transaction-mode name of a database, `<name>_pooled`; None for a name too
+    long to have one (PgBouncer keeps 63 bytes of a name, and we use 62; Prisma's
+    shadow databases, 61 characters, are used in session mode)."""
+    alias = f"{dbname}_pooled"
+    return alias if len(alias) <= 62 else None
+
+
+def _database_names(tenant: Tenant) -> list[str]:
+    made = getattr(tenant, "active_databases", None)
+    if made is None:
+        made = TenantDatabase.objects.filter(tenant=tenant, state=TenantDatabase.State.ACTIVE)
+    return [tenant.database_name, *(d.name for d in made)]
 
 
 # -- scale to zero ----------------------------------------------------------------------
@@ -264,8 +325,10 @@ def pooler_reconnect(tenant: Tenant) -> None:
         bouncer.reconnect(alias)
 
 
-def _aliases(tenant: Tenant) -> tuple[str, str]:
-    return tenant.database_name, tenant.pooled_database_name
+def _aliases(tenant: Tenant) -> list[str]:
+    """Every name the pooler knows the tenant's databases by."""
+    names = _database_names(tenant)
+    return names + [alias for name in names if (alias := pooled_alias(name))]
 
 
 def pooler_in_use(pools: dict[str, dict], tenant: Tenant) -> bool:
@@ -274,11 +337,14 @@ def pooler_in_use(pools: dict[str, dict], tenant: Tenant) -> bool:
     A pooled-mode client that is between transactions does not keep the tenant
     awake: its next transaction wakes it.
     """
-    session, pooled = (pools.get(alias, {}) for alias in _aliases(tenant))
-    return bool(
-        session.get("cl_active", 0) or session.get("cl_waiting", 0)
-        or pooled.get("cl_waiting", 0) or pooled.get("sv_active", 0)
-    )  # fmt: skip
+    for name in _database_names(tenant):
+        session, pooled = pools.get(name, {}), pools.get(pooled_alias(name) or "", {})
+        if (
+            session.get("cl_active", 0) or session.get("cl_waiting", 0)
+            or pooled.get("cl_waiting", 0) or pooled.get("sv_active", 0)
+        ):  # fmt: skip
+            return True
+    return False
 
 
 def _server_connections(pools: dict[str, dict], tenant: Tenant) -> int:

@@ -54,10 +54,14 @@ class Plan(models.Model):
     max_databases = models.PositiveIntegerField(default=3)
     storage_limit_mb = models.PositiveIntegerField(default=512)
     connection_limit = models.PositiveIntegerField(
-        default=20, help_text="Client connections per database (enforced by postgres)."
+        default=20,
+        help_text="Session-mode client connections per database at once; the next one "
+        "is refused by the pooler.",
     )
     pool_size = models.PositiveIntegerField(
-        default=10, help_text="Server connections the pooler keeps per database."
+        default=10,
+        help_text="Server connections shared by the transaction-mode (_pooled) clients "
+        "of a database.",
     )
     backups_kept = models.PositiveIntegerField(
         default=7, help_text="Daily backups kept per database; older ones are deleted."
@@ -65,6 +69,11 @@ class Plan(models.Model):
     sleeps_when_idle = models.BooleanField(default=True)
     idle_timeout_seconds = models.PositiveIntegerField(default=300)
     is_default = models.BooleanField(default=False, help_text="Given to new accounts.")
+    databases_per_server = models.PositiveIntegerField(
+        default=10,
+        help_text="Databases an owner may have on its server (CREATE DATABASE), the "
+        "one the platform made included.",
+    )
     extensions = models.CharField(
         max_length=1000,
         default=DEFAULT_EXTENSIONS,
@@ -204,6 +213,29 @@ class Tenant(models.Model):
     @property
     def instance_id(self) -> str:
         return f"t{self.pk}"
+
+
+class TenantDatabase(models.Model):
+    """A database the tenant made on its own server with CREATE DATABASE, routed by
+    its host's pooler like the one the platform made (see tenants/databases.py).
+
+    Names are one namespace per host in the pooler; kept unique platform-wide here.
+    """
+
+    class State(models.TextChoices):
+        RESERVED = "reserved"  # CREATE DATABASE is running
+        ACTIVE = "active"  # routed
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="databases")
+    name = models.CharField(max_length=63, unique=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.RESERVED)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.tenant})"
 
 
 class Event(models.Model):

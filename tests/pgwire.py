@@ -139,6 +139,21 @@ class Connection:
         while self.read()[0] != b"Z":
             pass
 
+    def login(self, user: str, database: str, password: str, **params: str) -> None:
+        """An honest SCRAM-SHA-256 login, with any startup parameters; raises
+        ServerError if refused."""
+        scram = Scram(password)
+        self.send(startup(user, database, **params))
+        code, _ = self.read_auth()
+        if code != AUTH_SASL:
+            raise AssertionError(f"expected AuthenticationSASL, got {code}")
+        self.send(sasl_initial_response(scram.client_first()))
+        code, server_first = self.read_auth()
+        if code != AUTH_SASL_CONTINUE:
+            raise AssertionError(f"expected SASLContinue, got {code}")
+        self.send(sasl_response(scram.client_final(server_first.decode())))
+        finish_login(self, scram)
+
     def simple_query(self, sql: str) -> list[tuple[str | None, ...]]:
         self.send(query(sql))
         rows = []
@@ -155,6 +170,21 @@ class Connection:
         except OSError:
             pass
         self.sock.close()
+
+
+def finish_login(conn: Connection, scram: Scram) -> None:
+    """After the client's final SCRAM message: check the server's signature, then
+    wait for ReadyForQuery."""
+    code, payload = conn.read_auth()
+    if code != AUTH_SASL_FINAL:
+        raise AssertionError(f"expected SASLFinal, got {code}")
+    server_final = payload.decode().rstrip("\0")
+    if server_final != "v=" + base64.b64encode(scram.server_signature).decode():
+        raise AssertionError("the server's SCRAM signature does not match")
+    code, _ = conn.read_auth()
+    if code != AUTH_OK:
+        raise AssertionError(f"expected AuthenticationOk, got {code}")
+    conn.read_until_ready()
 
 
 def _data_row(payload: bytes) -> tuple[str | None, ...]:

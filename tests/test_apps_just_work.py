@@ -2,10 +2,18 @@
 gives: the newest major the OS ships, every time zone, pgvector and PostGIS, and
 only the extensions the plan allows."""
 
+import secrets
+import threading
+import time
+import uuid
+
 import psycopg
 import pytest
+from django.conf import settings
+from django.db import connection as django_connection
 
 from tenants.models import Account, Plan
+from tests import pgwire
 from tests.conftest import connect
 from tests.test_api_databases import create
 from unikernel_images.image import newest_major
@@ -27,9 +35,15 @@ def test_the_server_is_the_newest_major_the_os_ships(db, alice):
 
 
 def test_every_time_zone_of_the_os_works(db):
+    query = "SELECT name FROM pg_timezone_names"
+    with django_connection.cursor() as cursor:  # the OS's own postgres, same tzdata
+        cursor.execute(query)
+        os_zones = {row[0] for row in cursor.fetchall()}
     with connect(db["connection_string"]) as conn:
-        zones = conn.execute("SELECT count(*) FROM pg_timezone_names").fetchone()[0]
-        assert zones > 500  # the image once carried UTC alone: 1 row
+        zones = {row[0] for row in conn.execute(query)}
+        assert len(zones) > 400  # the image once carried UTC alone: 1 row
+        # All of them but the host's own setting (localtime -> /etc/localtime).
+        assert os_zones - zones <= {"localtime"}
         conn.execute("SET TIME ZONE 'Europe/Rome'")
         assert conn.execute("SHOW timezone").fetchone()[0] == "Europe/Rome"
         rome, new_york = conn.execute(
@@ -101,3 +115,141 @@ def test_an_extension_the_plan_does_not_list_is_refused(live, alice):
         conn.execute("CREATE EXTENSION pgcrypto")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("CREATE EXTENSION hstore")  # trusted by PostgreSQL, not by the plan
+
+
+def _url(db: dict, database: str, pooled: bool = False) -> str:
+    base = db["connection_string"]
+    return base.replace(f"/{db['database']}?", f"/{database}{'_pooled' if pooled else ''}?")
+
+
+def test_a_database_the_owner_creates_is_reachable_at_once_in_both_modes(db):
+    made = f"made_{secrets.token_hex(4)}"
+    shadow = f"prisma_migrate_shadow_db_{uuid.uuid4()}"  # as Prisma names them
+    with connect(db["connection_string"], autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{made}"')
+        conn.execute(f'CREATE DATABASE "{shadow}"')
+    with connect(_url(db, made)) as conn:  # the same login, at once
+        assert conn.execute("SELECT current_user, current_database()").fetchone() == (
+            db["user"],
+            made,
+        )
+        conn.execute("CREATE TABLE t (x int)")
+        conn.execute("INSERT INTO t VALUES (1), (2)")
+        conn.commit()
+    with connect(_url(db, made, pooled=True)) as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (2,)
+    with connect(_url(db, shadow)) as conn:
+        conn.execute("CREATE TABLE migration_check (id int)")
+        conn.commit()
+    # Dropped while the pooler still holds server connections to it: it lets go.
+    with connect(db["connection_string"], autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{shadow}"')
+        names = [r[0] for r in conn.execute("SELECT datname FROM pg_database")]
+        assert shadow not in names and made in names
+    with pytest.raises(psycopg.OperationalError):
+        connect(_url(db, shadow))
+    # The database the platform made stays: it goes with the whole server.
+    with (
+        connect(_url(db, made), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="platform made"),
+    ):
+        conn.execute(f'DROP DATABASE "{db["database"]}"')
+
+
+def test_databases_per_server_are_limited_by_the_plan(live, alice):
+    Plan.objects.update(databases_per_server=2)
+    db = create(alice, "few")
+    with connect(db["connection_string"], autocommit=True) as conn:
+        conn.execute("CREATE DATABASE few_one")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="plan allows 2"):
+            conn.execute("CREATE DATABASE few_two")
+        names = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+        assert "few_one" in names and "few_two" not in names
+        conn.execute("DROP DATABASE few_one")
+        conn.execute("CREATE DATABASE few_two")  # room again
+    with connect(_url(db, "few_two")) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_name_another_tenant_uses_is_refused_clearly(live, alice, bob):
+    mine, theirs = create(alice, "mine"), create(bob, "theirs")
+    with connect(theirs["connection_string"], autocommit=True) as conn:
+        conn.execute("CREATE DATABASE analytics")
+    with connect(mine["connection_string"], autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="taken on this host"):
+            conn.execute("CREATE DATABASE analytics")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="lowercase letters"):
+            conn.execute('CREATE DATABASE "Has Spaces"')
+    # Bob's database is his alone: alice's login is refused there.
+    with pytest.raises(psycopg.OperationalError):
+        connect(_url(mine, "analytics"))
+
+
+def test_prepared_statements_work_on_the_pooled_string_with_default_settings(db):
+    """psycopg 3 prepares a statement after 5 runs; on transaction pooling the next
+    run used to fail with `prepared statement "_pg3_0" does not exist`."""
+    errors: list[str] = []
+
+    def work(worker: int) -> None:
+        try:
+            with connect(db["pooled_connection_string"], autocommit=True) as conn:
+                for i in range(40):
+                    row = conn.execute("SELECT %s::int + %s::int", (worker, i)).fetchone()
+                    assert row == (worker + i,)
+                    conn.execute("SELECT count(*) FROM pg_class WHERE relpages >= %s", (i,))
+        except Exception as exc:  # collected, asserted below
+            errors.append(f"{worker}: {exc}")
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["session", "transaction"])
+def test_timeouts_given_at_connect_time_apply(db, pooled):
+    url = db["pooled_connection_string"] if pooled else db["connection_string"]
+    with connect(url, options="-c statement_timeout=200", autocommit=True) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("200ms",)
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(2)")
+    # As startup parameters of their own, as node-postgres sends them.
+    database = f"{db['database']}_pooled" if pooled else db["database"]
+    conn = pgwire.Connection(settings.DBAAS_PUBLIC_HOST, settings.DBAAS_PGBOUNCER_PORT)
+    try:
+        conn.login(
+            db["user"], database, db["password"],
+            statement_timeout="300", idle_in_transaction_session_timeout="1500",
+        )  # fmt: skip
+        assert conn.simple_query(
+            "SELECT current_setting('statement_timeout'),"
+            " current_setting('idle_in_transaction_session_timeout')"
+        ) == [("300ms", "1500ms")]
+        with pytest.raises(pgwire.ServerError, match="statement timeout"):
+            conn.simple_query("SELECT pg_sleep(2)")
+    finally:
+        conn.close()
+    # Only for the client that asked: the next one, on the same server connections,
+    # has the server's defaults.
+    with connect(url, autocommit=True) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("0",)
+
+
+def test_the_plans_session_connections_are_served_and_the_next_is_refused_quickly(db):
+    limit = Plan.objects.get(name="free").connection_limit
+    held = [connect(db["connection_string"], autocommit=True) for _ in range(limit)]
+    try:
+        for conn in held:  # each has a server connection of its own, at once
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError, match="max_db_client_connections"):
+            connect(db["connection_string"])
+        assert time.monotonic() - started < 5
+        # The transaction-mode string still takes clients.
+        with connect(db["pooled_connection_string"]) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        for conn in held:
+            conn.close()

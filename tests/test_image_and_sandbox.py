@@ -103,7 +103,12 @@ def test_an_instance_starts_stops_and_is_isolated(sandbox):
 
     with _superuser(runtime, spec) as conn:
         assert conn.execute("SHOW data_checksums").fetchone()[0] == "on"
-        assert conn.execute("SHOW lc_collate").fetchone()[0] == "C"
+        assert (
+            conn.execute(
+                "SELECT datcollate FROM pg_database WHERE datname = current_database()"
+            ).fetchone()[0]
+            == "C"
+        )
         assert conn.execute("SHOW listen_addresses").fetchone()[0] == ""
     pid = status.pid
     proc = Path(f"/proc/{pid}")

@@ -7,7 +7,6 @@ platform runs, as the attacker would, and check that every variant is refused an
 that nobody's own logins suffer for it. See docs/security.md.
 """
 
-import base64
 import itertools
 from pathlib import Path
 
@@ -36,17 +35,6 @@ def _open() -> pgwire.Connection:
     return pgwire.Connection(settings.DBAAS_PUBLIC_HOST, settings.DBAAS_PGBOUNCER_PORT)
 
 
-def _finish_login(conn: pgwire.Connection, scram: pgwire.Scram) -> str:
-    code, payload = conn.read_auth()
-    assert code == pgwire.AUTH_SASL_FINAL, code
-    server_final = payload.decode().rstrip("\0")
-    assert server_final == "v=" + base64.b64encode(scram.server_signature).decode()
-    code, _ = conn.read_auth()
-    assert code == pgwire.AUTH_OK, code
-    conn.read_until_ready()
-    return "logged in"
-
-
 def whoami(conn: pgwire.Connection) -> str:
     user, database = conn.simple_query("select current_user, current_database()")[0]
     return f"{user}/{database}"
@@ -55,15 +43,8 @@ def whoami(conn: pgwire.Connection) -> str:
 def login(user: str, database: str, password: str) -> str:
     """An honest SCRAM login by hand: the control that the attack code itself works."""
     conn = _open()
-    scram = pgwire.Scram(password)
     try:
-        conn.send(pgwire.startup(user, database))
-        assert conn.read_auth()[0] == pgwire.AUTH_SASL
-        conn.send(pgwire.sasl_initial_response(scram.client_first()))
-        code, server_first = conn.read_auth()
-        assert code == pgwire.AUTH_SASL_CONTINUE
-        conn.send(pgwire.sasl_response(scram.client_final(server_first.decode())))
-        _finish_login(conn, scram)
+        conn.login(user, database, password)
         return whoami(conn)
     finally:
         conn.close()
@@ -95,7 +76,7 @@ def attack(
                 conn.send(pgwire.startup(target_user, target_db))
                 conn.read_auth()
                 conn.send(final)
-        _finish_login(conn, scram)
+        pgwire.finish_login(conn, scram)
         if target_db == "pgbouncer":
             return f"logged in to the admin console as {target_user}"
         return f"logged in as {whoami(conn)}"

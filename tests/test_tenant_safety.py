@@ -26,7 +26,8 @@ def test_the_tenant_owns_its_database_but_is_no_superuser(db):
             "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls "
             "FROM pg_roles WHERE rolname = current_user"
         ).fetchone()
-        assert row == (False, False, False, False, False)
+        # CREATEDB: test and shadow databases on its own server (test_apps_just_work).
+        assert row == (False, False, True, False, False)
         owner = conn.execute(
             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
         ).fetchone()[0]
@@ -49,7 +50,9 @@ def test_the_tenant_cannot_escape_to_the_server(db):
         _refused(conn, "SELECT pg_read_file('/etc/passwd')")
         _refused(conn, "SELECT pg_ls_dir('.')")
         _refused(conn, "COPY (SELECT 1) TO '/data/out'")
-        _refused(conn, "CREATE DATABASE another")
+        # Its own databases copy the templates, never the maintenance database.
+        with pytest.raises(psycopg.errors.Error):
+            conn.execute("CREATE DATABASE copy_of_postgres TEMPLATE postgres")
         _refused(conn, "ALTER ROLE CURRENT_USER SUPERUSER")
 
 

@@ -36,8 +36,11 @@ IMAGE_NAME = re.compile(r"postgres-(\d+)")
 # setpriv drops from root to the tenant's uid after bubblewrap has set up the
 # namespaces (see runtimes/sandbox.py).
 SETPRIV = Path("/usr/bin/setpriv")
-# Server modules postgres loads itself.
-CORE_MODULES = ["plpgsql", "dict_snowball", "libpqwalreceiver"]
+# Server modules postgres loads itself, and the platform's own (pg_module/dbaas.c).
+CORE_MODULES = ["plpgsql", "dict_snowball", "libpqwalreceiver", "dbaas"]
+# Where an instance finds the host's registrar of databases (see pg_module/dbaas.c).
+REGISTRAR_DIR = "/run/dbaas"
+REGISTRAR_SOCKET = ".s.registrar"
 # Extensions a tenant (who is not superuser) may create, by extension name: the
 # module it loads, and whether the image marks it trusted itself. PostgreSQL's own
 # "trusted" contrib modules are trusted already; pgvector and PostGIS are not, and
@@ -68,7 +71,7 @@ OPTIONAL_EXTENSIONS = {"vector", "postgis"}
 EXTRA_SHARE_DIRS = [Path("/usr/share/proj")]
 ZONEINFO = Path("/usr/share/zoneinfo")
 # Mount points the runtime binds over; they must exist in a read-only root.
-MOUNT_POINTS = ["data", "run/postgresql", "dev", "proc", "tmp"]
+MOUNT_POINTS = ["data", "run/postgresql", "run/dbaas", "dev", "proc", "tmp"]
 
 Progress = Callable[[str], None]
 
@@ -240,7 +243,8 @@ def _source_fingerprint(major: str) -> str:
         PACKAGE_DIR / "sql" / "platform.sql",
     ):
         recipe.update(part.read_bytes())
-    for _ext, (module, _trust) in sorted(EXTENSIONS.items()):
+    modules = CORE_MODULES + [module for module, _trust in EXTENSIONS.values()]
+    for module in sorted(modules):
         found = _find(pg_lib(major) / "lib" / f"{module}.so")
         if found is not None:
             recipe.update(f"{found}:{found.stat().st_size}:{int(found.stat().st_mtime)}".encode())

@@ -26,8 +26,10 @@ def bootstrap_owner(
 ) -> None:
     """Create the tenant's owner role and hand it the image's pre-made database.
 
-    The role is an ordinary one: no superuser, no CREATEROLE/CREATEDB, no
-    membership of pg_read_server_files or pg_execute_server_program.
+    The role is an ordinary one: no superuser, no CREATEROLE, no membership of
+    pg_read_server_files or pg_execute_server_program. It may create databases on
+    its own server (test and shadow databases); the platform's module has each
+    one registered with the host (pg_module/dbaas.c).
     """
     with connect(socket_dir) as conn:
         exists = conn.execute(
@@ -35,7 +37,7 @@ def bootstrap_owner(
         ).fetchone()
         conn.execute(
             sql.SQL(
-                "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                "CREATE ROLE {} LOGIN NOSUPERUSER CREATEDB NOCREATEROLE NOREPLICATION "
                 "NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {}"
             ).format(sql.Identifier(role), sql.Literal(connection_limit), sql.Literal(secret))
         )

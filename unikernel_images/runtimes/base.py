@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dbaas.files import render_template, write_atomic
-from unikernel_images.image import PACKAGE_DIR, SUPERUSER, Image
+from unikernel_images.image import (
+    PACKAGE_DIR,
+    REGISTRAR_DIR,
+    REGISTRAR_SOCKET,
+    SUPERUSER,
+    Image,
+)
 
 
 class InstanceError(Exception):
@@ -37,6 +43,11 @@ class InstanceSpec:
     max_connections: int = 20
     # (database, role) pairs allowed to log in with SCRAM.
     logins: tuple[tuple[str, str], ...] = ()
+    # A host directory the instance sees at REGISTRAR_DIR: where the host's
+    # registrar of databases listens (see pg_module/dbaas.c); None: no registrar.
+    registrar_dir: Path | None = None
+    # Extensions the owner may create (the plan's list).
+    allowed_extensions: tuple[str, ...] = ()
     extra_settings: dict[str, str] = field(default_factory=dict)
 
 
@@ -174,6 +185,8 @@ def render_postgres_config(runtime: str, spec: InstanceSpec, data_dir: Path) -> 
             PACKAGE_DIR,
             "instance.conf.j2",
             max_connections=spec.max_connections,
+            registrar=f"{REGISTRAR_DIR}/{REGISTRAR_SOCKET}" if spec.registrar_dir else "",
+            allowed_extensions=",".join(spec.allowed_extensions),
             extra_settings=spec.extra_settings,
             **context,
         ),

@@ -22,7 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from unikernel_images.image import SUPERUSER, Image, pg_tool
+from unikernel_images.image import REGISTRAR_DIR, SUPERUSER, Image, pg_tool
 from unikernel_images.runtimes.base import (
     ExportStream,
     InstanceError,
@@ -145,6 +145,9 @@ class SandboxRuntime(Runtime):
                 self._wait_running(iid, timeout)
                 return
             self._make_socket_dir(spec)
+            if spec.registrar_dir is not None:
+                # Bound into the instance: traversable, not listable, by its uid.
+                spec.registrar_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
             # The lock proves no postmaster of ours is alive, so a postmaster.pid
             # left by a killed one is stale; postgres cannot tell across pid
             # namespaces (it sees its own pid 1 in the file). Our own record of
@@ -212,6 +215,7 @@ class SandboxRuntime(Runtime):
             "--bind",
             str(self.socket_dir(iid)),
             "/run/postgresql",
+            *(["--bind", str(spec.registrar_dir), REGISTRAR_DIR] if spec.registrar_dir else []),
             "--dev",
             "/dev",
             "--proc",

@@ -87,6 +87,7 @@ class Command(BaseCommand):
             "",
         ]
         self.stdout.write(self.style.SUCCESS("\n".join(lines)))
+        self.stdout.flush()  # before honcho's output, also when it goes to a file
         if self.pooler_exposure.exposed:
             self.stderr.write(self.style.ERROR(self.pooler_exposure.message()))
 

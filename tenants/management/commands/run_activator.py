@@ -1,7 +1,10 @@
-"""`manage.py run_activator`: this host's wake-on-connect path (see poolers/activator.py).
+"""`manage.py run_activator`: this host's wake-on-connect path (see poolers/activator.py)
+and its registrar of the databases tenants create (poolers/registrar.py).
 
 Listens on an activator socket for every tenant routed through the host's PgBouncer;
-a server connection to a sleeping tenant wakes it and is then passed through.
+a server connection to a sleeping tenant wakes it and is then passed through. And
+on a registrar socket bound into each tenant's instance, which its server asks
+before and after CREATE / DROP DATABASE.
 """
 
 import asyncio
@@ -16,7 +19,8 @@ from django.db import close_old_connections
 
 from dbaas.env import service_user
 from poolers.activator import Activator
-from tenants import host_agent
+from poolers.registrar import Registrar
+from tenants import databases, host_agent
 from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -27,6 +31,11 @@ def wake(instance_id: str, ready: Callable[[Path], None]) -> Path:
     # Only the pk: instance_wake loads the row itself, once, under the lock.
     tenant = Tenant(pk=host_agent.tenant_pk_for_instance(instance_id))
     return host_agent.instance_wake(tenant, actor="activator", ready=ready)
+
+
+def decide(instance_id: str, verb: str, name: str) -> str | None:
+    close_old_connections()
+    return databases.decide(instance_id, verb, name)
 
 
 def hand_off(instance_id: str) -> None:
@@ -45,11 +54,12 @@ class Command(BaseCommand):
             routes, wake, socket_group=service_user() if os.geteuid() == 0 else None,
             handoff=hand_off, handoff_delay=settings.DBAAS_ACTIVATOR_HANDOFF_DELAY,
         )  # fmt: skip
+        registrar = Registrar(routes, decide)
         self.stdout.write(f"run_activator: listening for the tenants in {routes.root}")
         self.stdout.flush()
-        asyncio.run(self._main(activator))
+        asyncio.run(self._main(activator, registrar))
 
-    async def _main(self, activator: Activator) -> None:
+    async def _main(self, activator: Activator, registrar: Registrar) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         # Wakes block on the runtime and the control plane. A start is mostly CPU
@@ -58,4 +68,4 @@ class Command(BaseCommand):
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=settings.DBAAS_WAKE_CONCURRENCY)
         )
-        await activator.run()
+        await asyncio.gather(activator.run(), registrar.run())

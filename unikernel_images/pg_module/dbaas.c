@@ -1,0 +1,270 @@
+/*
+ * dbaas: the platform's module inside every tenant's PostgreSQL server
+ * (shared_preload_libraries = 'dbaas', set by the runtime in instance.conf).
+ *
+ * It does two things the server cannot be configured to do:
+ *
+ * 1. Databases a tenant creates are reachable through the host's pooler at once.
+ *    CREATE DATABASE, DROP DATABASE and ALTER DATABASE ... RENAME ask the host's
+ *    registrar (a unix socket the sandbox binds at dbaas.registrar) before and
+ *    after they run; the registrar decides whether the name may be used (free on
+ *    the host, within the plan's number of databases) and adds or removes the
+ *    pooler's entries. The statement fails with the registrar's message if it
+ *    says no, or if it cannot be reached.
+ *
+ * 2. statement_timeout, lock_timeout and idle_in_transaction_session_timeout are
+ *    reported to the client like client_encoding is (GUC_REPORT), so that a
+ *    pooler can track them per client and apply them on whichever server
+ *    connection the client gets: a client that sets them at connect time gets
+ *    them, in session and in transaction pooling alike.
+ */
+#include "postgres.h"
+
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "tcop/utility.h"
+#include "utils/guc.h"
+#include "utils/guc_tables.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+static ProcessUtility_hook_type prev_ProcessUtility = NULL;
+static char *registrar_path = NULL;
+static char *allowed_extensions = NULL;
+
+#define REGISTRAR_TIMEOUT_SECONDS 15
+
+/* GUCs a pooler should carry per client: reported, so that it can. */
+static const char *const reported_settings[] = {
+	"statement_timeout",
+	"lock_timeout",
+	"idle_in_transaction_session_timeout",
+};
+
+static void
+report_setting(const char *name)
+{
+#if PG_VERSION_NUM >= 160000
+	struct config_generic *record = find_option(name, false, true, WARNING);
+
+	if (record != NULL)
+		record->flags |= GUC_REPORT;
+#else
+	struct config_generic **records = get_guc_variables();
+	int			count = GetNumConfigOptions();
+
+	for (int i = 0; i < count; i++)
+	{
+		if (strcmp(records[i]->name, name) == 0)
+		{
+			records[i]->flags |= GUC_REPORT;
+			return;
+		}
+	}
+#endif
+}
+
+/*
+ * One request to the registrar: "<verb> <name>\n", answered by "ok\n" or
+ * "error <message>\n". Returns NULL when it said ok, else the message to give
+ * the user.
+ */
+static char *
+registrar_ask(const char *verb, const char *name)
+{
+	struct sockaddr_un addr;
+	struct timeval timeout = {REGISTRAR_TIMEOUT_SECONDS, 0};
+	char		request[NAMEDATALEN * 2 + 32];
+	char		reply[1024];
+	int			fd;
+	int			len;
+	ssize_t		got = 0;
+
+	if (registrar_path == NULL || registrar_path[0] == '\0')
+		return pstrdup("this server has no registrar configured (dbaas.registrar)");
+	if (strlen(registrar_path) >= sizeof(addr.sun_path))
+		return pstrdup("the registrar's socket path is too long");
+
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (fd < 0)
+		return psprintf("could not reach the platform's registrar: %m");
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+	memset(&addr, 0, sizeof(addr));
+	addr.sun_family = AF_UNIX;
+	strlcpy(addr.sun_path, registrar_path, sizeof(addr.sun_path));
+	if (connect(fd, (struct sockaddr *) &addr, sizeof(addr)) != 0)
+	{
+		close(fd);
+		return pstrdup("the platform cannot register databases right now; try again in a moment");
+	}
+	len = snprintf(request, sizeof(request), "%s %s\n", verb, name);
+	/* One line: what is not printable ASCII in the name (a newline, say) is sent
+	 * as "?", which the registrar refuses like any other name it cannot route. */
+	for (char *c = request + strlen(verb) + 1; c < request + len - 1; c++)
+		if (*c < ' ' || *c > '~')
+			*c = '?';
+	if (write(fd, request, len) != len)
+	{
+		close(fd);
+		return pstrdup("the platform's registrar did not take the request; try again");
+	}
+	while (got < (ssize_t) sizeof(reply) - 1)
+	{
+		ssize_t		n = read(fd, reply + got, sizeof(reply) - 1 - got);
+
+		if (n <= 0)
+			break;
+		got += n;
+		if (memchr(reply, '\n', got) != NULL)
+			break;
+	}
+	close(fd);
+	reply[got] = '\0';
+	if (strcmp(reply, "ok\n") == 0)
+		return NULL;
+	if (strncmp(reply, "error ", 6) == 0)
+	{
+		char	   *end = strchr(reply, '\n');
+
+		if (end != NULL)
+			*end = '\0';
+		return pstrdup(reply + 6);
+	}
+	return pstrdup("the platform's registrar did not answer; try again");
+}
+
+static void
+registrar_require(const char *verb, const char *name)
+{
+	char	   *refusal = registrar_ask(verb, name);
+
+	if (refusal != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("%s", refusal)));
+}
+
+/* Best effort, on the way out of a failed statement: never throws. */
+static void
+registrar_tell(const char *verb, const char *name)
+{
+	char	   *refusal = registrar_ask(verb, name);
+
+	if (refusal != NULL)
+		elog(LOG, "dbaas: registrar refused \"%s %s\": %s", verb, name, refusal);
+}
+
+static void
+dbaas_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+					 ProcessUtilityContext context, ParamListInfo params,
+					 QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+	const char *created = NULL;		/* a name that appears */
+	const char *dropped = NULL;		/* a name that goes */
+
+	/* The platform's own superuser (backups, checks) is not asked about. */
+	if (!superuser())
+	{
+		if (IsA(parsetree, CreatedbStmt))
+			created = ((CreatedbStmt *) parsetree)->dbname;
+		else if (IsA(parsetree, DropdbStmt))
+			dropped = ((DropdbStmt *) parsetree)->dbname;
+		else if (IsA(parsetree, RenameStmt)
+				 && ((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE)
+		{
+			created = ((RenameStmt *) parsetree)->newname;
+			dropped = ((RenameStmt *) parsetree)->subname;
+		}
+	}
+
+	/* Before: claim the new name, and let the pooler let go of the old one. */
+	if (created != NULL)
+		registrar_require("reserve", created);
+	if (dropped != NULL)
+	{
+		char	   *refusal = registrar_ask("dropping", dropped);
+
+		if (refusal != NULL)
+		{
+			if (created != NULL)
+				registrar_tell("release", created);
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("%s", refusal)));
+		}
+	}
+
+	PG_TRY();
+	{
+		if (prev_ProcessUtility)
+			prev_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+								queryEnv, dest, qc);
+		else
+			standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
+									queryEnv, dest, qc);
+	}
+	PG_CATCH();
+	{
+		/* It did not happen: give the names back as they were. */
+		if (created != NULL)
+			registrar_tell("release", created);
+		if (dropped != NULL)
+			registrar_tell("created", dropped);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	/*
+	 * After: the new name is routed before the client hears CREATE DATABASE.
+	 * (The statement commits right after this; a client that connects on
+	 * hearing the answer finds both the database and its pooler entries.)
+	 */
+	if (dropped != NULL)
+		registrar_tell("dropped", dropped);
+	if (created != NULL)
+		registrar_require("created", created);
+}
+
+void
+_PG_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		ereport(ERROR,
+				(errmsg("dbaas must be loaded with shared_preload_libraries")));
+
+	DefineCustomStringVariable("dbaas.registrar",
+							   "Unix socket of the host's registrar of databases.",
+							   NULL,
+							   &registrar_path,
+							   "",
+							   PGC_POSTMASTER,
+							   0,
+							   NULL, NULL, NULL);
+	/* Read by the platform's CREATE EXTENSION check (platform.sql); only the
+	 * configuration file sets it. */
+	DefineCustomStringVariable("dbaas.allowed_extensions",
+							   "Extensions the owner may create (the plan's list).",
+							   NULL,
+							   &allowed_extensions,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+	MarkGUCPrefixReserved("dbaas");
+
+	for (int i = 0; i < (int) lengthof(reported_settings); i++)
+		report_setting(reported_settings[i]);
+
+	prev_ProcessUtility = ProcessUtility_hook;
+	ProcessUtility_hook = dbaas_ProcessUtility;
+}
