@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import socket
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,15 +29,21 @@ WakeCallback = Callable[[str, Callable[[Path], None]], Path]
 class Activator:
     """`handoff(instance_id)`, if given, runs `handoff_delay` seconds after a wake: it
     has the pooler replace the server connections it opened through here, so that
-    they go straight to the instance and the activator stops carrying them."""
+    they go straight to the instance and the activator stops carrying them.
+
+    `instance_for_role(user)`, if given, serves the maintenance route: one socket
+    for PgBouncer's shared `postgres` entry, whose server connections are each
+    passed to the server of the user they log in as (PgBouncer has authenticated
+    that user already), woken if need be."""
 
     def __init__(
         self, routes: Routes, wake: WakeCallback, socket_group: str | None,
         scan_interval: float = 0.5, handoff: Callable[[str], None] | None = None,
-        handoff_delay: float = 5.0,
+        handoff_delay: float = 5.0, instance_for_role: Callable[[str], str | None] | None = None,
     ) -> None:  # fmt: skip
         self.routes = routes
         self.wake = wake
+        self.instance_for_role = instance_for_role
         self.handoff = handoff
         self.handoff_delay = handoff_delay
         self.socket_group = socket_group
@@ -54,7 +61,11 @@ class Activator:
             await asyncio.sleep(self.scan_interval)
 
     async def sync_listeners(self) -> None:
-        wanted = set(self.routes.instance_ids())
+        if self.instance_for_role is not None and MAINTENANCE not in self.servers:
+            self.servers[MAINTENANCE] = await self._listen_on(
+                self.routes.maintenance_dir(), self._serve_maintenance
+            )
+        wanted = set(self.routes.instance_ids()) | ({MAINTENANCE} & set(self.servers))
         for instance_id in wanted - set(self.servers):
             self.servers[instance_id] = await self._listen(instance_id)
         for instance_id in set(self.servers) - wanted:
@@ -63,9 +74,14 @@ class Activator:
             self.routes.activator_socket(instance_id).unlink(missing_ok=True)
 
     async def _listen(self, instance_id: str) -> asyncio.AbstractServer:
-        directory = self.routes.activator_dir(instance_id)
+        return await self._listen_on(
+            self.routes.activator_dir(instance_id),
+            lambda r, w: self._serve(instance_id, r, w),
+        )
+
+    async def _listen_on(self, directory: Path, serve) -> asyncio.AbstractServer:
         directory.mkdir(parents=True, exist_ok=True)
-        path = self.routes.activator_socket(instance_id)
+        path = directory / ".s.PGSQL.5432"
         # Bind under a temporary name, then rename: the socket path exists at
         # every moment once it has existed (PgBouncer must never miss it).
         tmp = directory / f".s.PGSQL.5432.{os.getpid()}"
@@ -82,9 +98,7 @@ class Activator:
             os.chown(tmp, 0, gid)
         sock.listen(256)
         os.replace(tmp, path)
-        return await asyncio.start_unix_server(
-            lambda r, w: self._serve(instance_id, r, w), sock=sock
-        )
+        return await asyncio.start_unix_server(serve, sock=sock)
 
     async def _serve(
         self, instance_id: str, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
@@ -98,6 +112,34 @@ class Activator:
             log.exception("activator: could not wake %s", instance_id)
             client_w.close()
             return
+        await asyncio.gather(
+            _pipe(client_r, server_w), _pipe(server_r, client_w), return_exceptions=True
+        )
+
+    async def _serve_maintenance(
+        self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
+        """A server connection of PgBouncer's `postgres` entry: to the server of the
+        user in its StartupMessage, woken if asleep; nobody's server if no tenant
+        of this host has that user."""
+        try:
+            startup, user = await _read_startup(client_r, client_w)
+            loop = asyncio.get_running_loop()
+            instance_id = await loop.run_in_executor(None, self.instance_for_role, user)
+            if instance_id is None:
+                client_w.write(_fatal("3D000", 'database "postgres" does not exist'))
+                await client_w.drain()
+                client_w.close()
+                return
+            socket_dir = await self._ensure_awake(instance_id)
+            server_r, server_w = await asyncio.open_unix_connection(
+                str(socket_dir / ".s.PGSQL.5432")
+            )
+        except Exception:
+            log.exception("activator: could not route a maintenance connection")
+            client_w.close()
+            return
+        server_w.write(startup)
         await asyncio.gather(
             _pipe(client_r, server_w), _pipe(server_r, client_w), return_exceptions=True
         )
@@ -146,6 +188,38 @@ def _settle(future: asyncio.Future, result: Path | None, error: BaseException | 
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+MAINTENANCE = "_maintenance"  # the key of the maintenance route's listener
+SSL_REQUEST = 80877103
+PROTOCOL_3 = 196608
+
+
+async def _read_startup(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[bytes, str]:
+    """The StartupMessage (as received) and its user; an SSLRequest first is
+    declined, as a server on a unix socket would."""
+    while True:
+        header = await asyncio.wait_for(reader.readexactly(8), timeout=10)
+        length, code = struct.unpack("!ii", header)
+        if not 8 <= length <= 10000:
+            raise ValueError(f"not a startup packet (length {length})")
+        if code == SSL_REQUEST and length == 8:
+            writer.write(b"N")
+            await writer.drain()
+            continue
+        if code != PROTOCOL_3:
+            raise ValueError(f"unsupported protocol {code}")
+        body = await asyncio.wait_for(reader.readexactly(length - 8), timeout=10)
+        fields = body.split(b"\0")
+        params = dict(zip(fields[0::2], fields[1::2], strict=False))
+        return header + body, params.get(b"user", b"").decode()
+
+
+def _fatal(code: str, message: str) -> bytes:
+    fields = b"SFATAL\0C" + code.encode() + b"\0M" + message.encode() + b"\0\0"
+    return b"E" + struct.pack("!i", len(fields) + 4) + fields
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -9,7 +9,6 @@ import functools
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 import psycopg
 
 from dbaas.files import chown, make_dir, render_template, write_atomic
-from poolers import advisories
+from poolers import advisories, tls
 from poolers.scram import new_password, scram_secret
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -43,7 +42,9 @@ class DatabaseEntry:
     socket_dir: Path  # where the server's socket is (a route link, see routes.py)
     pool_size: int
     max_connections: int
-    owner: str  # the only user that may log in to it
+    # The only user that may log in to it; None: every user, each to its own
+    # server (the maintenance database, routed by user; see activator.py).
+    owner: str | None
     pool_mode: str | None = None  # None: the default (session)
     max_clients: int | None = None  # client connections at once; None: no limit
 
@@ -93,6 +94,7 @@ class PgBouncer:
         self.hba_file = root / "pgbouncer_hba.conf"
         self.tls_cert = root / "server.crt"
         self.tls_key = root / "server.key"
+        self.pki = root.parent / "pki"  # the platform's CA
         self.socket_dir = root.parent / "run" / "pgbouncer"
         self._admin_password_file = root / "admin_password"
         self._admin_secret_file = root / "admin_secret"
@@ -112,42 +114,8 @@ class PgBouncer:
             password = new_password()
             write_atomic(self._admin_password_file, password, mode=0o600)
             write_atomic(self._admin_secret_file, scram_secret(password), mode=0o600)
-        if not self.tls_cert.exists() or not self.tls_key.exists():
-            self._make_certificate(public_host)
-
-    def _make_certificate(self, public_host: str) -> None:
-        """A self-signed certificate made on first run; replace the two files with
-        a real one (same paths) to let clients use sslmode=verify-full."""
-        san = f"DNS:{public_host},DNS:localhost,IP:127.0.0.1"
-        if public_host.replace(".", "").isdigit():
-            san = f"IP:{public_host},DNS:localhost,IP:127.0.0.1"
-        proc = subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "3650",
-                "-subj",
-                f"/CN={public_host}",
-                "-addext",
-                f"subjectAltName={san}",
-                "-keyout",
-                str(self.tls_key),
-                "-out",
-                str(self.tls_cert),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if proc.returncode != 0:
-            raise PoolerError(f"openssl failed: {proc.stderr.strip()}")
+        # The host's certificate, signed by the platform's CA (poolers/tls.py).
+        tls.ensure_host_certificate(self.pki, self.tls_cert, self.tls_key, public_host)
         for path in (self.tls_key, self.tls_cert):
             os.chmod(path, 0o640)
             chown(
@@ -162,9 +130,12 @@ class PgBouncer:
         """Render pgbouncer.ini, its hba file and the auth file; True if any changed."""
         _check_names(databases, users)
         admin = UserEntry(ADMIN_USER, self._admin_secret_file.read_text().strip())
-        owners: dict[str, list[str]] = {}
+        shared = sorted(db.name for db in databases if db.owner is None)
+        owners: dict[str, list[str]] = {user.name: [] for user in users}
         for db in sorted(databases, key=lambda d: d.name):
-            owners.setdefault(db.owner, []).append(db.name)
+            if db.owner is not None:
+                owners[db.owner].append(db.name)
+        owners = {owner: [*names, *shared] for owner, names in owners.items() if names}
         ini = render_template(
             PACKAGE_DIR,
             "pgbouncer.ini.j2",
@@ -300,9 +271,9 @@ class PgBouncer:
             raise
         return True
 
-    def pools(self) -> dict[str, dict]:
-        """SHOW POOLS by database (one user per database here)."""
-        return {row["database"]: row for row in self.admin("SHOW POOLS")}
+    def pools(self) -> dict[tuple[str, str], dict]:
+        """SHOW POOLS by (database, user)."""
+        return {(row["database"], row["user"]): row for row in self.admin("SHOW POOLS")}
 
     def stats(self) -> dict[str, dict]:
         return {row["database"]: row for row in self.admin("SHOW STATS")}
@@ -320,10 +291,11 @@ def _check_names(databases: list[DatabaseEntry], users: list[UserEntry]) -> None
     aliases = [d.name for d in databases]
     if "pgbouncer" in aliases or len(set(aliases)) != len(aliases):
         raise PoolerError("database names must be unique per host and not 'pgbouncer'")
-    for name in (*names, *aliases, *(d.owner for d in databases)):
+    owners = {d.owner for d in databases if d.owner is not None}
+    for name in (*names, *aliases, *owners):
         if not NAME.fullmatch(name):
             raise PoolerError(f"not a name this pooler accepts: {name!r}")
-    unknown = {d.owner for d in databases} - set(names)
+    unknown = owners - set(names)
     if unknown:
         raise PoolerError(f"databases owned by users it does not know: {sorted(unknown)}")
 

@@ -30,6 +30,14 @@ class Routes:
     def activator_socket(self, instance_id: str) -> Path:
         return self.activator_dir(instance_id) / ".s.PGSQL.5432"
 
+    def maintenance_dir(self) -> Path:
+        """Where PgBouncer's shared `postgres` entry points: the activator routes each
+        of its server connections to the server of the user it logs in as."""
+        return self.activator_root / "_maintenance"
+
+    def maintenance_socket(self) -> Path:
+        return self.maintenance_dir() / ".s.PGSQL.5432"
+
     def registrar_dir(self, instance_id: str) -> Path:
         """Where the instance's server asks for its new databases to be routed
         (bound into the instance; see poolers/registrar.py)."""

@@ -56,7 +56,7 @@ debsrc_at_least() { dpkg --compare-versions "$1" ge "$2~"; }
 debsrc_build_tools() {
     local missing=() pkg
     for pkg in build-essential dpkg-dev pkg-config "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+        [[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) == "install ok installed" ]] \
             || missing+=("$pkg")
     done
     if ((${#missing[@]})); then

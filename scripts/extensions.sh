@@ -22,7 +22,7 @@ apt_has() {
     apt-cache policy "$1" 2>/dev/null \
         | awk '/Candidate:/ {found = ($2 != "(none)")} END {exit !found}'
 }
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]; }
 apt_install() {
     installed "$1" && return 0
     log "installing $1"

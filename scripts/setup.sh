@@ -11,11 +11,15 @@ PACKAGES=(postgresql postgresql-contrib pgbouncer redis-server bubblewrap acl op
           util-linux python3-venv)
 # Debian 13 moved the old zone names (US/Eastern, ...) apps still use to
 # tzdata-legacy; tenants' servers carry every zone the OS has.
-if apt-cache policy tzdata-legacy 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+# (Output captured first: `grep -q` in a pipe under pipefail can kill the writer.)
+tzdata_legacy=$(apt-cache policy tzdata-legacy 2>/dev/null || true)
+if [[ $tzdata_legacy =~ Candidate:\ [0-9] ]]; then
     PACKAGES+=(tzdata-legacy)
 fi
 if [[ "${1:-}" == "test" ]]; then
     PACKAGES+=(chromium)  # the browser tests drive Debian's chromium
+    # The README's node-postgres snippet is run by the tests.
+    command -v npm >/dev/null || PACKAGES+=(nodejs npm)
 fi
 
 # Installed, or provided by an installed package (Debian 13's postgresql-17
@@ -24,7 +28,7 @@ provided=$(dpkg-query -W -f='${db:Status-Abbrev}|${Provides}\n' 2>/dev/null \
     | awk -F'|' '$1 ~ /^ii/ {print $2}' | tr ',' '\n' | sed 's/ *(.*//; s/^ *//')
 missing=()
 for pkg in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+    [[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) == "install ok installed" ]] \
         || grep -qxF "$pkg" <<<"$provided" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
@@ -61,4 +65,10 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
     echo "==> installing Python packages"
     "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
     touch "$stamp"
+fi
+
+# node-postgres for the tests of the README's snippet (a version known to work).
+if [[ "${1:-}" == "test" && ! -d build/node/node_modules/pg ]]; then
+    echo "==> installing node-postgres for the tests"
+    npm install --silent --no-audit --no-fund --prefix build/node pg@8.16.3 >/dev/null
 fi

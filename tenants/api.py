@@ -18,6 +18,7 @@ from tenants.errors import (
     Unavailable,
 )
 from tenants.models import Backup, Restore, Tenant
+from tenants.selectors import tls_ca_pem
 
 
 def error(status: int, message: str) -> JsonResponse:
@@ -341,6 +342,14 @@ def account_backup_restore(request: HttpRequest, backup_id: str) -> JsonResponse
 
 
 # -- documentation -------------------------------------------------------------------
+
+
+@endpoint("GET", auth=False)
+def ca_certificate(request: HttpRequest) -> HttpResponse:
+    """The platform's CA certificate: what clients trust to verify the pooler's."""
+    response = HttpResponse(tls_ca_pem(), content_type="application/x-pem-file")
+    response["Content-Disposition"] = 'inline; filename="dbaas-ca.pem"'
+    return response
 
 
 @endpoint("GET", auth=False)

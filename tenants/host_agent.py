@@ -30,6 +30,11 @@ from unikernel_images.runtimes.base import InstanceSpec, InstanceState, Runtime
 log = logging.getLogger(__name__)
 State = Tenant.State
 
+# Every owner reaches the maintenance database of its own server by this name, as
+# PostgreSQL tools expect (Django's test runner runs CREATE and DROP DATABASE there):
+# one pooler entry for all, which the activator routes by the user logging in.
+MAINTENANCE_DATABASE = "postgres"
+
 # States whose tenants have an entry in the pooler. A provisioning tenant is in
 # it before it is running, so that a concurrent sync (reconcile) never drops the
 # entry of a tenant whose connection string is about to be handed out; nobody
@@ -49,6 +54,19 @@ def pooler() -> PgBouncer:
         service_user=service_user(),
         binary=settings.DBAAS_PGBOUNCER_BIN,
     )
+
+
+def instance_for_role(role: str) -> str | None:
+    """The instance of the routed tenant whose owner role this is, on this host."""
+    name, _, slug = role.rpartition("_")
+    tenant = (
+        Tenant.objects.filter(
+            slug=slug, name=name, state__in=ROUTED_STATES, host__name=settings.DBAAS_HOST_NAME
+        )
+        .only("pk")
+        .first()
+    )
+    return tenant.instance_id if tenant is not None else None
 
 
 def tenant_pk_for_instance(instance_id: str) -> int:
@@ -210,8 +228,12 @@ def _render(bouncer: PgBouncer, host: Host) -> bool:
         .select_related("plan")
         .prefetch_related(_ACTIVE_DATABASES)
     )
+    maintenance = DatabaseEntry(
+        name=MAINTENANCE_DATABASE, dbname=MAINTENANCE_DATABASE,
+        socket_dir=routes().maintenance_dir(), pool_size=2, max_connections=0, owner=None,
+    )  # fmt: skip
     return bouncer.write_config(
-        databases=[entry for t in routed for entry in _database_entries(t)],
+        databases=[maintenance, *(entry for t in routed for entry in _database_entries(t))],
         users=[
             UserEntry(
                 t.role_name, t.scram_secret, max_server_connections=_server_connections_cap(t)
@@ -331,14 +353,16 @@ def _aliases(tenant: Tenant) -> list[str]:
     return names + [alias for name in names if (alias := pooled_alias(name))]
 
 
-def pooler_in_use(pools: dict[str, dict], tenant: Tenant) -> bool:
+def pooler_in_use(pools: dict[tuple[str, str], dict], tenant: Tenant) -> bool:
     """Is a client connected in session mode, or in a transaction in pooled mode?
 
     A pooled-mode client that is between transactions does not keep the tenant
     awake: its next transaction wakes it.
     """
-    for name in _database_names(tenant):
-        session, pooled = pools.get(name, {}), pools.get(pooled_alias(name) or "", {})
+    role = tenant.role_name
+    for name in [*_database_names(tenant), MAINTENANCE_DATABASE]:
+        session = pools.get((name, role), {})
+        pooled = pools.get((pooled_alias(name) or "", role), {})
         if (
             session.get("cl_active", 0) or session.get("cl_waiting", 0)
             or pooled.get("cl_waiting", 0) or pooled.get("sv_active", 0)
@@ -347,10 +371,10 @@ def pooler_in_use(pools: dict[str, dict], tenant: Tenant) -> bool:
     return False
 
 
-def _server_connections(pools: dict[str, dict], tenant: Tenant) -> int:
+def _server_connections(pools: dict[tuple[str, str], dict], tenant: Tenant) -> int:
     return sum(
-        pools.get(alias, {}).get(column, 0)
-        for alias in _aliases(tenant)
+        pools.get((alias, tenant.role_name), {}).get(column, 0)
+        for alias in [*_aliases(tenant), MAINTENANCE_DATABASE]
         for column in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")
     )
 

@@ -620,6 +620,21 @@ def build_paths() -> dict:
                 body=json_body(ref("RestoreIntoNew")),
             )
         },
+        "/api/v1/ca.pem": {
+            "get": operation(
+                "getCaCertificate",
+                "meta",
+                "The CA that signs the pooler's certificates",
+                {
+                    200: {
+                        "description": "PEM; clients that verify certificates trust this "
+                        "(`sslrootcert=` in libpq, `NODE_EXTRA_CA_CERTS` for node-postgres)",
+                        "content": {"application/x-pem-file": {"schema": {"type": "string"}}},
+                    }
+                },
+                auth=False,
+            )
+        },
         "/api/v1/openapi.json": {
             "get": operation(
                 "getOpenApi",

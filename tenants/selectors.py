@@ -5,6 +5,8 @@ import hashlib
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
+from dbaas.env import data_dir
+from poolers import tls
 from tenants.errors import NotFound
 from tenants.models import Account, ApiToken, Host, Tenant
 
@@ -99,3 +101,9 @@ def credentials_json(tenant: Tenant, password: str) -> dict:
         "connection_string": connection_string(tenant, password),
         "pooled_connection_string": connection_string(tenant, password, pooled=True),
     }
+
+
+def tls_ca_pem() -> str:
+    """The platform's CA certificate, which signs its hosts' pooler certificates."""
+    cert, _key = tls.ensure_ca(data_dir() / "pki")
+    return cert.read_text()

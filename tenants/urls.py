@@ -46,6 +46,7 @@ urlpatterns = [
         api.account_backup_restore,
         name="api-backup-restore",
     ),
+    path("api/v1/ca.pem", api.ca_certificate, name="api-ca"),
     path("api/v1/openapi.json", api.openapi_json, name="api-openapi"),
     path("api/docs", api.api_docs, name="api-docs"),
 ]

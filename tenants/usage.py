@@ -23,7 +23,7 @@ def memory() -> tuple[int, int]:
     return fields["MemTotal"], fields["MemTotal"] - fields["MemAvailable"]
 
 
-def pooler_connections(pools: dict[str, dict]) -> tuple[int, int]:
+def pooler_connections(pools: dict[tuple[str, str], dict]) -> tuple[int, int]:
     """(clients, servers) across every database of the host's pooler."""
     clients = sum(p.get("cl_active", 0) + p.get("cl_waiting", 0) for p in pools.values())
     servers = sum(

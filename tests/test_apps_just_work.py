@@ -2,7 +2,10 @@
 gives: the newest major the OS ships, every time zone, pgvector and PostGIS, and
 only the extensions the plan allows."""
 
+import os
 import secrets
+import signal
+import sys
 import threading
 import time
 import uuid
@@ -14,7 +17,7 @@ from django.db import connection as django_connection
 
 from tenants.models import Account, Plan
 from tests import pgwire
-from tests.conftest import connect
+from tests.conftest import Service, connect
 from tests.test_api_databases import create
 from unikernel_images.image import newest_major
 
@@ -253,3 +256,31 @@ def test_the_plans_session_connections_are_served_and_the_next_is_refused_quickl
     finally:
         for conn in held:
             conn.close()
+
+
+def test_create_database_waits_for_a_registrar_that_is_restarting(db, platform):
+    """The registrar runs in the activator's process; while that is down (killed,
+    restarting) CREATE DATABASE waits for it instead of failing."""
+    activator: Service = platform["activator"]
+    os.killpg(activator.proc.pid, signal.SIGKILL)
+    outcome: list[object] = []
+
+    def create_database() -> None:
+        try:
+            with connect(db["connection_string"], autocommit=True) as conn:
+                conn.execute("CREATE DATABASE while_restarting")
+            outcome.append("created")
+        except Exception as exc:  # asserted below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=create_database)
+    thread.start()
+    time.sleep(1.5)
+    assert thread.is_alive()  # waiting, not failed
+    replacement = Service("activator", [sys.executable, "manage.py", "run_activator"])
+    platform["activator"] = replacement
+    replacement.wait_for(lambda: replacement.log_contains("listening"))
+    thread.join(30)
+    assert outcome == ["created"]
+    with connect(_url(db, "while_restarting")) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == ("while_restarting",)

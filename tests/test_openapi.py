@@ -126,6 +126,7 @@ CHECKS = [
 PLAN = {
     "getDocs": (3, 0),
     "health": (3, 0),
+    "getCaCertificate": (2, 0),
     "createAccount": (8, 6),
     "createToken": (5, 5),
     "listDatabases": (5, 3),

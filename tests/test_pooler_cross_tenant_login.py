@@ -114,6 +114,7 @@ def test_it_refuses_every_variant_of_the_second_startup_message(live, alice, bob
         "name over 63 bytes": TOO_LONG,
         "the victim's existing database": theirs["database"],
         "the admin console's database": "pgbouncer",
+        "the shared maintenance database": "postgres",
     }
     outcomes = {}
     for (target, (t_user, t_db)), (first, first_db), order in itertools.product(

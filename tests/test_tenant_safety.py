@@ -75,11 +75,19 @@ def test_one_tenants_credentials_do_not_open_another(live, alice, bob):
     crossed = mine["connection_string"].replace(f"/{mine['database']}?", f"/{theirs['database']}?")
     with pytest.raises(psycopg.OperationalError):
         connect(crossed)
-    # ... and at the maintenance databases of her own instance.
-    for other in ("postgres", "template1", "pgbouncer"):
+    # ... and at the templates of her own instance, and the pooler's console.
+    for other in ("template1", "template0", "pgbouncer"):
         url = mine["connection_string"].replace(f"/{mine['database']}?", f"/{other}?")
         with pytest.raises(psycopg.OperationalError):
             connect(url)
+    # `postgres` is each owner's own server's maintenance database (tools create
+    # databases from there): one name in the pooler, each user to its own server.
+    for db in (mine, theirs):
+        url = db["connection_string"].replace(f"/{db['database']}?", "/postgres?")
+        with connect(url) as conn:
+            names = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
+            assert conn.execute("SELECT current_database()").fetchone()[0] == "postgres"
+        assert {mine["database"], theirs["database"]} & names == {db["database"]}
     # The platform's own superuser cannot log in through the pooler.
     platform = mine["connection_string"].replace(f"//{mine['user']}:", "//platform:")
     with pytest.raises(psycopg.OperationalError):

@@ -47,6 +47,11 @@ def bootstrap_owner(
                     sql.Identifier(TENANT_DATABASE), sql.Identifier(database)
                 )
             )
+        # Its own server's maintenance database too: tools connect there to create
+        # and drop databases (Django's test runner does).
+        conn.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE postgres TO {}").format(sql.Identifier(role))
+        )
         # PG 15: the public schema belongs to pg_database_owner, i.e. to this role.
         conn.execute(
             sql.SQL("ALTER DATABASE {} OWNER TO {}").format(

@@ -41,6 +41,7 @@ static char *registrar_path = NULL;
 static char *allowed_extensions = NULL;
 
 #define REGISTRAR_TIMEOUT_SECONDS 15
+#define REGISTRAR_CONNECT_ATTEMPTS 200	/* 50 ms apart: 10 s */
 
 /* GUCs a pooler should carry per client: reported, so that it can. */
 static const char *const reported_settings[] = {
@@ -93,19 +94,29 @@ registrar_ask(const char *verb, const char *name)
 	if (strlen(registrar_path) >= sizeof(addr.sun_path))
 		return pstrdup("the registrar's socket path is too long");
 
-	fd = socket(AF_UNIX, SOCK_STREAM, 0);
-	if (fd < 0)
-		return psprintf("could not reach the platform's registrar: %m");
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
 	memset(&addr, 0, sizeof(addr));
 	addr.sun_family = AF_UNIX;
 	strlcpy(addr.sun_path, registrar_path, sizeof(addr.sun_path));
-	if (connect(fd, (struct sockaddr *) &addr, sizeof(addr)) != 0)
+
+	/*
+	 * The registrar listens a moment after a new instance starts (and again a
+	 * moment after it restarts): wait for it rather than fail.
+	 */
+	for (int attempt = 0;; attempt++)
 	{
+		fd = socket(AF_UNIX, SOCK_STREAM, 0);
+		if (fd < 0)
+			return psprintf("could not reach the platform's registrar: %m");
+		if (connect(fd, (struct sockaddr *) &addr, sizeof(addr)) == 0)
+			break;
 		close(fd);
-		return pstrdup("the platform cannot register databases right now; try again in a moment");
+		if (attempt >= REGISTRAR_CONNECT_ATTEMPTS)
+			return pstrdup("the platform cannot register databases right now; try again in a moment");
+		pg_usleep(50 * 1000L);
+		CHECK_FOR_INTERRUPTS();
 	}
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
 	len = snprintf(request, sizeof(request), "%s %s\n", verb, name);
 	/* One line: what is not printable ASCII in the name (a newline, say) is sent
 	 * as "?", which the registrar refuses like any other name it cannot route. */

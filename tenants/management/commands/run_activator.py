@@ -38,6 +38,11 @@ def decide(instance_id: str, verb: str, name: str) -> str | None:
     return databases.decide(instance_id, verb, name)
 
 
+def instance_for_role(role: str) -> str | None:
+    close_old_connections()
+    return host_agent.instance_for_role(role)
+
+
 def hand_off(instance_id: str) -> None:
     close_old_connections()
     tenant = Tenant.objects.get(pk=host_agent.tenant_pk_for_instance(instance_id))
@@ -53,6 +58,7 @@ class Command(BaseCommand):
         activator = Activator(
             routes, wake, socket_group=service_user() if os.geteuid() == 0 else None,
             handoff=hand_off, handoff_delay=settings.DBAAS_ACTIVATOR_HANDOFF_DELAY,
+            instance_for_role=instance_for_role,
         )  # fmt: skip
         registrar = Registrar(routes, decide)
         self.stdout.write(f"run_activator: listening for the tenants in {routes.root}")
