@@ -1,4 +1,6 @@
-"""Platform-level endpoints: health."""
+"""Platform-level endpoints: health and (for operators) metrics."""
+
+import hmac
 
 import redis
 from django.conf import settings
@@ -54,9 +56,29 @@ def server_error(request: HttpRequest):
     return default(request)
 
 
+def metrics_allowed(request: HttpRequest) -> bool:
+    """Operators only: a staff user's session, or DBAAS_METRICS_TOKEN as a bearer
+    token (for a Prometheus server). The series name every tenant's database."""
+    if request.user.is_authenticated and request.user.is_staff:
+        return True
+    token = settings.DBAAS_METRICS_TOKEN
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given, token)
+
+
 def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus text exposition: tenants by state, and per tenant its wakes."""
     from django.db.models import Count
+
+    if not metrics_allowed(request):
+        response = HttpResponse(
+            "metrics are for operators: log in as staff, or send DBAAS_METRICS_TOKEN as a "
+            "bearer token\n",
+            status=401,
+            content_type="text/plain",
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
 
     from tenants.models import Tenant
 

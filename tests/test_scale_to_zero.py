@@ -10,6 +10,7 @@ import time
 import psycopg
 import pytest
 from django.conf import settings
+from django.contrib.auth import get_user_model
 
 from tenants import host_agent
 from tenants.models import Event, Plan, Tenant
@@ -156,8 +157,22 @@ def test_explicit_wake_and_errors(napper, alice, bob):
     assert response.status_code == 200
     assert response.json()["state"] == "running"
     assert instance_state(napper["id"]) is InstanceState.RUNNING
+    # /metrics names every tenant: operators only.
+    assert alice.client.get("/metrics").status_code == 401
+    staff = get_user_model().objects.create_user("ops", "ops@example.com", "x", is_staff=True)
+    alice.client.force_login(staff)
     metrics = alice.client.get("/metrics").content.decode()
     assert f'dbaas_tenant_wakes_total{{tenant="{napper["database"]}"' in metrics
+    alice.client.logout()
+    settings.DBAAS_METRICS_TOKEN = "a-token-for-prometheus"
+    try:
+        assert alice.client.get("/metrics").status_code == 401
+        bearer = {"HTTP_AUTHORIZATION": "Bearer a-token-for-prometheus"}
+        assert alice.client.get("/metrics", **bearer).status_code == 200
+        wrong = {"HTTP_AUTHORIZATION": "Bearer not-it"}
+        assert alice.client.get("/metrics", **wrong).status_code == 401
+    finally:
+        settings.DBAAS_METRICS_TOKEN = ""
 
 
 def _wait_consistent(tenant_id: int, timeout: float) -> str:
