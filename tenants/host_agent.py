@@ -97,6 +97,14 @@ def instance_spec(tenant: Tenant) -> InstanceSpec:
         logins=(("all", tenant.role_name),),
         registrar_dir=routes().registrar_dir(tenant.instance_id),
         allowed_extensions=tuple(tenant.plan.extension_list),
+        storage_full=storage_full_message(tenant) if tenant.storage_read_only else "",
+    )
+
+
+def storage_full_message(tenant: Tenant) -> str:
+    return (
+        f"this database is over the {tenant.plan.name} plan's storage limit of "
+        f"{tenant.plan.storage_limit_mb} MB"
     )
 
 
@@ -539,23 +547,26 @@ def instance_unsuspend(tenant: Tenant, actor: str) -> str:
     return "running"
 
 
-def storage_limit_apply(tenant: Tenant, *, read_only: bool) -> bool:
-    """Make a running tenant's new transactions read-only (over its plan's storage
-    limit) or writable again; False if it is not running now (tried again later)."""
-    runtime = runtime_for(tenant)
-    with instance_lock(tenant, timeout=0) as locked:
-        if not locked or runtime.status(tenant.instance_id).state is not InstanceState.RUNNING:
-            return False
-        socket_dir = runtime.socket_dir(tenant.instance_id)
-        postgres_admin.set_read_only(socket_dir, database=tenant.database_name, read_only=read_only)
-        # Server connections the pooler keeps were made before: replace them.
-        pooler_reconnect(tenant)
-    Tenant.objects.filter(pk=tenant.pk).update(storage_read_only=read_only)
+def storage_limit_apply(tenant: Tenant, *, read_only: bool) -> None:
+    """Refuse writes to a tenant over its plan's storage limit, or allow them again.
+
+    The instance's configuration says so (dbaas.storage_full, read by the
+    platform's module in the server, which the owner cannot change); a running
+    instance rereads it at once, sessions already open included, a sleeping one
+    when it starts.
+    """
+    with instance_lock(tenant, timeout=10) as locked:
+        if not locked:  # a long backup of it, say: the next usage cycle tries again
+            return
+        tenant.storage_read_only = read_only
+        runtime = runtime_for(tenant)
+        if runtime.status(tenant.instance_id).state is not InstanceState.MISSING:
+            runtime.configure(instance_spec(tenant))
+        Tenant.objects.filter(pk=tenant.pk).update(storage_read_only=read_only)
     limit = f"{tenant.plan.storage_limit_mb} MB"
     _event(tenant, "storage_limit", "usage",
-           f"over the {limit} storage limit: new transactions are read-only" if read_only
+           f"over the {limit} storage limit: writes are refused" if read_only
            else f"within the {limit} storage limit: writable again", 0)  # fmt: skip
-    return True
 
 
 def instance_repair(tenant: Tenant) -> str | None:

@@ -192,8 +192,8 @@ DATABASE_FIELDS = {
     ),
     "read_only": {
         "type": "boolean",
-        "description": "Over the plan's storage limit: new transactions are read-only "
-        "(a session may `SET default_transaction_read_only = off` to delete data)",
+        "description": "Over the plan's storage limit: writes are refused until data is "
+        "deleted (reads, DELETE, TRUNCATE and DROP work)",
     },
 }
 CREDENTIAL_FIELDS = {

@@ -54,7 +54,7 @@ def provision_tenant(tenant_id: int) -> str:
     )  # fmt: skip
     # After the answer, off the request's path: its first size, and a new spare
     # for the one just used.
-    size = host_agent.runtime_for(tenant).disk_usage(tenant.instance_id)
+    size = host_agent.runtime_for(tenant).data_usage(tenant.instance_id)
     # The template is writable; data from a backup may carry the read-only setting.
     read_only = None if tenant.restored_from_id else False
     Tenant.objects.filter(pk=tenant.pk).update(size_bytes=size, storage_read_only=read_only)

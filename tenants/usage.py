@@ -11,6 +11,8 @@ from tenants import host_agent
 from tenants.models import Host, Tenant
 
 log = logging.getLogger(__name__)
+# Whose storage limit is applied (a sleeping tenant's when it next starts).
+LIMITED_STATES = (Tenant.State.RUNNING, Tenant.State.SLEEPING, Tenant.State.SUSPENDED)
 
 
 def memory() -> tuple[int, int]:
@@ -54,10 +56,11 @@ def record(host: Host) -> int:
         .select_related("host", "plan")
     )
     for tenant in tenants:
-        tenant.size_bytes = host_agent.runtime_for(tenant).disk_usage(tenant.instance_id)
-        # Only a running database grows; a sleeping one is dealt with once awake.
+        # What the plan's limit counts: the tenant's databases, not the WAL,
+        # temporary files or templates (Runtime.data_usage).
+        tenant.size_bytes = host_agent.runtime_for(tenant).data_usage(tenant.instance_id)
         over = tenant.size_bytes > tenant.plan.storage_limit_bytes
-        if tenant.state == Tenant.State.RUNNING and tenant.storage_read_only is not over:
+        if tenant.state in LIMITED_STATES and tenant.storage_read_only is not over:
             try:
                 host_agent.storage_limit_apply(tenant, read_only=over)
             except Exception:

@@ -308,38 +308,3 @@ def test_admin_dashboard_and_actions_restart_suspend_unsuspend(live, client, ali
     page = client.get(f"/admin/tenants/tenant/{tenant.pk}/change/").content
     for action in (b"restart", b"suspend", b"unsuspend"):
         assert action in page
-
-
-def test_over_its_storage_limit_a_database_turns_read_only_and_back(live, client, alice):
-    from tenants.models import Event, Plan
-    from tenants.usage import record
-    from tests.test_api_databases import create
-
-    db = create(alice, "growing")
-    tenant = Tenant.objects.get(pk=db["id"])
-    with connect(db["connection_string"]) as conn:
-        conn.execute("CREATE TABLE t (v int)")
-        conn.commit()
-    Plan.objects.filter(pk=tenant.plan_id).update(storage_limit_mb=1)  # the template is more
-    record(tenant.host)
-    assert alice.call("GET", f"/databases/{db['id']}").json()["read_only"] is True
-    with connect(db["connection_string"]) as conn:
-        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-            conn.execute("INSERT INTO t VALUES (1)")
-        conn.rollback()
-        # A soft limit: a session may lift it, to delete data.
-        conn.execute("SET default_transaction_read_only = off")
-        conn.commit()
-        conn.execute("DELETE FROM t")
-        conn.commit()
-    assert Event.objects.filter(tenant=tenant, action="storage_limit").count() == 1
-    client.force_login(get_user_model().objects.get(email="alice@example.com"))
-    assert b'id="read-only"' in client.get(f"/databases/{db['id']}").content
-    assert b"read-only</span>" in client.get("/").content
-    Plan.objects.filter(pk=tenant.plan_id).update(storage_limit_mb=512)
-    record(tenant.host)
-    assert alice.call("GET", f"/databases/{db['id']}").json()["read_only"] is False
-    with connect(db["connection_string"]) as conn:
-        conn.execute("INSERT INTO t VALUES (2)")
-        conn.commit()
-    assert Event.objects.filter(tenant=tenant, action="storage_limit").count() == 2

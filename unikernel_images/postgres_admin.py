@@ -95,18 +95,6 @@ def rename_owner(
         )
 
 
-def set_read_only(socket_dir: Path, *, database: str, read_only: bool) -> None:
-    """New sessions of `database` start read-only (or not). A session can still
-    `SET default_transaction_read_only = off`, e.g. to delete data: a soft limit."""
-    statement = (
-        "ALTER DATABASE {} SET default_transaction_read_only = on"
-        if read_only
-        else "ALTER DATABASE {} RESET default_transaction_read_only"
-    )
-    with connect(socket_dir) as conn:
-        conn.execute(sql.SQL(statement).format(sql.Identifier(database)))
-
-
 def dump(socket_dir: Path, database: str, *, major: str) -> ExportStream:
     """pg_dump -Fc of one database, as a stream (the user's logical export), with the
     pg_dump of the server's major."""

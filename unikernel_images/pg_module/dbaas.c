@@ -12,7 +12,13 @@
  *    pooler's entries. The statement fails with the registrar's message if it
  *    says no, or if it cannot be reached.
  *
- * 2. statement_timeout, lock_timeout and idle_in_transaction_session_timeout are
+ * 2. Over its plan's storage limit a tenant's server refuses what adds data
+ *    (INSERT, UPDATE, MERGE, COPY FROM, CREATE TABLE / INDEX / DATABASE, ...)
+ *    and allows what reads or frees it (SELECT, DELETE, TRUNCATE, DROP, VACUUM).
+ *    The host sets dbaas.storage_full in the configuration file and reloads it,
+ *    so sessions already open are held too; the owner cannot change it.
+ *
+ * 3. statement_timeout, lock_timeout and idle_in_transaction_session_timeout are
  *    reported to the client like client_encoding is (GUC_REPORT), so that a
  *    pooler can track them per client and apply them on whichever server
  *    connection the client gets: a client that sets them at connect time gets
@@ -25,6 +31,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "executor/executor.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
@@ -37,7 +44,9 @@ PG_MODULE_MAGIC;
 void		_PG_init(void);
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
+static ExecutorStart_hook_type prev_ExecutorStart = NULL;
 static char *registrar_path = NULL;
+static char *storage_full = NULL;	/* why writes are refused; empty: they are not */
 static char *allowed_extensions = NULL;
 
 #define REGISTRAR_TIMEOUT_SECONDS 15
@@ -174,6 +183,60 @@ registrar_tell(const char *verb, const char *name)
 		elog(LOG, "dbaas: registrar refused \"%s %s\": %s", verb, name, refusal);
 }
 
+static bool
+storage_is_full(void)
+{
+	return storage_full != NULL && storage_full[0] != '\0' && !superuser();
+}
+
+static void
+refuse_for_storage(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DISK_FULL),
+			 errmsg("%s: writes are refused until there is room", storage_full),
+			 errhint("DELETE, TRUNCATE or DROP data to make room; writes are allowed again "
+					 "within a minute of being back under the limit.")));
+}
+
+/* Statements that add data other than through the executor. */
+static bool
+adds_data(Node *parsetree)
+{
+	switch (nodeTag(parsetree))
+	{
+		case T_CopyStmt:
+			return ((CopyStmt *) parsetree)->is_from;
+		case T_CreateStmt:
+		case T_CreateTableAsStmt:
+		case T_IndexStmt:
+		case T_RefreshMatViewStmt:
+		case T_CreatedbStmt:
+		case T_CreateExtensionStmt:
+		case T_ClusterStmt:
+			return true;
+		default:
+			return false;
+	}
+}
+
+static void
+dbaas_ExecutorStart(QueryDesc *queryDesc, int eflags)
+{
+	/*
+	 * INSERT, UPDATE and MERGE add data; so may a data-modifying WITH (refused
+	 * whole: a DELETE on its own is the way to make room).
+	 */
+	if (storage_is_full() && !(eflags & EXEC_FLAG_EXPLAIN_ONLY)
+		&& (queryDesc->operation == CMD_INSERT || queryDesc->operation == CMD_UPDATE
+			|| queryDesc->operation == CMD_MERGE || queryDesc->plannedstmt->hasModifyingCTE))
+		refuse_for_storage();
+	if (prev_ExecutorStart)
+		prev_ExecutorStart(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
+}
+
 static void
 dbaas_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 					 ProcessUtilityContext context, ParamListInfo params,
@@ -182,6 +245,9 @@ dbaas_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 	Node	   *parsetree = pstmt->utilityStmt;
 	const char *created = NULL;		/* a name that appears */
 	const char *dropped = NULL;		/* a name that goes */
+
+	if (storage_is_full() && adds_data(parsetree))
+		refuse_for_storage();
 
 	/* The platform's own superuser (backups, checks) is not asked about. */
 	if (!superuser())
@@ -271,6 +337,15 @@ _PG_init(void)
 							   PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
+	DefineCustomStringVariable("dbaas.storage_full",
+							   "Why writes are refused (over the plan's storage limit); empty: "
+							   "they are not.",
+							   NULL,
+							   &storage_full,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
 	MarkGUCPrefixReserved("dbaas");
 
 	for (int i = 0; i < (int) lengthof(reported_settings); i++)
@@ -278,4 +353,6 @@ _PG_init(void)
 
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = dbaas_ProcessUtility;
+	prev_ExecutorStart = ExecutorStart_hook;
+	ExecutorStart_hook = dbaas_ExecutorStart;
 }

@@ -48,6 +48,8 @@ class InstanceSpec:
     registrar_dir: Path | None = None
     # Extensions the owner may create (the plan's list).
     allowed_extensions: tuple[str, ...] = ()
+    # Why writes are refused (over the plan's storage limit); "": they are not.
+    storage_full: str = ""
     extra_settings: dict[str, str] = field(default_factory=dict)
 
 
@@ -122,26 +124,13 @@ class Runtime(ABC):
     def status(self, instance_id: str) -> InstanceStatus: ...
 
     def disk_usage(self, instance_id: str) -> int:
-        """Bytes the instance occupies on this host (its data, logs and settings).
+        """Bytes the instance occupies on this host (its data, logs and settings)."""
+        return allocated_bytes(self.instance_dir(instance_id))
 
-        Counts allocated blocks, as the disk sees them, and never follows links.
-        """
-        total = 0
-        stack = [self.instance_dir(instance_id)]
-        while stack:
-            try:
-                entries = list(os.scandir(stack.pop()))
-            except OSError:  # removed or unreadable meanwhile: not ours to count
-                continue
-            for entry in entries:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    else:
-                        total += entry.stat(follow_symlinks=False).st_blocks * 512
-                except OSError:
-                    continue
-        return total
+    @abstractmethod
+    def data_usage(self, instance_id: str) -> int:
+        """Bytes of the tenant's databases: what its plan's storage limit counts
+        (not the write-ahead log, temporary files or the template databases)."""
 
     def prepare_spares(self, image: Image, count: int) -> int:
         """Make work for `create` ahead of time, up to `count` instances; return how many
@@ -187,6 +176,7 @@ def render_postgres_config(runtime: str, spec: InstanceSpec, data_dir: Path) -> 
             max_connections=spec.max_connections,
             registrar=f"{REGISTRAR_DIR}/{REGISTRAR_SOCKET}" if spec.registrar_dir else "",
             allowed_extensions=",".join(spec.allowed_extensions),
+            storage_full=spec.storage_full.replace("'", ""),
             extra_settings=spec.extra_settings,
             **context,
         ),
@@ -202,3 +192,23 @@ def render_postgres_config(runtime: str, spec: InstanceSpec, data_dir: Path) -> 
             if spec.uid is not None:
                 os.chown(path, spec.uid, spec.uid)
     return changed
+
+
+def allocated_bytes(root: Path) -> int:
+    """Allocated blocks under `root`, as the disk sees them, never following links."""
+    total = 0
+    stack = [root]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:  # removed or unreadable meanwhile: not ours to count
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                else:
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+            except OSError:
+                continue
+    return total

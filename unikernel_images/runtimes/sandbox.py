@@ -30,10 +30,14 @@ from unikernel_images.runtimes.base import (
     InstanceState,
     InstanceStatus,
     Runtime,
+    allocated_bytes,
     render_postgres_config,
 )
 
 POLL = 0.003  # seconds between readiness checks; start-up takes ~30 ms
+# In base/: template1, template0 and postgres (initdb's OIDs since PostgreSQL 15),
+# and temporary files.
+NOT_TENANT_DATA = frozenset({"1", "4", "5", "pgsql_tmp"})
 
 
 class SandboxRuntime(Runtime):
@@ -41,6 +45,17 @@ class SandboxRuntime(Runtime):
 
     def data_dir(self, instance_id: str) -> Path:
         return self.instance_dir(instance_id) / "data"
+
+    def data_usage(self, instance_id: str) -> int:
+        # Each database is a directory of base/ named by its OID; initdb gives the
+        # platform's (template1, template0, postgres) fixed ones. pgsql_tmp holds
+        # temporary files, limited apart (temp_file_limit); pg_wal is not in base/.
+        base = self.data_dir(instance_id) / "base"
+        try:
+            databases = [d for d in base.iterdir() if d.name not in NOT_TENANT_DATA]
+        except FileNotFoundError:
+            return 0
+        return sum(allocated_bytes(d) for d in databases)
 
     def _lock_file(self, instance_id: str) -> Path:
         return self.instance_dir(instance_id) / "instance.lock"
