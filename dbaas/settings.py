@@ -184,6 +184,9 @@ DBAAS_PUBLIC_HOST = env_str("DBAAS_PUBLIC_HOST", "127.0.0.1")
 DBAAS_PGBOUNCER_LISTEN = env_str("DBAAS_PGBOUNCER_LISTEN", "127.0.0.1")
 DBAAS_PGBOUNCER_PORT = env_int("DBAAS_PGBOUNCER_PORT", 6432)
 DBAAS_PGBOUNCER_BIN = pgbouncer_binary()
+# Connections one client address may hold open to the pooler at once (a host
+# firewall rule, poolers/firewall.py); 0: no limit.
+DBAAS_POOLER_CONNECTIONS_PER_ADDRESS = env_int("DBAAS_POOLER_CONNECTIONS_PER_ADDRESS", 1000)
 # /metrics names every tenant's database: staff sessions, or this bearer token.
 DBAAS_METRICS_TOKEN = env_str("DBAAS_METRICS_TOKEN", "")
 DBAAS_RECONCILE_INTERVAL = env_int("DBAAS_RECONCILE_INTERVAL", 10)

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 # `postgresql` is the OS's current major: 15 on Debian 12, 17 on Debian 13.
 PACKAGES=(postgresql postgresql-contrib pgbouncer redis-server bubblewrap acl openssl
-          util-linux python3-venv)
+          util-linux python3-venv nftables)
 # Debian 13 moved the old zone names (US/Eastern, ...) apps still use to
 # tzdata-legacy; tenants' servers carry every zone the OS has.
 # (Output captured first: `grep -q` in a pipe under pipefail can kill the writer.)

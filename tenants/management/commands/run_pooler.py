@@ -1,9 +1,12 @@
 """`manage.py run_pooler`: register this host, render PgBouncer's files from the
 control plane, then become PgBouncer (foreground, as the service account)."""
 
+import os
+
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from poolers import firewall
 from tenants import host_agent, services
 
 
@@ -17,6 +20,7 @@ class Command(BaseCommand):
             pooler_port=settings.DBAAS_PGBOUNCER_PORT,
         )
         bouncer = host_agent.pooler_render(host)
+        self._limit_connections_per_address()
         exposure = bouncer.exposure()
         (self.stderr if exposure.exposed else self.stdout).write(
             f"run_pooler: {exposure.message()}"
@@ -27,3 +31,16 @@ class Command(BaseCommand):
         )
         self.stdout.flush()
         bouncer.exec_foreground()
+
+    def _limit_connections_per_address(self) -> None:
+        limit, port = settings.DBAAS_POOLER_CONNECTIONS_PER_ADDRESS, settings.DBAAS_PGBOUNCER_PORT
+        if os.geteuid() != 0:
+            self.stderr.write("run_pooler: not root: no limit of connections per address")
+            return
+        try:
+            firewall.limit_connections_per_address(port, limit)
+        except firewall.FirewallError as exc:
+            self.stderr.write(f"run_pooler: WARNING: no limit of connections per address: {exc}")
+            return
+        if limit:
+            self.stdout.write(f"run_pooler: at most {limit} connections per client address")
