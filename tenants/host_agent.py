@@ -22,6 +22,7 @@ from poolers.pgbouncer import DatabaseEntry, PgBouncer, UserEntry
 from poolers.routes import Routes
 from tenants.models import Host, Tenant, TenantDatabase
 from unikernel_images import postgres_admin
+from unikernel_images.cgroups import Limits
 from unikernel_images.image import default_image_name, load_image
 from unikernel_images.paths import images_dir, instances_dir
 from unikernel_images.runtimes import get_runtime
@@ -98,6 +99,13 @@ def instance_spec(tenant: Tenant) -> InstanceSpec:
         registrar_dir=routes().registrar_dir(tenant.instance_id),
         allowed_extensions=tuple(tenant.plan.extension_list),
         storage_full=storage_full_message(tenant) if tenant.storage_read_only else "",
+        limits=Limits(
+            memory_bytes=tenant.plan.memory_limit_mb << 20,
+            cpus=tenant.plan.cpu_limit,
+            processes=tenant.plan.process_limit,
+        ),
+        temp_file_limit_mb=tenant.plan.temp_file_limit_mb,
+        work_mem_max_mb=tenant.plan.work_mem_max_mb,
     )
 
 

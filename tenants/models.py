@@ -69,6 +69,21 @@ class Plan(models.Model):
     sleeps_when_idle = models.BooleanField(default=True)
     idle_timeout_seconds = models.PositiveIntegerField(default=300)
     is_default = models.BooleanField(default=False, help_text="Given to new accounts.")
+    memory_limit_mb = models.PositiveIntegerField(
+        default=512, help_text="Memory of a database's server, all its processes together."
+    )
+    cpu_limit = models.FloatField(
+        default=1.0, help_text="CPUs' worth of time a database's server may use (0.5: half)."
+    )
+    process_limit = models.PositiveIntegerField(
+        default=100, help_text="Processes of a database's server (connections use one each)."
+    )
+    temp_file_limit_mb = models.IntegerField(
+        default=1024, help_text="Temporary files one session may write (-1: no limit)."
+    )
+    work_mem_max_mb = models.PositiveIntegerField(
+        default=64, help_text="Ceiling of work_mem and maintenance_work_mem (0: none)."
+    )
     databases_per_server = models.PositiveIntegerField(
         default=10,
         help_text="Databases an owner may have on its server (CREATE DATABASE), the "

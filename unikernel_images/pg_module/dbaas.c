@@ -18,7 +18,13 @@
  *    The host sets dbaas.storage_full in the configuration file and reloads it,
  *    so sessions already open are held too; the owner cannot change it.
  *
- * 3. statement_timeout, lock_timeout and idle_in_transaction_session_timeout are
+ * 3. work_mem and maintenance_work_mem cannot be set above the plan's ceiling
+ *    (dbaas.work_mem_max) by the owner: SET, set_config(), ALTER ... SET or at
+ *    connect time. The memory limits of the instance's cgroup and address space
+ *    stay the real bound; this turns a query that would run out of memory into a
+ *    clear error first.
+ *
+ * 4. statement_timeout, lock_timeout and idle_in_transaction_session_timeout are
  *    reported to the client like client_encoding is (GUC_REPORT), so that a
  *    pooler can track them per client and apply them on whichever server
  *    connection the client gets: a client that sets them at connect time gets
@@ -47,6 +53,11 @@ static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 static ExecutorStart_hook_type prev_ExecutorStart = NULL;
 static char *registrar_path = NULL;
 static char *storage_full = NULL;	/* why writes are refused; empty: they are not */
+static int	work_mem_max = 0;		/* kB; 0: no ceiling */
+
+/* The memory settings held under work_mem_max, and their own checks. */
+static const char *const capped_settings[] = {"work_mem", "maintenance_work_mem"};
+static GucIntCheckHook capped_previous_checks[lengthof(capped_settings)];
 static char *allowed_extensions = NULL;
 
 #define REGISTRAR_TIMEOUT_SECONDS 15
@@ -59,27 +70,80 @@ static const char *const reported_settings[] = {
 	"idle_in_transaction_session_timeout",
 };
 
-static void
-report_setting(const char *name)
+static struct config_generic *
+setting_record(const char *name)
 {
 #if PG_VERSION_NUM >= 160000
-	struct config_generic *record = find_option(name, false, true, WARNING);
-
-	if (record != NULL)
-		record->flags |= GUC_REPORT;
+	return find_option(name, false, true, WARNING);
 #else
 	struct config_generic **records = get_guc_variables();
 	int			count = GetNumConfigOptions();
 
 	for (int i = 0; i < count; i++)
-	{
 		if (strcmp(records[i]->name, name) == 0)
-		{
-			records[i]->flags |= GUC_REPORT;
-			return;
-		}
-	}
+			return records[i];
+	return NULL;
 #endif
+}
+
+/* Is this value the owner's doing (not the server's configuration)? */
+static bool
+set_by_the_owner(GucSource source)
+{
+	switch (source)
+	{
+		case PGC_S_DATABASE:
+		case PGC_S_USER:
+		case PGC_S_DATABASE_USER:
+		case PGC_S_CLIENT:
+		case PGC_S_TEST:
+		case PGC_S_SESSION:
+			return true;
+		default:
+			return false;
+	}
+}
+
+static bool
+check_capped(int index, int *newval, void **extra, GucSource source)
+{
+	if (capped_previous_checks[index] != NULL
+		&& !capped_previous_checks[index] (newval, extra, source))
+		return false;
+	if (work_mem_max > 0 && *newval > work_mem_max && set_by_the_owner(source))
+	{
+		GUC_check_errdetail("This database's plan allows at most %d MB.", work_mem_max / 1024);
+		return false;
+	}
+	return true;
+}
+
+static bool
+check_work_mem(int *newval, void **extra, GucSource source)
+{
+	return check_capped(0, newval, extra, source);
+}
+
+static bool
+check_maintenance_work_mem(int *newval, void **extra, GucSource source)
+{
+	return check_capped(1, newval, extra, source);
+}
+
+static void
+cap_settings(void)
+{
+	GucIntCheckHook checks[lengthof(capped_settings)] = {check_work_mem, check_maintenance_work_mem};
+
+	for (int i = 0; i < (int) lengthof(capped_settings); i++)
+	{
+		struct config_generic *record = setting_record(capped_settings[i]);
+
+		if (record == NULL || record->vartype != PGC_INT)
+			continue;
+		capped_previous_checks[i] = ((struct config_int *) record)->check_hook;
+		((struct config_int *) record)->check_hook = checks[i];
+	}
 }
 
 /*
@@ -346,10 +410,25 @@ _PG_init(void)
 							   PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
-	MarkGUCPrefixReserved("dbaas");
+
+	DefineCustomIntVariable("dbaas.work_mem_max",
+							"Ceiling of work_mem and maintenance_work_mem for the owner.",
+							NULL,
+							&work_mem_max,
+							0, 0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
+	MarkGUCPrefixReserved("dbaas");	/* after every dbaas.* setting is defined */
 
 	for (int i = 0; i < (int) lengthof(reported_settings); i++)
-		report_setting(reported_settings[i]);
+	{
+		struct config_generic *record = setting_record(reported_settings[i]);
+
+		if (record != NULL)
+			record->flags |= GUC_REPORT;
+	}
+	cap_settings();
 
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = dbaas_ProcessUtility;

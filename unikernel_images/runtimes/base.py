@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dbaas.files import render_template, write_atomic
+from unikernel_images.cgroups import Limits
 from unikernel_images.image import (
     PACKAGE_DIR,
     REGISTRAR_DIR,
@@ -50,6 +51,11 @@ class InstanceSpec:
     allowed_extensions: tuple[str, ...] = ()
     # Why writes are refused (over the plan's storage limit); "": they are not.
     storage_full: str = ""
+    # What it may use of the host (cgroups); None: no limits.
+    limits: Limits | None = None
+    # PostgreSQL settings of the plan's that the owner cannot raise.
+    temp_file_limit_mb: int = -1
+    work_mem_max_mb: int = 0
     extra_settings: dict[str, str] = field(default_factory=dict)
 
 
@@ -177,6 +183,8 @@ def render_postgres_config(runtime: str, spec: InstanceSpec, data_dir: Path) -> 
             registrar=f"{REGISTRAR_DIR}/{REGISTRAR_SOCKET}" if spec.registrar_dir else "",
             allowed_extensions=",".join(spec.allowed_extensions),
             storage_full=spec.storage_full.replace("'", ""),
+            temp_file_limit=f"{spec.temp_file_limit_mb}MB" if spec.temp_file_limit_mb >= 0 else -1,
+            work_mem_max_mb=spec.work_mem_max_mb,
             extra_settings=spec.extra_settings,
             **context,
         ),

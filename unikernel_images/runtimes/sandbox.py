@@ -22,6 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from unikernel_images import cgroups
 from unikernel_images.image import REGISTRAR_DIR, SUPERUSER, Image, pg_tool
 from unikernel_images.runtimes.base import (
     ExportStream,
@@ -183,7 +184,13 @@ class SandboxRuntime(Runtime):
             # `setsid -f` detaches the sandbox from the caller: a worker that
             # dies or restarts does not take the tenant's postgres with it.
             launcher = subprocess.Popen(
-                ["setsid", "-f", *self._bwrap_args(spec, info_w), *self._command(spec)],
+                [
+                    *self._limited(spec),
+                    "setsid",
+                    "-f",
+                    *self._bwrap_args(spec, info_w),
+                    *self._command(spec),
+                ],  # fmt: skip
                 pass_fds=(info_w, lock_fd),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -200,6 +207,27 @@ class SandboxRuntime(Runtime):
             os.close(info_r)
             if info_w != -1:
                 os.close(info_w)
+
+    def _limited(self, spec: InstanceSpec) -> list[str]:
+        """The start of the launch command that puts the instance in its cgroups and
+        caps each of its processes' memory (every process it forks inherits both):
+        a backend that asks for more than the plan's memory gets "out of memory",
+        and all of them together cannot take more than the plan's memory."""
+        if spec.limits is None:
+            return []
+        prefix = ["prlimit", f"--as={spec.limits.process_address_space_bytes}", "--"]
+        groups = cgroups.detect()
+        if groups is None:
+            return prefix
+        groups.apply(spec.instance_id, spec.limits)
+        procs = " ".join(str(path) for path in groups.procs_files(spec.instance_id))
+        join = 'for procs in $0; do echo $$ > "$procs"; done; exec "$@"'
+        return ["sh", "-c", join, procs, *prefix]
+
+    def destroy(self, instance_id: str) -> None:
+        super().destroy(instance_id)
+        if (groups := cgroups.detect()) is not None:
+            groups.remove(instance_id)
 
     def _bwrap_args(self, spec: InstanceSpec, info_fd: int) -> list[str]:
         iid = spec.instance_id
