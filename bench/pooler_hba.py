@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--tenants", default="100,1000,10000")
     parser.add_argument("--logins", type=int, default=300)
     parser.add_argument("--pgbouncer", default=pgbouncer_binary())
-    parser.add_argument("--user", default="dbaas", help="the account PgBouncer runs as")
+    parser.add_argument("--user", default="dbaas-pooler", help="the account PgBouncer runs as")
     args = parser.parse_args()
     version = subprocess.run(
         [args.pgbouncer, "--version"], capture_output=True, text=True, check=True

@@ -45,15 +45,33 @@ def services_dir() -> Path:
     return Path(env_str("DBAAS_SERVICES_DIR", str(data_dir()))).resolve()
 
 
-def service_user() -> str:
-    """The unprivileged account that runs postgres, redis and pgbouncer.
+def _account(variable: str, default: str) -> str:
+    """The system account a service of the platform runs as (made by setup.sh).
 
-    PostgreSQL refuses to run as root, so when the platform runs as root the
-    daemons drop to a system user made by scripts/setup.sh.
+    PostgreSQL refuses to run as root, and each service gets its own account, so
+    that whoever takes one over (PgBouncer faces the internet) does not get the
+    others: PgBouncer cannot read the control plane's files or Redis's, nor log in
+    to a tenant's server as its superuser. As an ordinary user, everything runs as
+    that user.
     """
     if os.geteuid() == 0:
-        return env_str("DBAAS_SERVICE_USER", "dbaas")
+        return env_str(variable, default)
     return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def pooler_user() -> str:
+    """Runs PgBouncer; the group that may reach tenants' sockets and the activator's."""
+    return _account("DBAAS_POOLER_USER", "dbaas-pooler")
+
+
+def controlplane_user() -> str:
+    """Runs the control-plane PostgreSQL `make run` starts (and builds images' templates)."""
+    return _account("DBAAS_CONTROLPLANE_USER", "dbaas-db")
+
+
+def redis_user() -> str:
+    """Runs the Redis `make run` starts."""
+    return _account("DBAAS_REDIS_USER", "dbaas-redis")
 
 
 def pgbouncer_binary() -> str:

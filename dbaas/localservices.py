@@ -5,25 +5,52 @@ Run as `python -m dbaas.localservices start|stop|status`.
 """
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from dbaas.env import BASE_DIR, env_bool, service_user, services_dir
+from dbaas.env import BASE_DIR, controlplane_user, env_bool, redis_user, services_dir
 from dbaas.files import chown, make_dir, render_template, write_atomic
 
 POSTGRES_LIB_ROOT = Path("/usr/lib/postgresql")
 TEMPLATES = BASE_DIR / "dbaas"
 
 
-def _run_as_service_user(args: list[str], timeout: float = 60) -> str:
-    user = service_user() if os.geteuid() == 0 else None
-    proc = subprocess.run(args, user=user, capture_output=True, text=True, timeout=timeout, cwd="/")
+def _run_as(user: str, args: list[str], timeout: float = 60) -> str:
+    proc = subprocess.run(
+        args,
+        user=user if os.geteuid() == 0 else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd="/",
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{args[0]} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc.stdout
+
+
+def running_as(pidfile: Path) -> str | None:
+    """The account of the process a pid file names, if it runs."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+        return pwd.getpwuid(os.stat(f"/proc/{pid}").st_uid).pw_name
+    except (FileNotFoundError, ValueError, IndexError, KeyError):
+        return None
+
+
+def adopt(path: Path, user: str) -> None:
+    """Give `path` (and what is in it) to `user` if someone else owns it: state made
+    when one account ran every service is taken over by the one that runs it now."""
+    if os.geteuid() != 0 or not path.exists():
+        return
+    uid = pwd.getpwnam(user).pw_uid
+    if path.stat().st_uid != uid:
+        print(f"==> {path} now belongs to {user}")
+        subprocess.run(["chown", "-R", f"{user}:{user}", str(path)], check=True)
 
 
 def grant_traversal(path: Path, user: str) -> None:
@@ -74,18 +101,29 @@ class ControlPlanePostgres:
         )
 
     def start(self) -> None:
-        user = service_user()
+        user = controlplane_user()
         make_dir(self.root, 0o755)
         grant_traversal(self.root, user)
         make_dir(self.root / "log", 0o755)
         make_dir(self.root / "run", 0o755)
+        owner = running_as(self.pgdata / "postmaster.pid")
+        if owner not in (None, user) and os.geteuid() == 0:
+            # Started by an earlier version, under the account every service shared.
+            print(f"==> restarting the control plane as {user} (it runs as {owner})")
+            _run_as(
+                owner,
+                [str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
+            )
+        for path in (self.pgdata, self.socket_dir, self.logfile):
+            adopt(path, user)
         make_dir(self.socket_dir, 0o700, owner=user)
         if self.is_running():
             return
         if not (self.pgdata / "PG_VERSION").exists():
             print(f"==> creating control-plane cluster in {self.pgdata}")
             make_dir(self.pgdata, 0o700, owner=user)
-            _run_as_service_user(
+            _run_as(
+                user,
                 [
                     str(self.bin / "initdb"),
                     "-D",
@@ -115,7 +153,8 @@ class ControlPlanePostgres:
         )
         self.logfile.touch()
         chown(self.logfile, user)
-        _run_as_service_user(
+        _run_as(
+            user,
             [
                 str(self.bin / "pg_ctl"),
                 "-D",
@@ -133,14 +172,17 @@ class ControlPlanePostgres:
 
     def _ensure_database(self) -> None:
         psql = ["psql", "-h", str(self.socket_dir), "-U", "dbaas", "-d", "postgres", "-tAc"]
-        exists = _run_as_service_user([*psql, "SELECT 1 FROM pg_database WHERE datname='dbaas'"])
+        exists = _run_as(
+            controlplane_user(), [*psql, "SELECT 1 FROM pg_database WHERE datname='dbaas'"]
+        )
         if exists.strip() != "1":
-            _run_as_service_user([*psql, "CREATE DATABASE dbaas"])
+            _run_as(controlplane_user(), [*psql, "CREATE DATABASE dbaas"])
 
     def stop(self) -> None:
         if (self.pgdata / "postmaster.pid").exists():
-            _run_as_service_user(
-                [str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"]
+            _run_as(
+                controlplane_user(),
+                [str(self.bin / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop"],
             )
 
 
@@ -163,10 +205,16 @@ class LocalRedis:
             return False
 
     def start(self) -> None:
-        user = service_user()
+        user = redis_user()
         make_dir(self.root, 0o755)
         grant_traversal(self.root, user)
         make_dir(self.root / "log", 0o755)
+        owner = running_as(self.pidfile)
+        if owner not in (None, user) and os.geteuid() == 0:
+            print(f"==> restarting Redis as {user} (it runs as {owner})")
+            self.stop()
+        for path in (self.workdir, self.socket.parent, self.root / "log" / "redis.log"):
+            adopt(path, user)
         make_dir(self.workdir, 0o700, owner=user)
         make_dir(self.socket.parent, 0o700, owner=user)
         if self.is_running():
@@ -187,7 +235,7 @@ class LocalRedis:
             mode=0o600,
             owner=user,
         )
-        _run_as_service_user(["redis-server", str(self.conf)])
+        _run_as(user, ["redis-server", str(self.conf)])
         deadline = time.monotonic() + 30
         while not self.is_running():
             if time.monotonic() > deadline:

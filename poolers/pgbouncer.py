@@ -116,7 +116,9 @@ class PgBouncer:
             write_atomic(self._admin_secret_file, scram_secret(password), mode=0o600)
         # The host's certificate, signed by the platform's CA (poolers/tls.py).
         tls.ensure_host_certificate(self.pki, self.tls_cert, self.tls_key, public_host)
-        for path in (self.tls_key, self.tls_cert):
+        # Readable by the pooler's account (it may have changed since they were written).
+        existing = [f for f in (self.ini, self.auth_file, self.hba_file) if f.exists()]
+        for path in (self.tls_key, self.tls_cert, *existing):
             os.chmod(path, 0o640)
             chown(
                 path, "root" if os.geteuid() == 0 else self.service_user, group_of=self.service_user

@@ -51,9 +51,15 @@ fi
 
 # Debian's packages start their own pgbouncer and redis on the default ports;
 # the platform runs its own, so the packaged ones are not needed.
-if [[ $EUID -eq 0 ]] && ! id dbaas >/dev/null 2>&1; then
-    echo "==> creating system user dbaas (runs postgres, redis and pgbouncer)"
-    useradd --system --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin dbaas
+# Each service of the platform runs as an account of its own (dbaas/env.py).
+if [[ $EUID -eq 0 ]]; then
+    for account in dbaas-pooler dbaas-db dbaas-redis; do
+        if ! id "$account" >/dev/null 2>&1; then
+            echo "==> creating system user $account"
+            useradd --system --home-dir /nonexistent --no-create-home \
+                --shell /usr/sbin/nologin "$account"
+        fi
+    done
 fi
 
 stamp="$VENV/.installed"

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models import F, Prefetch
 from django.utils import timezone
 
-from dbaas.env import data_dir, service_user
+from dbaas.env import data_dir, pooler_user
 from poolers.pgbouncer import DatabaseEntry, PgBouncer, UserEntry
 from poolers.routes import Routes
 from tenants.models import Host, Tenant, TenantDatabase
@@ -52,7 +52,7 @@ def pooler() -> PgBouncer:
         root=data_dir() / "pgbouncer",
         listen_addr=settings.DBAAS_PGBOUNCER_LISTEN,
         listen_port=settings.DBAAS_PGBOUNCER_PORT,
-        service_user=service_user(),
+        service_user=pooler_user(),
         binary=settings.DBAAS_PGBOUNCER_BIN,
     )
 
@@ -76,7 +76,7 @@ def tenant_pk_for_instance(instance_id: str) -> int:
 
 
 def routes() -> Routes:
-    return Routes(data_dir() / "pgbouncer" / "routes", service_user())
+    return Routes(data_dir() / "pgbouncer" / "routes", pooler_user())
 
 
 def runtime_for(tenant: Tenant) -> Runtime:
@@ -89,7 +89,7 @@ def instance_spec(tenant: Tenant) -> InstanceSpec:
         instance_id=tenant.instance_id,
         image=load_image(images_dir(), tenant.image),
         uid=settings.DBAAS_TENANT_UID_BASE + tenant.pk if root else None,
-        socket_group=service_user() if root else None,
+        socket_group=pooler_user() if root else None,
         # What the pooler may open, and a few slots for the platform's own sessions.
         max_connections=_server_connections_cap(tenant) + 5,
         # The owner, to any database it may CONNECT to: its own, and those it
@@ -97,6 +97,8 @@ def instance_spec(tenant: Tenant) -> InstanceSpec:
         # databases is revoked in the image).
         logins=(("all", tenant.role_name),),
         registrar_dir=routes().registrar_dir(tenant.instance_id),
+        # The host agent (every process of the platform's that runs as root).
+        platform_accounts=("root",) if root else (),
         allowed_extensions=tuple(tenant.plan.extension_list),
         storage_full=storage_full_message(tenant) if tenant.storage_read_only else "",
         limits=Limits(

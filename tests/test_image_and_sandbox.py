@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from django.conf import settings
 
+from dbaas.env import controlplane_user, pooler_user
 from unikernel_images.image import build_image, image_name, load_image, newest_major
 from unikernel_images.paths import images_dir
 from unikernel_images.runtimes import get_runtime
@@ -21,7 +22,7 @@ MAJOR = newest_major()
 
 @pytest.fixture(scope="module")
 def image():
-    user = "dbaas" if os.geteuid() == 0 else None
+    user = controlplane_user() if os.geteuid() == 0 else None
     return build_image(images_dir(), image_name(MAJOR), build_user=user, progress=lambda _: None)
 
 
@@ -52,7 +53,7 @@ def test_building_again_is_a_no_op(image):
     again = build_image(
         images_dir(),
         image_name(MAJOR),
-        build_user="dbaas" if os.geteuid() == 0 else None,
+        build_user=controlplane_user() if os.geteuid() == 0 else None,
         progress=lambda _: None,
     )
     assert again.path == image.path
@@ -72,7 +73,7 @@ def sandbox(image, tmp_path_factory):
         instance_id=f"s{os.getpid()}",
         image=image,
         uid=settings.DBAAS_TENANT_UID_BASE + 900000 if os.geteuid() == 0 else None,
-        socket_group="dbaas" if os.geteuid() == 0 else None,
+        socket_group=pooler_user() if os.geteuid() == 0 else None,
     )
     runtime.destroy(spec.instance_id)
     yield runtime, spec

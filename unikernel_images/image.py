@@ -331,6 +331,11 @@ def _build_rootfs(root: Path, major: str) -> tuple[int, list[str]]:
         if EXTENSIONS[ext][1]:
             _mark_trusted(root / (share / "extension" / f"{ext}.control").relative_to("/"))
     files = len(wanted) + _copy_zoneinfo(root)
+    # Peer authentication names the connecting uid by this file: root only, the
+    # host agent's (the platform's superuser logs in so, see pg_hba.conf.j2).
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc" / "passwd").write_text("root:x:0:0:host agent:/:/nonexistent\n")
+    (root / "etc" / "group").write_text("root:x:0:\n")
     for point in MOUNT_POINTS:
         (root / point).mkdir(parents=True, exist_ok=True)
     return files, [e for e in want_extension if e != "amcheck"]

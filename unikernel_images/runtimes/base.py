@@ -51,6 +51,10 @@ class InstanceSpec:
     allowed_extensions: tuple[str, ...] = ()
     # Why writes are refused (over the plan's storage limit); "": they are not.
     storage_full: str = ""
+    # The host accounts that may log in as the platform's superuser (peer
+    # authentication; the image's /etc/passwd names them). Empty: anyone who can
+    # reach the socket (the platform runs as one ordinary user).
+    platform_accounts: tuple[str, ...] = ()
     # What it may use of the host (cgroups); None: no limits.
     limits: Limits | None = None
     # PostgreSQL settings of the plan's that the owner cannot raise.
@@ -189,7 +193,14 @@ def render_postgres_config(runtime: str, spec: InstanceSpec, data_dir: Path) -> 
             **context,
         ),
         "pg_hba.conf": render_template(
-            PACKAGE_DIR, "pg_hba.conf.j2", logins=spec.logins, **context
+            PACKAGE_DIR,
+            "pg_hba.conf.j2",
+            logins=spec.logins,
+            superuser_auth="peer map=platform" if spec.platform_accounts else "trust",
+            **context,
+        ),
+        "pg_ident.conf": render_template(
+            PACKAGE_DIR, "pg_ident.conf.j2", platform_accounts=spec.platform_accounts, **context
         ),
     }
     changed = False

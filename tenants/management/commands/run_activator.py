@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
-from dbaas.env import service_user
+from dbaas.env import pooler_user
 from poolers.activator import Activator
 from poolers.registrar import Registrar
 from tenants import databases, host_agent
@@ -56,7 +56,7 @@ class Command(BaseCommand):
         routes = host_agent.routes()
         routes.prepare()
         activator = Activator(
-            routes, wake, socket_group=service_user() if os.geteuid() == 0 else None,
+            routes, wake, socket_group=pooler_user() if os.geteuid() == 0 else None,
             handoff=hand_off, handoff_delay=settings.DBAAS_ACTIVATOR_HANDOFF_DELAY,
             instance_for_role=instance_for_role,
         )  # fmt: skip

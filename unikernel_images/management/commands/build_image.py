@@ -5,7 +5,7 @@ import os
 
 from django.core.management.base import BaseCommand, CommandError
 
-from dbaas.env import service_user
+from dbaas.env import controlplane_user
 from unikernel_images.image import ImageError, build_image, image_name, installed_majors
 from unikernel_images.paths import images_dir
 
@@ -18,7 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
 
     def handle(self, *args, name, force, **options):
-        build_user = service_user() if os.geteuid() == 0 else None
+        build_user = controlplane_user() if os.geteuid() == 0 else None
         names = [name] if name else [image_name(major) for major in installed_majors()]
         if not names:
             raise CommandError("no PostgreSQL server is installed on this host")
