@@ -110,7 +110,7 @@ class Activator:
             )
         except Exception:
             log.exception("activator: could not wake %s", instance_id)
-            client_w.close()
+            await _refuse(client_w, WAKE_FAILED)
             return
         await asyncio.gather(
             _pipe(client_r, server_w), _pipe(server_r, client_w), return_exceptions=True
@@ -137,7 +137,7 @@ class Activator:
             )
         except Exception:
             log.exception("activator: could not route a maintenance connection")
-            client_w.close()
+            await _refuse(client_w, WAKE_FAILED)
             return
         server_w.write(startup)
         await asyncio.gather(
@@ -215,6 +215,22 @@ async def _read_startup(
         fields = body.split(b"\0")
         params = dict(zip(fields[0::2], fields[1::2], strict=False))
         return header + body, params.get(b"user", b"").decode()
+
+
+# What a client hears when its database could not be started: at once, through the
+# pooler (which reports a failed server login), rather than after its login timeout.
+WAKE_FAILED = ("58000", "the database could not be started; the operators are told, try again")
+
+
+async def _refuse(writer: asyncio.StreamWriter, error: tuple[str, str]) -> None:
+    """Answer the pooler's server connection with a FATAL error, then close it."""
+    try:
+        writer.write(_fatal(*error))
+        await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
 
 
 def _fatal(code: str, message: str) -> bytes:

@@ -234,6 +234,14 @@ def test_timeouts_given_at_connect_time_apply(db, pooled):
             conn.simple_query("SELECT pg_sleep(2)")
     finally:
         conn.close()
+    # Other settings apps give at connect time, the same way.
+    options = "-c search_path=app,public -c default_transaction_isolation=serializable"
+    with connect(url, options=options, autocommit=True) as conn:
+        for _ in range(3):  # transaction after transaction, in both modes
+            with conn.transaction():
+                assert conn.execute("SHOW search_path").fetchone() == ("app, public",)
+                isolation = conn.execute("SHOW transaction_isolation").fetchone()
+                assert isolation == ("serializable",)
     # Only for the client that asked: the next one, on the same server connections,
     # has the server's defaults.
     with connect(url, autocommit=True) as conn:

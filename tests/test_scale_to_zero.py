@@ -274,3 +274,30 @@ def test_after_a_wake_the_activator_hands_its_connections_over(napper, alice, pl
         time.sleep(0.1)
     with connect(napper["connection_string"]) as conn:  # straight to the instance now
         assert conn.execute("SELECT count(*) FROM notes").fetchone() == (1,)
+
+
+def test_a_database_that_cannot_start_is_refused_at_once_and_the_operators_see_why(napper, alice):
+    put_to_sleep(alice, napper)
+    tenant = Tenant.objects.get(pk=napper["id"])
+    control = host_agent.runtime_for(tenant).data_dir(tenant.instance_id) / "global" / "pg_control"
+    hidden = control.with_name("pg_control.hidden")
+    control.rename(hidden)  # postgres cannot start without it
+    try:
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError, match="could not be started"):
+            connect(napper["connection_string"])
+        assert time.monotonic() - started < 5  # not the pooler's 10 s login timeout
+        event = Event.objects.filter(tenant=tenant, action="wake_failed").latest("created_at")
+        assert "pg_control" in event.message or "exited" in event.message
+    finally:
+        hidden.rename(control)
+    # Once it can start again, the next connection wakes it.
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with connect(napper["connection_string"]) as conn:
+                assert conn.execute("SELECT count(*) FROM notes").fetchone() == (1,)
+            break
+        except psycopg.OperationalError:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)

@@ -24,8 +24,9 @@
  *    stay the real bound; this turns a query that would run out of memory into a
  *    clear error first.
  *
- * 4. statement_timeout, lock_timeout and idle_in_transaction_session_timeout are
- *    reported to the client like client_encoding is (GUC_REPORT), so that a
+ * 4. statement_timeout, lock_timeout, idle_in_transaction_session_timeout,
+ *    search_path, default_transaction_isolation and default_transaction_read_only
+ *    are reported to the client like client_encoding is (GUC_REPORT), so that a
  *    pooler can track them per client and apply them on whichever server
  *    connection the client gets: a client that sets them at connect time gets
  *    them, in session and in transaction pooling alike.
@@ -68,6 +69,9 @@ static const char *const reported_settings[] = {
 	"statement_timeout",
 	"lock_timeout",
 	"idle_in_transaction_session_timeout",
+	"search_path",
+	"default_transaction_isolation",
+	"default_transaction_read_only",
 };
 
 static struct config_generic *

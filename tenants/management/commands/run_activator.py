@@ -22,6 +22,7 @@ from poolers.activator import Activator
 from poolers.registrar import Registrar
 from tenants import databases, host_agent
 from tenants.models import Tenant
+from tenants.services import event_record
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,16 @@ def wake(instance_id: str, ready: Callable[[Path], None]) -> Path:
     close_old_connections()
     # Only the pk: instance_wake loads the row itself, once, under the lock.
     tenant = Tenant(pk=host_agent.tenant_pk_for_instance(instance_id))
-    return host_agent.instance_wake(tenant, actor="activator", ready=ready)
+    try:
+        return host_agent.instance_wake(tenant, actor="activator", ready=ready)
+    except Exception as exc:
+        # The client hears it at once (the activator refuses its connection); the
+        # operators see why in the tenant's events.
+        event_record(
+            tenant=tenant, action="wake_failed", actor="activator",
+            message=f"could not start for a connecting client: {str(exc)[:1000]}",
+        )  # fmt: skip
+        raise
 
 
 def decide(instance_id: str, verb: str, name: str) -> str | None:
