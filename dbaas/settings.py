@@ -109,6 +109,9 @@ AUTH_PASSWORD_VALIDATORS = [
     },
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+    # Not a check: Django tells validators when a password changed; this one then
+    # revokes the account's API tokens (tenants/validators.py).
+    {"NAME": "tenants.validators.RevokeTokensOnPasswordChange"},
 ]
 
 LANGUAGE_CODE = "en-us"
@@ -121,6 +124,10 @@ STATIC_ROOT = DATA_DIR / "static"
 # Sign-ups allowed per client IP address and hour (web and API).
 DBAAS_SIGNUPS_PER_IP_HOUR = env_int("DBAAS_SIGNUPS_PER_IP_HOUR", 10)
 DBAAS_TRUSTED_PROXIES = [p for p in env_str("DBAAS_TRUSTED_PROXIES", "").split(",") if p]
+# Failed logins (API tokens and web) before more attempts are refused for 15 minutes.
+DBAAS_LOGIN_FAILURES_PER_ACCOUNT = env_int("DBAAS_LOGIN_FAILURES_PER_ACCOUNT", 10)
+DBAAS_LOGIN_FAILURES_PER_IP = env_int("DBAAS_LOGIN_FAILURES_PER_IP", 50)
+DBAAS_RESET_MAILS_PER_HOUR = env_int("DBAAS_RESET_MAILS_PER_HOUR", 3)
 
 # Password-reset mail: printed on the console unless an SMTP server is set.
 EMAIL_HOST = env_str("DBAAS_SMTP_HOST", "")

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 
 from tenants import backups, downloads, openapi, ratelimit, selectors, services
@@ -112,6 +113,7 @@ def _actor(request: HttpRequest) -> str:
 # -- accounts ----------------------------------------------------------------------
 
 
+@never_cache  # the answer can hold a password or a token
 @endpoint("POST", auth=False)
 def accounts(request: HttpRequest) -> JsonResponse:
     ratelimit.check_signup(request)
@@ -121,6 +123,7 @@ def accounts(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"email": account.user.email, "token": token}, status=201)
 
 
+@never_cache  # the answer can hold a password or a token
 @endpoint("POST", auth=False)
 def tokens(request: HttpRequest) -> JsonResponse:
     body = request.json
@@ -128,7 +131,13 @@ def tokens(request: HttpRequest) -> JsonResponse:
     # No account's email holds a NUL, and PostgreSQL refuses one even in a query.
     if not isinstance(email, str) or not isinstance(password, str) or "\x00" in email:
         raise AuthenticationFailed("invalid email or password")
-    return JsonResponse({"token": services.token_create(email=email, password=password)})
+    ratelimit.check_login(request, email)
+    try:
+        token = services.token_create(email=email, password=password)
+    except AuthenticationFailed:
+        ratelimit.login_failed(request, email)
+        raise
+    return JsonResponse({"token": token})
 
 
 @endpoint("DELETE")
@@ -141,6 +150,7 @@ def token_current(request: HttpRequest) -> JsonResponse:
 # -- databases -----------------------------------------------------------------------
 
 
+@never_cache  # the answer can hold a password or a token
 @endpoint("GET", "POST")
 def databases(request: HttpRequest) -> JsonResponse:
     if request.method == "GET":
@@ -185,6 +195,7 @@ def database(request: HttpRequest, tenant_id: str) -> JsonResponse:
     return JsonResponse(database_json(tenant), status=202)
 
 
+@never_cache  # the answer can hold a password or a token
 @endpoint("POST")
 def database_password(request: HttpRequest, tenant_id: str) -> JsonResponse:
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
@@ -288,6 +299,7 @@ def database_backup(request: HttpRequest, tenant_id: str, backup_id: str) -> Jso
     return JsonResponse(backup_json(_backup_of(tenant, backup_id)))
 
 
+@never_cache  # the answer can hold a password or a token
 @endpoint("POST")
 def database_backup_restore(request: HttpRequest, tenant_id: str, backup_id: str) -> JsonResponse:
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
@@ -326,6 +338,7 @@ def account_backups(request: HttpRequest) -> JsonResponse:
     )
 
 
+@never_cache  # the answer can hold a password or a token
 @endpoint("POST")
 def account_backup_restore(request: HttpRequest, backup_id: str) -> JsonResponse:
     """Restore any of the account's backups (a deleted database's too) into a new one."""

@@ -39,3 +39,40 @@ def check_signup(request) -> None:
     key = f"signup:{client_ip(request)}"
     if not allow(key, settings.DBAAS_SIGNUPS_PER_IP_HOUR, 3600):
         raise TooManyRequests("too many sign-ups from your address; try again in an hour")
+
+
+LOGIN_WINDOW = 900  # seconds
+
+
+def _count(key: str, period_seconds: int) -> int:
+    window = int(time.time() // period_seconds)
+    return cache.get(f"ratelimit:{key}:{window}", 0)
+
+
+def check_login(request, email: str) -> None:
+    """Refuse a login attempt (before the password is even checked) once this
+    account, or this address, has failed too often in the last quarter of an hour:
+    a password cannot be guessed at speed, nor every account tried from one place."""
+    email = (email or "").strip().lower()
+    if (
+        _count(f"loginfail:account:{email}", LOGIN_WINDOW)
+        >= settings.DBAAS_LOGIN_FAILURES_PER_ACCOUNT
+        or _count(f"loginfail:ip:{client_ip(request)}", LOGIN_WINDOW)
+        >= settings.DBAAS_LOGIN_FAILURES_PER_IP
+    ):
+        raise TooManyRequests("too many failed logins; try again in 15 minutes")
+
+
+def login_failed(request, email: str) -> None:
+    email = (email or "").strip().lower()
+    allow(f"loginfail:account:{email}", 0, LOGIN_WINDOW)
+    allow(f"loginfail:ip:{client_ip(request)}", 0, LOGIN_WINDOW)
+
+
+def check_password_reset(request, email: str) -> bool:
+    """At most a few reset mails per account and per address an hour (they go to a
+    mailbox, and could be used to flood it)."""
+    email = (email or "").strip().lower()
+    return allow(f"reset:account:{email}", settings.DBAAS_RESET_MAILS_PER_HOUR, 3600) and allow(
+        f"reset:ip:{client_ip(request)}", 5 * settings.DBAAS_RESET_MAILS_PER_HOUR, 3600
+    )

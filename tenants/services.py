@@ -25,6 +25,8 @@ from tenants.models import Account, ApiToken, Event, Host, Plan, Tenant
 from unikernel_images.image import default_image_name
 
 State = Tenant.State
+# The email is the account's user name too: Django keeps 150 characters of it.
+EMAIL_MAX_LENGTH = 150
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 NAME_RULE = (
     "a database name is 1 to 40 characters: lowercase letters, digits and underscores, "
@@ -104,6 +106,8 @@ def account_create(*, email: str, password: str) -> tuple[Account, str]:
         validate_email(email)
     except ValidationError:
         raise InvalidInput("enter a valid email address") from None
+    if len(email) > EMAIL_MAX_LENGTH:
+        raise InvalidInput(f"emails of up to {EMAIL_MAX_LENGTH} characters only")
     User = get_user_model()
     try:
         validate_password(password or "", user=User(username=email, email=email))

@@ -16,6 +16,7 @@ from django.contrib.auth.forms import AuthenticationForm
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from tenants import backups, downloads, ratelimit, selectors, services
@@ -46,6 +47,31 @@ class EmailAuthenticationForm(AuthenticationForm):
 class LoginView(auth_views.LoginView):
     form_class = EmailAuthenticationForm
     template_name = "tenants/login.html"
+
+    def post(self, request, *args, **kwargs):
+        email = request.POST.get("username", "")
+        try:
+            ratelimit.check_login(request, email)
+        except ServiceError as exc:
+            form = self.get_form()
+            form.errors.clear()
+            form.add_error(None, exc.message[:1].upper() + exc.message[1:])
+            return self.render_to_response(self.get_context_data(form=form), status=exc.status)
+        return super().post(request, *args, **kwargs)
+
+    def form_invalid(self, form):
+        ratelimit.login_failed(self.request, self.request.POST.get("username", ""))
+        return super().form_invalid(form)
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    """Sends the mail only within DBAAS_RESET_MAILS_PER_HOUR; the page says the same
+    either way (it never tells whether an account exists)."""
+
+    def form_valid(self, form):
+        if not ratelimit.check_password_reset(self.request, form.cleaned_data["email"]):
+            return redirect(self.get_success_url())
+        return super().form_valid(form)
 
 
 class LogoutView(auth_views.LogoutView):
@@ -142,6 +168,7 @@ def _show_credentials_once(request, tenant: Tenant, password: str, created: bool
     return redirect("database-credentials", tenant_id=tenant.pk)
 
 
+@never_cache  # shows the password, once: no copy in any cache
 @account_required
 def database_credentials(request: HttpRequest, account: Account, tenant_id: int) -> HttpResponse:
     tenant = _tenant(account, tenant_id)

@@ -15,7 +15,7 @@ urlpatterns = [
     path("logout", views.LogoutView.as_view(), name="logout"),
     path(
         "password-reset",
-        auth_views.PasswordResetView.as_view(
+        views.PasswordResetView.as_view(
             template_name="tenants/password_reset_form.html",
             email_template_name="tenants/password_reset_email.txt",
             subject_template_name="tenants/password_reset_subject.txt",

@@ -1,0 +1,86 @@
+"""Accounts against guessing and leaks: failed logins are throttled per account
+and per address (API and web), a password change revokes the API tokens made with
+the old one, reset mails are limited, long emails are a 400, pages and answers that
+show a secret are never cached."""
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core import mail
+from django.core.cache import cache
+
+from tenants.models import ApiToken
+from tests.conftest import Api, signup
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True)
+def fresh_counters():
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def test_failed_api_logins_are_throttled_per_account(db, client):
+    api = signup(client, "target@example.com")
+    anon = Api(client)
+    for _ in range(settings.DBAAS_LOGIN_FAILURES_PER_ACCOUNT):
+        response = anon.call(
+            "POST", "/tokens", {"email": "target@example.com", "password": "wrong"}
+        )
+        assert response.status_code == 401
+    # The right password is refused too now: guessing cannot go on.
+    right = {"email": "target@example.com", "password": "correct horse battery staple"}
+    response = anon.call("POST", "/tokens", right)
+    assert response.status_code == 429
+    assert "too many failed logins" in response.json()["error"]
+    # Another account is not locked by it.
+    signup(client, "other@example.com")
+    other = {"email": "other@example.com", "password": "correct horse battery staple"}
+    assert anon.call("POST", "/tokens", other).status_code == 200
+    assert api.call("GET", "/databases").status_code == 200  # tokens made before still work
+
+
+def test_failed_web_logins_are_throttled_per_address(db, client, settings):
+    settings.DBAAS_LOGIN_FAILURES_PER_IP = 5
+    for n in range(5):
+        page = client.post("/login", {"username": f"user{n}@example.com", "password": "wrong"})
+        assert page.status_code == 200 and b"Please enter a correct" in page.content
+    page = client.post("/login", {"username": "anyone@example.com", "password": "wrong"})
+    assert page.status_code == 429
+    assert b"Too many failed logins" in page.content
+
+
+def test_a_password_change_revokes_the_api_tokens(db, client):
+    api = signup(client, "changer@example.com")
+    assert api.call("GET", "/databases").status_code == 200
+    user = get_user_model().objects.get(email="changer@example.com")
+    user.set_password("a new long passphrase")
+    user.save()
+    assert not ApiToken.objects.filter(account__user=user).exists()
+    assert api.call("GET", "/databases").status_code == 401
+
+
+def test_reset_mails_are_limited_per_account(db, client):
+    signup(client, "mailbox@example.com")
+    for _ in range(settings.DBAAS_RESET_MAILS_PER_HOUR + 3):
+        response = client.post("/password-reset", {"email": "mailbox@example.com"})
+        assert response.status_code == 302  # the same answer whatever happens
+    assert len(mail.outbox) == settings.DBAAS_RESET_MAILS_PER_HOUR
+
+
+def test_a_long_email_is_a_clear_400(db, client):
+    email = "a" * 160 + "@example.com"
+    response = Api(client).call("POST", "/accounts", {"email": email, "password": "x" * 20})
+    assert response.status_code == 400
+    assert "150 characters" in response.json()["error"]
+    page = client.post("/signup", {"email": email, "password": "a long passphrase"})
+    assert page.status_code == 400 and b"150 characters" in page.content
+
+
+def test_answers_that_show_a_secret_are_not_cached(db, client):
+    response = Api(client).call(
+        "POST", "/accounts", {"email": "nocache@example.com", "password": "a long passphrase"}
+    )
+    assert "no-store" in response["Cache-Control"]
