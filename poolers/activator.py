@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
-from poolers.routes import Routes
+from poolers.routes import Routes, keep_in_step
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,7 @@ class Activator:
 
     async def run(self) -> None:
         """Listen for every routed instance; pick up new and removed ones by scanning."""
-        while True:
-            try:
-                await self.sync_listeners()
-            except Exception:
-                log.exception("activator: scanning routes failed")
-            await asyncio.sleep(self.scan_interval)
+        await keep_in_step(self.sync_listeners, self.scan_interval, "activator")
 
     async def sync_listeners(self) -> None:
         if self.instance_for_role is not None and MAINTENANCE not in self.servers:

@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Callable
 
-from poolers.routes import Routes
+from poolers.routes import Routes, keep_in_step
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,7 @@ class Registrar:
         self.servers: dict[str, asyncio.AbstractServer] = {}
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.sync_listeners()
-            except Exception:
-                log.exception("registrar: scanning routes failed")
-            await asyncio.sleep(self.scan_interval)
+        await keep_in_step(self.sync_listeners, self.scan_interval, "registrar")
 
     async def sync_listeners(self) -> None:
         wanted = set(self.routes.instance_ids())

@@ -7,10 +7,15 @@ swapping the link (atomically, with rename) reroutes new server connections with
 no RELOAD, which would stall every tenant of the host.
 """
 
+import asyncio
+import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from dbaas.files import chown, make_dir
+
+log = logging.getLogger(__name__)
 
 
 class Routes:
@@ -81,3 +86,15 @@ class Routes:
         if not self.root.exists():
             return []
         return sorted(p.name for p in self.root.iterdir() if not p.name.startswith("."))
+
+
+async def keep_in_step(sync: Callable[[], Awaitable[None]], interval: float, who: str) -> None:
+    """Run `sync` every `interval` seconds for ever: how the activator and the
+    registrar pick up routes that appear and go. A failed round is logged; the next
+    one tries again."""
+    while True:
+        try:
+            await sync()
+        except Exception:
+            log.exception("%s: scanning routes failed", who)
+        await asyncio.sleep(interval)
