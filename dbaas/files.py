@@ -5,6 +5,8 @@ Jinja2 rendering of config templates, atomic writes, ownership for the service u
 import functools
 import os
 import pwd
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,6 +24,10 @@ def _environment(package_dir: Path) -> jinja2.Environment:
     # (rendering sits on the provisioning and wake paths).
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(package_dir / "templates"),
+        # A running process keeps the templates it first read: they go with the
+        # code it runs. A checkout updated under it (new variables in a template)
+        # takes effect at its restart, instead of failing every render meanwhile.
+        auto_reload=False,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,  # noqa: S701 - these are config files, not HTML
@@ -67,3 +73,18 @@ def make_dir(path: Path, mode: int, owner: str | None = None) -> Path:
     if owner is not None:
         chown(path, owner)
     return path
+
+
+def grant_traversal(path: Path, user: str) -> None:
+    """Let `user` reach `path`: its ancestors need search (x) permission.
+
+    A checkout under /root is mode 700; an ACL entry gives the service account
+    search-only access to each such ancestor, nothing more.
+    """
+    if os.geteuid() != 0:
+        return
+    for ancestor in reversed(path.parents):
+        if os.stat(ancestor).st_mode & 0o001:
+            continue
+        subprocess.run(["setfacl", "-m", f"u:{user}:--x", str(ancestor)], check=True)
+        print(f"note: gave {user} search permission on {ancestor} (ACL)", file=sys.stderr)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from dbaas.env import BASE_DIR, controlplane_user, env_bool, redis_user, services_dir
-from dbaas.files import chown, make_dir, render_template, write_atomic
+from dbaas.files import chown, grant_traversal, make_dir, render_template, write_atomic
 
 POSTGRES_LIB_ROOT = Path("/usr/lib/postgresql")
 TEMPLATES = BASE_DIR / "dbaas"
@@ -51,21 +51,6 @@ def adopt(path: Path, user: str) -> None:
     if path.stat().st_uid != uid:
         print(f"==> {path} now belongs to {user}")
         subprocess.run(["chown", "-R", f"{user}:{user}", str(path)], check=True)
-
-
-def grant_traversal(path: Path, user: str) -> None:
-    """Let `user` reach `path`: its ancestors need search (x) permission.
-
-    A checkout under /root is mode 700; an ACL entry gives the service account
-    search-only access to each such ancestor, nothing more.
-    """
-    if os.geteuid() != 0:
-        return
-    for ancestor in reversed(path.parents):
-        if os.stat(ancestor).st_mode & 0o001:
-            continue
-        subprocess.run(["setfacl", "-m", f"u:{user}:--x", str(ancestor)], check=True)
-        print(f"note: gave {user} search permission on {ancestor} (ACL)", file=sys.stderr)
 
 
 class ControlPlanePostgres:

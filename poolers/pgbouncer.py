@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 
-from dbaas.files import chown, make_dir, render_template, write_atomic
+from dbaas.files import chown, grant_traversal, make_dir, render_template, write_atomic
 from poolers import advisories, tls
 from poolers.scram import new_password, scram_secret
 
@@ -104,6 +104,10 @@ class PgBouncer:
     def prepare(self, public_host: str) -> None:
         """Directories, admin secret and TLS certificate: everything but the lists."""
         make_dir(self.root, 0o750, owner=None)
+        # The pooler's account must reach its files and its binary (a checkout
+        # under /root, say, is not open to it).
+        grant_traversal(self.root, self.service_user)
+        grant_traversal(Path(self.executable()), self.service_user)
         chown(
             self.root,
             "root" if os.geteuid() == 0 else self.service_user,
@@ -182,8 +186,12 @@ class PgBouncer:
 
     # -- process -----------------------------------------------------------------
 
+    def executable(self) -> str:
+        """The binary's real path (build/pgbouncer/pgbouncer is a link to the chosen one)."""
+        return os.path.realpath(shutil.which(self.binary) or self.binary)
+
     def command(self) -> list[str]:
-        return [self.binary, str(self.ini)]
+        return [self.executable(), str(self.ini)]
 
     @property
     def version(self) -> advisories.Version:

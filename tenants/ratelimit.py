@@ -1,5 +1,6 @@
 """Fixed-window rate limits on a shared cache (Redis), e.g. sign-ups per IP address."""
 
+import hashlib
 import time
 
 from django.conf import settings
@@ -49,13 +50,17 @@ def _count(key: str, period_seconds: int) -> int:
     return cache.get(f"ratelimit:{key}:{window}", 0)
 
 
+def _account_key(email: str) -> str:
+    """A cache key part for an email as typed (any characters): its digest."""
+    return hashlib.sha256((email or "").strip().lower().encode()).hexdigest()[:32]
+
+
 def check_login(request, email: str) -> None:
     """Refuse a login attempt (before the password is even checked) once this
     account, or this address, has failed too often in the last quarter of an hour:
     a password cannot be guessed at speed, nor every account tried from one place."""
-    email = (email or "").strip().lower()
     if (
-        _count(f"loginfail:account:{email}", LOGIN_WINDOW)
+        _count(f"loginfail:account:{_account_key(email)}", LOGIN_WINDOW)
         >= settings.DBAAS_LOGIN_FAILURES_PER_ACCOUNT
         or _count(f"loginfail:ip:{client_ip(request)}", LOGIN_WINDOW)
         >= settings.DBAAS_LOGIN_FAILURES_PER_IP
@@ -64,15 +69,13 @@ def check_login(request, email: str) -> None:
 
 
 def login_failed(request, email: str) -> None:
-    email = (email or "").strip().lower()
-    allow(f"loginfail:account:{email}", 0, LOGIN_WINDOW)
+    allow(f"loginfail:account:{_account_key(email)}", 0, LOGIN_WINDOW)
     allow(f"loginfail:ip:{client_ip(request)}", 0, LOGIN_WINDOW)
 
 
 def check_password_reset(request, email: str) -> bool:
     """At most a few reset mails per account and per address an hour (they go to a
     mailbox, and could be used to flood it)."""
-    email = (email or "").strip().lower()
-    return allow(f"reset:account:{email}", settings.DBAAS_RESET_MAILS_PER_HOUR, 3600) and allow(
-        f"reset:ip:{client_ip(request)}", 5 * settings.DBAAS_RESET_MAILS_PER_HOUR, 3600
-    )
+    return allow(
+        f"reset:account:{_account_key(email)}", settings.DBAAS_RESET_MAILS_PER_HOUR, 3600
+    ) and allow(f"reset:ip:{client_ip(request)}", 5 * settings.DBAAS_RESET_MAILS_PER_HOUR, 3600)

@@ -45,11 +45,18 @@ def test_a_query_that_wants_a_gigabyte_fails_alone(small_plan, alice, bob):
 
     thread = threading.Thread(target=neighbour_works)
     thread.start()
+    bystander = connect(greedy["connection_string"], autocommit=True)
     with connect(greedy["connection_string"], autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.OutOfMemory):
-            conn.execute("SELECT length(repeat('x', 1000000000))")
+        # A gigabyte, and 200 MB: more than one process may take of the plan's 256
+        # MB, but less than the instance's limit, where the kernel would kill it
+        # and PostgreSQL restart the whole server.
+        for size in (1_000_000_000, 200_000_000):
+            with pytest.raises(psycopg.errors.OutOfMemory):
+                conn.execute(f"SELECT length(repeat('x', {size}))")
         # Its own session goes on, the server did not restart.
         assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert bystander.execute("SELECT 1").fetchone() == (1,)
+    bystander.close()
     thread.join(30)
     assert len(answers) == 20
 

@@ -18,7 +18,7 @@ CPU_PERIOD_US = 100_000
 
 # What a postgres process maps besides what it allocates: the binary, its
 # libraries and the shared memory (~100 MB of address space for an idle backend).
-PROCESS_BASE_BYTES = 256 << 20
+PROCESS_BASE_BYTES = 128 << 20
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,13 @@ class Limits:
 
     @property
     def process_address_space_bytes(self) -> int:
-        """RLIMIT_AS of each process: one process may allocate up to the memory
-        limit; past it, PostgreSQL answers "out of memory" for that query alone."""
-        return self.memory_bytes + PROCESS_BASE_BYTES
+        """RLIMIT_AS of each process: three quarters of the instance's memory (its
+        mappings included, so a backend can allocate somewhat less); past that
+        PostgreSQL answers "out of memory" for that query alone. It must give out
+        before the cgroup's limit does: the kernel's OOM killer would kill the
+        process, and PostgreSQL then restarts the whole server, every session of
+        the tenant with it."""
+        return max(self.memory_bytes * 3 // 4, PROCESS_BASE_BYTES + (64 << 20))
 
 
 class Cgroups(ABC):
