@@ -27,7 +27,7 @@ deb-src [signed-by=$key] http://deb.debian.org/debian sid main
 EOF
     # One suite that cannot be read does not spoil the others.
     apt-get "${DEBSRC_OPTS[@]}" update -qq >/dev/null 2>&1 || true
-    compgen -G "$DEBSRC_ROOT/lists/*_Sources" >/dev/null || return 1
+    compgen -G "$DEBSRC_ROOT/lists/*_Sources*" >/dev/null || return 1  # maybe .lz4
     touch "$stamp"
 }
 
