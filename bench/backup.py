@@ -30,7 +30,7 @@ django.setup()
 
 from django.conf import settings  # noqa: E402
 
-from bench.provision import api  # noqa: E402
+from bench.provision import api, trust_platform_ca  # noqa: E402
 from tenants import backups, host_agent  # noqa: E402
 from tenants.models import Backup, Restore, Tenant  # noqa: E402
 
@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=68, help="pgbench scale (68: ~1 GB)")
     parser.add_argument("--s3", action="store_true", help="also back up to a local SeaweedFS")
     args = parser.parse_args()
+    trust_platform_ca(args.url)
 
     run = str(int(time.time()))
     status, body = api(

@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import statistics
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -52,6 +53,19 @@ def sign_up(base: str, email: str, password: str) -> str:
     return body["token"]
 
 
+def trust_platform_ca(base: str) -> None:
+    """Connection strings say sslmode=verify-full: trust the platform's CA for this
+    run (unless PGSSLROOTCERT names one already), as `dbaas trust` does for users."""
+    if os.environ.get("PGSSLROOTCERT"):
+        return
+    with urllib.request.urlopen(f"{base}/api/v1/ca.pem", timeout=30) as response:
+        pem = response.read()
+    fd, path = tempfile.mkstemp(prefix="dbaas-ca-", suffix=".pem")
+    os.write(fd, pem)
+    os.close(fd)
+    os.environ["PGSSLROOTCERT"] = path
+
+
 def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))
@@ -84,6 +98,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=5.0, help="idle seconds before PSS")
     parser.add_argument("--keep", action="store_true", help="do not delete the databases")
     args = parser.parse_args()
+    trust_platform_ca(args.url)
 
     run = secrets.token_hex(3)
     tokens: list[str] = []

@@ -17,7 +17,9 @@ import threading
 import time
 
 import psycopg
-from provision import api, percentile, sign_up  # same folder: the shared API client
+
+# Same folder: the shared API client.
+from provision import api, percentile, sign_up, trust_platform_ca
 
 
 def connect_select(url: str) -> float:
@@ -93,6 +95,7 @@ def main() -> None:
     parser.add_argument("--per-account", type=int, default=3, help="the plan's quota")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
+    trust_platform_ca(args.url)
 
     run = str(int(time.time()))
     dbs: list[tuple[str, dict]] = []

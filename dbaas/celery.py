@@ -1,5 +1,8 @@
-"""The Celery app. Work for a tenant runs on its host's queue, `host.<name>`;
-control-plane work (fan-out, beat jobs) on the `control` queue.
+"""The Celery app. Work for a tenant runs on its host: short work (provision, sleep,
+wake, passwords, reconcile) on `host.<name>`, long work (backups, restores, their
+verification) on `host.<name>.bulk`, served by a worker of its own so that a burst
+of backups never delays anyone's password change. Control-plane work (fan-out,
+beat jobs) runs on the `control` queue.
 """
 
 import os
@@ -15,3 +18,7 @@ app.autodiscover_tasks()
 
 def host_queue(host_name: str) -> str:
     return f"host.{host_name}"
+
+
+def host_bulk_queue(host_name: str) -> str:
+    return f"host.{host_name}.bulk"

@@ -267,6 +267,7 @@ def show_credentials(session: Session, db: dict) -> None:
         )
         if db["state"] != "running":
             click.echo(f"note: it is {db['state']}; the string works once it runs", err=True)
+        click.echo("It checks the server's certificate: run `dbaas trust` once first.", err=True)
         click.echo(
             f"Keep the password now: it is not shown again (`dbaas db url {db['name']}` "
             "sets a new one).",
@@ -398,6 +399,34 @@ def logout(session: Session) -> None:
         {"logged_out": email is not None},
         lambda: click.echo(f"Logged out {email}." if email else "Not logged in."),
     )
+
+
+@cli.command()
+@pass_session
+def trust(session: Session) -> None:
+    """Trust the platform's CA for PostgreSQL clients.
+
+    Connection strings say sslmode=verify-full: libpq (psql, psycopg, Django,
+    SQLAlchemy) then checks the pooler's certificate against ~/.postgresql/root.crt
+    (or $PGSSLROOTCERT). This adds the platform's CA to that file, once.
+    """
+    with session.client(auth=False).open("GET", "/ca.pem") as response:
+        pem = response.read().decode("ascii", "replace")
+    if not pem.startswith("-----BEGIN CERTIFICATE-----"):
+        raise CliError(f"{session.api_url} answered no certificate: is it a dbaas API?")
+    target = Path(os.environ.get("PGSSLROOTCERT") or Path.home() / ".postgresql" / "root.crt")
+    try:
+        present = target.read_text() if target.exists() else ""
+        added = pem.strip() not in present
+        if added:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("a") as file:
+                file.write(("" if not present or present.endswith("\n") else "\n") + pem)
+    except OSError as exc:
+        raise CliError(f"cannot write {target}: {exc}") from None
+    result = {"path": str(target), "added": added}
+    message = f"{'Added' if added else 'Already in'} {target}: the platform's CA."
+    session.output(result, lambda: click.echo(message))
 
 
 # -- databases ---------------------------------------------------------------------------

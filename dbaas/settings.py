@@ -40,6 +40,28 @@ DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_str("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
+# Where users reach the web console. Served over https (by a proxy in front that
+# terminates TLS and says so in X-Forwarded-Proto), cookies are sent only over
+# TLS and browsers are told to use nothing else (HSTS).
+DBAAS_PUBLIC_URL = env_str("DBAAS_PUBLIC_URL", "").rstrip("/")
+if DBAAS_PUBLIC_URL.startswith("https://"):
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = 365 * 24 * 3600
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = False  # the operator's other names are not ours
+    CSRF_TRUSTED_ORIGINS.append(DBAAS_PUBLIC_URL)
+    ALLOWED_HOSTS.append(DBAAS_PUBLIC_URL.removeprefix("https://").split("/")[0].split(":")[0])
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+# Pages load scripts and styles from this site only; no page may frame them.
+# Inline styles stay allowed (the admin and the meters use them); inline scripts not.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
 INSTALLED_APPS = [
     "tenants.apps.DbaasAdminConfig",  # django.contrib.admin, our index
     "django.contrib.auth",
@@ -62,6 +84,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "dbaas.middleware.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "dbaas.urls"
@@ -128,6 +151,8 @@ DBAAS_TRUSTED_PROXIES = [p for p in env_str("DBAAS_TRUSTED_PROXIES", "").split("
 DBAAS_LOGIN_FAILURES_PER_ACCOUNT = env_int("DBAAS_LOGIN_FAILURES_PER_ACCOUNT", 10)
 DBAAS_LOGIN_FAILURES_PER_IP = env_int("DBAAS_LOGIN_FAILURES_PER_IP", 50)
 DBAAS_RESET_MAILS_PER_HOUR = env_int("DBAAS_RESET_MAILS_PER_HOUR", 3)
+# Backups an account may have queued or running at once (429 beyond).
+DBAAS_BACKUPS_UNFINISHED_PER_ACCOUNT = env_int("DBAAS_BACKUPS_UNFINISHED_PER_ACCOUNT", 3)
 
 # Password-reset mail: printed on the console unless an SMTP server is set.
 EMAIL_HOST = env_str("DBAAS_SMTP_HOST", "")
@@ -191,9 +216,23 @@ DBAAS_PUBLIC_HOST = env_str("DBAAS_PUBLIC_HOST", "127.0.0.1")
 DBAAS_PGBOUNCER_LISTEN = env_str("DBAAS_PGBOUNCER_LISTEN", "127.0.0.1")
 DBAAS_PGBOUNCER_PORT = env_int("DBAAS_PGBOUNCER_PORT", 6432)
 DBAAS_PGBOUNCER_BIN = pgbouncer_binary()
+# What connection strings ask of the client's TLS: verify-full checks the pooler's
+# certificate and name against the platform's CA (GET /api/v1/ca.pem, which libpq
+# reads from ~/.postgresql/root.crt). With an operator's certificate from a public
+# CA: "sslmode=verify-full&sslrootcert=system" (libpq 16 and later).
+DBAAS_CONNECTION_TLS = env_str("DBAAS_CONNECTION_TLS", "sslmode=verify-full")
 # Connections one client address may hold open to the pooler at once (a host
 # firewall rule, poolers/firewall.py); 0: no limit.
 DBAAS_POOLER_CONNECTIONS_PER_ADDRESS = env_int("DBAAS_POOLER_CONNECTIONS_PER_ADDRESS", 1000)
+# Failed logins at the pooler from one address within the window (seconds) that
+# get it refused by the host firewall for DBAAS_POOLER_BAN_SECONDS (0: never).
+DBAAS_POOLER_LOGIN_FAILURES_PER_ADDRESS = env_int("DBAAS_POOLER_LOGIN_FAILURES_PER_ADDRESS", 30)
+DBAAS_POOLER_LOGIN_FAILURE_WINDOW = env_int("DBAAS_POOLER_LOGIN_FAILURE_WINDOW", 600)
+DBAAS_POOLER_BAN_SECONDS = env_int("DBAAS_POOLER_BAN_SECONDS", 900)
+# Addresses never banned (comma-separated), e.g. an operator's monitoring.
+DBAAS_POOLER_LOGIN_GUARD_EXEMPT = [
+    a for a in env_str("DBAAS_POOLER_LOGIN_GUARD_EXEMPT", "").split(",") if a
+]
 # /metrics names every tenant's database: staff sessions, or this bearer token.
 DBAAS_METRICS_TOKEN = env_str("DBAAS_METRICS_TOKEN", "")
 DBAAS_RECONCILE_INTERVAL = env_int("DBAAS_RECONCILE_INTERVAL", 10)

@@ -1,11 +1,14 @@
-"""The host firewall rule in front of the pooler: at most N connections open at once
-from one client address (nftables, rendered from templates/nftables.conf.j2).
+"""The host firewall rules in front of the pooler (nftables, rendered from
+templates/nftables.conf.j2): at most N connections open at once from one client
+address, and addresses banned for a while after too many failed logins.
 
 PgBouncer drops a connection that has not logged in after client_login_timeout, but
 has no limit per address: without this, one address could hold all of its
-max_client_conn slots with connections that never send a byte.
+max_client_conn slots with connections that never send a byte. Nor does it slow
+down password guessing; poolers/login_guard.py bans through here.
 """
 
+import ipaddress
 import subprocess
 from pathlib import Path
 
@@ -22,22 +25,43 @@ def table_name(port: int) -> str:
     return f"dbaas_pooler_{port}"
 
 
-def limit_connections_per_address(port: int, limit: int) -> None:
-    """Install (or replace) the rule for the pooler's port; limit 0 removes it."""
-    if limit <= 0:
-        remove(port)
-        return
+def install(port: int, connections_per_address: int) -> None:
+    """Install (or replace) the pooler port's table: its ban sets, and the cap on
+    connections per address unless that is 0."""
     ruleset = render_template(
-        PACKAGE_DIR, "nftables.conf.j2", table=table_name(port), port=port, limit=limit
-    )
+        PACKAGE_DIR, "nftables.conf.j2", table=table_name(port), port=port,
+        limit=max(0, connections_per_address),
+    )  # fmt: skip
     _nft(["-f", "-"], ruleset)
 
 
-def remove(port: int) -> None:
-    _nft(["-f", "-"], f"table inet {table_name(port)}\ndelete table inet {table_name(port)}\n")
+def ban(port: int, address: str, seconds: int) -> None:
+    """Refuse new connections from `address` to the pooler for `seconds`."""
+    ip = ipaddress.ip_address(address)
+    family = "v4" if ip.version == 4 else "v6"
+    _nft(["-f", "-"], f"add element inet {table_name(port)} banned_{family} "
+                      f"{{ {ip} timeout {int(seconds)}s }}\n")  # fmt: skip
 
 
-def _nft(args: list[str], stdin: str) -> None:
+def unban(port: int, address: str) -> None:
+    ip = ipaddress.ip_address(address)
+    family = "v4" if ip.version == 4 else "v6"
+    _nft(["-f", "-"], f"delete element inet {table_name(port)} banned_{family} {{ {ip} }}\n")
+
+
+def banned(port: int) -> set[str]:
+    """The addresses banned now."""
+    found: set[str] = set()
+    for family in ("v4", "v6"):
+        out = _nft(["list", "set", "inet", table_name(port), f"banned_{family}"], "")
+        body = out.partition("elements = {")[2].partition("}")[0]
+        for item in body.split(","):
+            if item.strip():
+                found.add(item.split()[0])
+    return found
+
+
+def _nft(args: list[str], stdin: str) -> str:
     try:
         proc = subprocess.run(
             ["nft", *args], input=stdin, capture_output=True, text=True, timeout=30
@@ -46,3 +70,4 @@ def _nft(args: list[str], stdin: str) -> None:
         raise FirewallError(f"nft cannot run: {exc}") from exc
     if proc.returncode != 0:
         raise FirewallError(f"nft failed: {proc.stderr.strip()[-500:]}")
+    return proc.stdout

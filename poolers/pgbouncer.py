@@ -96,6 +96,8 @@ class PgBouncer:
         self.tls_key = root / "server.key"
         self.pki = root.parent / "pki"  # the platform's CA
         self.socket_dir = root.parent / "run" / "pgbouncer"
+        # Its log, as a file too: poolers/login_guard.py reads the failed logins there.
+        self.log_file = root / "log" / "pgbouncer.log"
         self._admin_password_file = root / "admin_password"
         self._admin_secret_file = root / "admin_secret"
 
@@ -114,6 +116,7 @@ class PgBouncer:
             group_of=self.service_user,
         )
         make_dir(self.socket_dir, 0o750, owner=self.service_user)
+        make_dir(self.log_file.parent, 0o750, owner=self.service_user)
         if not self._admin_secret_file.exists():
             password = new_password()
             write_atomic(self._admin_password_file, password, mode=0o600)
@@ -151,6 +154,7 @@ class PgBouncer:
             socket_dir=self.socket_dir,
             auth_file=self.auth_file,
             hba_file=self.hba_file,
+            log_file=self.log_file,
             admin_user=ADMIN_USER,
             max_client_conn=self.max_client_conn,
             tls_key=self.tls_key,

@@ -24,8 +24,8 @@ from django.utils import timezone
 
 from tenants import host_agent
 from tenants.backup_stores import get_store
-from tenants.errors import Conflict
-from tenants.models import Backup, Restore, Tenant
+from tenants.errors import Conflict, TooManyRequests, for_tenant
+from tenants.models import Account, Backup, Restore, Tenant
 from tenants.services import event_record, tenant_transition
 from unikernel_images import postgres_admin
 
@@ -41,21 +41,51 @@ class ChecksumMismatch(Exception):
 
 
 def backup_request(
-    *, tenant: Tenant, actor: str, store: str | None = None, logical: bool = False
+    *,
+    tenant: Tenant,
+    actor: str,
+    store: str | None = None,
+    logical: bool = False,
+    account_limit: bool = True,
 ) -> Backup:
+    """Queue a backup on the host's bulk queue. An account has at most
+    DBAAS_BACKUPS_UNFINISHED_PER_ACCOUNT of them unfinished at a time (the schedule
+    and operators are not held to it): one account's burst must not fill the host's
+    queue for everyone."""
     from tenants.tasks import backup_tenant
 
     if tenant.state not in (State.RUNNING, State.SLEEPING, State.SUSPENDED):
         raise Conflict(f"a {tenant.state} database cannot be backed up")
     if logical and tenant.state == State.SUSPENDED:
         raise Conflict("a suspended database cannot be exported (that needs it running)")
-    backup = Backup.objects.create(
-        tenant=tenant, requested_by=actor, store=store or settings.DBAAS_BACKUP_STORE,
-        kind=Backup.Kind.LOGICAL if logical else "",
-    )  # fmt: skip
-    event_record(tenant=tenant, action="backup_requested", actor=actor, message=f"#{backup.pk}")
-    transaction.on_commit(lambda: backup_tenant.apply_async((backup.pk,), queue=tenant.host.queue))
+    with transaction.atomic():
+        if account_limit:
+            _check_unfinished_backups(tenant)
+        backup = Backup.objects.create(
+            tenant=tenant, requested_by=actor, store=store or settings.DBAAS_BACKUP_STORE,
+            kind=Backup.Kind.LOGICAL if logical else "",
+        )  # fmt: skip
+        event_record(tenant=tenant, action="backup_requested", actor=actor, message=f"#{backup.pk}")
+    transaction.on_commit(
+        lambda: backup_tenant.apply_async((backup.pk,), queue=tenant.host.bulk_queue)
+    )
     return backup
+
+
+def _check_unfinished_backups(tenant: Tenant) -> None:
+    """Raise TooManyRequests when the tenant's account is at its limit of unfinished
+    backups. The account's row lock makes concurrent requests take turns."""
+    limit = settings.DBAAS_BACKUPS_UNFINISHED_PER_ACCOUNT
+    Account.objects.select_for_update().filter(pk=tenant.account_id).first()
+    unfinished = Backup.objects.filter(
+        tenant__account_id=tenant.account_id,
+        state__in=[Backup.State.PENDING, Backup.State.RUNNING],
+    ).count()
+    if unfinished >= limit:
+        raise TooManyRequests(
+            f"{unfinished} backups of this account are not finished yet (at most {limit} at "
+            "a time); try again when one is done"
+        )
 
 
 def restore_request(*, backup: Backup, actor: str) -> Restore:
@@ -80,7 +110,7 @@ def restore_request(*, backup: Backup, actor: str) -> Restore:
         event_record(tenant=tenant, action="restore_requested", actor=actor,
                      message=f"backup #{backup.pk}")  # fmt: skip
     transaction.on_commit(
-        lambda: restore_backup.apply_async((restore.pk,), queue=tenant.host.queue)
+        lambda: restore_backup.apply_async((restore.pk,), queue=tenant.host.bulk_queue)
     )
     return restore
 
@@ -101,7 +131,7 @@ def backups_schedule(*, now=None) -> int:
                 continue
             if tenant.last_active_at and tenant.last_active_at < last.created_at:
                 continue  # unchanged since that backup
-        backup_request(tenant=tenant, actor="schedule")
+        backup_request(tenant=tenant, actor="schedule", account_limit=False)
         requested += 1
     return requested
 
@@ -203,7 +233,7 @@ def backup_run(backup: Backup) -> None:
         log.exception("backup %s failed", backup.pk)
         store.delete(key)
         Backup.objects.filter(pk=backup.pk).update(
-            state=Backup.State.FAILED, error=str(exc)[:5000], finished_at=timezone.now()
+            state=Backup.State.FAILED, error=for_tenant(str(exc))[:5000], finished_at=timezone.now()
         )
         event_record(tenant=tenant, action="backup", message=f"#{backup.pk} failed: {exc}",
                      actor="worker", duration_ms=_ms(started))  # fmt: skip
@@ -265,7 +295,9 @@ def restore_run(restore: Restore) -> None:
         log.exception("restore %s failed", restore.pk)
         runtime.drop_previous(tenant.instance_id)
         Restore.objects.filter(pk=restore.pk).update(
-            state=Restore.State.FAILED, error=str(exc)[:5000], finished_at=timezone.now()
+            state=Restore.State.FAILED,
+            error=for_tenant(str(exc))[:5000],
+            finished_at=timezone.now(),
         )
         event_record(tenant=tenant, action="restore", actor="worker", duration_ms=_ms(started),
                      message=f"backup #{backup.pk} refused: {exc}")  # fmt: skip

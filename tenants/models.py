@@ -37,6 +37,12 @@ class Host(models.Model):
 
         return host_queue(self.name)
 
+    @property
+    def bulk_queue(self) -> str:
+        from dbaas.celery import host_bulk_queue
+
+        return host_bulk_queue(self.name)
+
 
 # Extensions a database owner may create unless the plan says otherwise: those the
 # images carry for tenants (unikernel_images.image.EXTENSIONS).

@@ -198,7 +198,10 @@ DATABASE_FIELDS = {
 }
 CREDENTIAL_FIELDS = {
     "password": string("The owner's password; shown only in this answer"),
-    "connection_string": string("Session pooling: fully compatible with every client"),
+    "connection_string": string(
+        "Session pooling: fully compatible with every client. It says "
+        "`sslmode=verify-full`: trust the platform's CA (`GET /api/v1/ca.pem`) first"
+    ),
     "pooled_connection_string": string(
         "Transaction pooling (database `<database>_pooled`), for many short connections"
     ),
@@ -508,6 +511,7 @@ def build_paths() -> dict:
                     400: error(f"{BAD_JSON}, or a bad `kind`"),
                     404: error("No such database"),
                     409: error("It is neither running nor sleeping"),
+                    429: error("The account has 3 backups not finished yet; try again later"),
                 },
                 description="A sleeping database is copied without waking it.",
                 parameters=[TENANT_ID],

@@ -2,6 +2,7 @@
 
 import hashlib
 
+from django.conf import settings
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
@@ -87,11 +88,12 @@ def account_usage(account: Account) -> dict:
 
 
 def connection_string(tenant: Tenant, password: str, pooled: bool = False) -> str:
-    """The direct (session-mode) string, or the transaction-mode ("pooled") one."""
+    """The direct (session-mode) string, or the transaction-mode ("pooled") one. It
+    asks the client to check the pooler's certificate (DBAAS_CONNECTION_TLS)."""
     database = tenant.pooled_database_name if pooled else tenant.database_name
     return (
         f"postgresql://{tenant.role_name}:{password}@{tenant.host.public_host}:"
-        f"{tenant.host.pooler_port}/{database}?sslmode=require"
+        f"{tenant.host.pooler_port}/{database}?{settings.DBAAS_CONNECTION_TLS}"
     )
 
 

@@ -20,7 +20,14 @@ from django.utils import timezone
 
 from poolers.scram import new_password, scram_secret
 from tenants import selectors
-from tenants.errors import AuthenticationFailed, Conflict, InvalidInput, QuotaExceeded, Unavailable
+from tenants.errors import (
+    AuthenticationFailed,
+    Conflict,
+    InvalidInput,
+    QuotaExceeded,
+    Unavailable,
+    for_tenant,
+)
 from tenants.models import Account, ApiToken, Event, Host, Plan, Tenant
 from unikernel_images.image import default_image_name
 
@@ -73,10 +80,11 @@ def tenant_transition(
 ) -> bool:
     """Move `tenant` to `to_state` if it is in one of `from_states`; False if it was not."""
     now = timezone.now()
+    shown = for_tenant(reason)  # the event keeps the whole reason, for operators
     with transaction.atomic():
         for from_state in from_states:
             claimed = Tenant.objects.filter(pk=tenant.pk, state=from_state).update(
-                state=to_state, state_reason=reason, state_changed_at=now, **fields
+                state=to_state, state_reason=shown, state_changed_at=now, **fields
             )
             if claimed:
                 event_record(
@@ -88,7 +96,7 @@ def tenant_transition(
                     actor=actor,
                     duration_ms=duration_ms,
                 )
-                tenant.state, tenant.state_reason, tenant.state_changed_at = to_state, reason, now
+                tenant.state, tenant.state_reason, tenant.state_changed_at = to_state, shown, now
                 for name, value in fields.items():
                     if not hasattr(value, "resolve_expression"):  # F() + 1: not a value
                         setattr(tenant, name, value)

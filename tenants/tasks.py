@@ -12,7 +12,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from dbaas.celery import host_queue
+from dbaas.celery import host_bulk_queue, host_queue
 from tenants import host_agent
 from tenants.models import Host, Tenant
 from tenants.services import event_record, tenant_transition
@@ -151,13 +151,14 @@ def unsuspend_tenant(tenant_id: int, actor: str = WORKER) -> str:
     return host_agent.instance_unsuspend(tenant, actor=actor) if tenant else "skipped"
 
 
-def _on_every_host(*tasks, expires: int) -> int:
-    """Queue each task (taking the host's name) on every host's own queue; a task
-    not picked up within `expires` seconds is dropped (the next beat sends another)."""
+def _on_every_host(*tasks, expires: int, queue=host_queue) -> int:
+    """Queue each task (taking the host's name) on every host's own queue (`queue`
+    names it from the host's name); a task not picked up within `expires` seconds
+    is dropped (the next beat sends another)."""
     hosts = list(Host.objects.values_list("name", flat=True))
     for name in hosts:
         for task in tasks:
-            task.apply_async((name,), queue=host_queue(name), expires=expires)
+            task.apply_async((name,), queue=queue(name), expires=expires)
     return len(hosts)
 
 
@@ -297,7 +298,7 @@ def restore_backup(restore_id: int) -> str:
 @shared_task
 def verify_backups_all_hosts() -> int:
     """Beat (daily): each host verifies a sample of its tenants' newest backups."""
-    return _on_every_host(verify_backups, expires=3600)
+    return _on_every_host(verify_backups, expires=3600, queue=host_bulk_queue)
 
 
 @shared_task(soft_time_limit=3600, time_limit=3700)
@@ -314,7 +315,7 @@ def schedule_backups() -> dict[str, int]:
     from tenants import backups
     from tenants.models import Backup
 
-    _on_every_host(discard_partial_backups, expires=600)
+    _on_every_host(discard_partial_backups, expires=600, queue=host_bulk_queue)
     shared = ["s3"] if Backup.objects.filter(store="s3").exists() else []
     return {
         "requested": backups.backups_schedule(),

@@ -72,6 +72,22 @@ def _venv_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+def worker_service(kind: str, generation: int = 1) -> "Service":
+    """A Celery worker as the Procfile runs it: "worker" for the host's short work
+    and the control queue, "bulk" for its backups and restores."""
+    host = settings.DBAAS_HOST_NAME
+    queues, concurrency = {
+        "worker": (f"host.{host},control", "2"),
+        "bulk": (f"host.{host}.bulk", "1"),
+    }[kind]
+    return Service(kind, [
+        _venv_bin("celery"), "-A", "dbaas", "worker", "--loglevel", "INFO",
+        "-Q", queues, "--concurrency", concurrency,
+        "--hostname", f"test-{kind}-{os.getpid()}-{generation}@%h",
+        "--without-mingle", "--without-gossip",
+    ])  # fmt: skip
+
+
 def ensure_platform_rows():
     """Rows that transactional tests flush away: the default plan and this host."""
     Plan.objects.get_or_create(
@@ -158,30 +174,15 @@ def platform(django_db_setup, django_db_blocker, s3_server):
         pooler = Service("pooler", [sys.executable, "manage.py", "run_pooler"])
         started["pooler"] = pooler
         pooler.wait_for(host_agent.pooler().is_up)
+        # Connection strings say sslmode=verify-full: the tests' clients (and every
+        # process started from here) trust the platform's CA, as a user does once.
+        os.environ["PGSSLROOTCERT"] = str(settings.DATA_DIR / "pki" / "ca.crt")
         activator = Service("activator", [sys.executable, "manage.py", "run_activator"])
         started["activator"] = activator
         activator.wait_for(lambda: activator.log_contains("listening"))
-        worker = Service(
-            "worker",
-            [
-                _venv_bin("celery"),
-                "-A",
-                "dbaas",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "-Q",
-                f"host.{settings.DBAAS_HOST_NAME},control",
-                "--concurrency",
-                "2",
-                "--hostname",
-                f"test-agent-{os.getpid()}@%h",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-        )
-        started["worker"] = worker
-        worker.wait_for(lambda: worker.log_contains(" ready."))
+        for worker in (worker_service("worker"), worker_service("bulk")):
+            started[worker.name] = worker
+            worker.wait_for(lambda w=worker: w.log_contains(" ready."))
         beat = Service(
             "beat",
             [

@@ -88,8 +88,8 @@ class Scram:
 class Connection:
     """One TCP connection to a PostgreSQL server or pooler, upgraded to TLS."""
 
-    def __init__(self, host: str, port: int, timeout: float = 10) -> None:
-        raw = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, host: str, port: int, timeout: float = 10, source: str = "") -> None:
+        raw = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0))
         raw.sendall(SSL_REQUEST)
         if raw.recv(1) != b"S":
             raw.close()

@@ -3,12 +3,19 @@ and per address (API and web), a password change revokes the API tokens made wit
 the old one, reset mails are limited, long emails are a 400, pages and answers that
 show a secret are never cached."""
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core import mail
 from django.core.cache import cache
 
+from dbaas.env import BASE_DIR
 from tenants.models import ApiToken
 from tests.conftest import Api, signup
 
@@ -84,3 +91,47 @@ def test_answers_that_show_a_secret_are_not_cached(db, client):
         "POST", "/accounts", {"email": "nocache@example.com", "password": "a long passphrase"}
     )
     assert "no-store" in response["Cache-Control"]
+
+
+def test_pages_carry_a_content_security_policy(db, client):
+    page = client.get("/login")
+    policy = page["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "unsafe-inline" not in policy.split("script-src")[1].split(";")[0]
+    assert b"<script>" not in page.content  # the page's own script is a file
+    assert page["X-Content-Type-Options"] == "nosniff"
+
+
+def test_served_over_https_cookies_are_secure_and_hsts_is_sent():
+    """With DBAAS_PUBLIC_URL=https://..., behind a proxy that ends TLS: a fresh
+    process, since these settings are read at start."""
+    probe = textwrap.dedent(
+        """
+        import json, django
+        django.setup()
+        from django.conf import settings
+        from django.test import Client
+        page = Client().get("/login", HTTP_HOST="db.example.com", HTTP_X_FORWARDED_PROTO="https")
+        print(json.dumps({
+            "status": page.status_code,
+            "hsts": page.get("Strict-Transport-Security"),
+            "csrf_cookie_secure": bool(page.cookies["csrftoken"]["secure"]),
+            "session_cookie_secure": settings.SESSION_COOKIE_SECURE,
+            "trusted_origins": settings.CSRF_TRUSTED_ORIGINS,
+        }))
+        """
+    )
+    env = os.environ | {
+        "DBAAS_PUBLIC_URL": "https://db.example.com",
+        "DJANGO_SETTINGS_MODULE": "dbaas.settings",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=BASE_DIR, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["status"] == 200
+    assert seen["hsts"].startswith("max-age=31536000")
+    assert seen["csrf_cookie_secure"] and seen["session_cookie_secure"]
+    assert "https://db.example.com" in seen["trusted_origins"]

@@ -40,7 +40,7 @@ def test_it_creates_a_database_that_works_at_once(live, alice):
     }
     assert db["connection_string"] == (
         f"postgresql://{db['user']}:{db['password']}@{settings.DBAAS_PUBLIC_HOST}:"
-        f"{settings.DBAAS_PGBOUNCER_PORT}/{db['database']}?sslmode=require"
+        f"{settings.DBAAS_PGBOUNCER_PORT}/{db['database']}?sslmode=verify-full"
     )
     # psycopg 3 with default settings, prepared statements included, over TLS.
     with connect(db["connection_string"], prepare_threshold=0) as conn:

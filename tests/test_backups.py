@@ -254,7 +254,7 @@ def test_killing_the_worker_mid_backup_leaves_no_usable_partial(db, alice, platf
     import os
     import signal
 
-    from tests.conftest import Service, _venv_bin
+    from tests.conftest import Service, worker_service
 
     with connect(db["connection_string"]) as conn:  # enough data to take a while
         conn.execute("CREATE TABLE big AS SELECT g, md5(g::text) AS h "
@@ -264,7 +264,7 @@ def test_killing_the_worker_mid_backup_leaves_no_usable_partial(db, alice, platf
     deadline = time.monotonic() + 30
     while Backup.objects.get(pk=backup_id).state == "pending" and time.monotonic() < deadline:
         time.sleep(0.01)
-    worker: Service = platform["worker"]
+    worker: Service = platform["bulk"]
     os.killpg(worker.proc.pid, signal.SIGKILL)
     worker.proc.wait()
     backup = Backup.objects.get(pk=backup_id)
@@ -288,12 +288,8 @@ def test_killing_the_worker_mid_backup_leaves_no_usable_partial(db, alice, platf
     assert backups.partials_discard(["local"], now=later) == len(visible)
     assert not list(store_dir.glob(".partial-*"))
     # A supervisor restarts the worker.
-    replacement = Service("worker", [
-        _venv_bin("celery"), "-A", "dbaas", "worker", "--loglevel", "INFO",
-        "-Q", f"host.{settings.DBAAS_HOST_NAME},control", "--concurrency", "2",
-        "--hostname", f"test-agent-{os.getpid()}-2@%h", "--without-mingle", "--without-gossip",
-    ])  # fmt: skip
-    platform["worker"] = replacement
+    replacement = worker_service("bulk", generation=2)
+    platform["bulk"] = replacement
     replacement.wait_for(lambda: replacement.log_contains(" ready."))
 
 
@@ -336,3 +332,43 @@ def test_uploads_cut_short_are_aborted_in_s3(db, s3_server):
     assert backups.partials_discard(["s3"], now=timezone.now() + timedelta(hours=1)) >= 1
     assert upload["UploadId"] not in pending()
     assert not store.exists("x/1-cut.tar.zst")
+
+
+def test_a_burst_of_backups_is_limited_and_does_not_hold_up_others(db, alice, bob):
+    """An account has at most DBAAS_BACKUPS_UNFINISHED_PER_ACCOUNT unfinished
+    backups; they run on the host's bulk queue, so another account's password
+    change is applied at once meanwhile."""
+    with connect(db["connection_string"]) as conn:  # so that each backup takes a while
+        conn.execute("CREATE TABLE big AS SELECT g, md5(g::text) AS h "
+                     "FROM generate_series(1, 1000000) g")  # fmt: skip
+    limit = settings.DBAAS_BACKUPS_UNFINISHED_PER_ACCOUNT
+    queued = []
+    for _ in range(limit):
+        response = alice.call("POST", f"/databases/{db['id']}/backups")
+        assert response.status_code == 202, response.content
+        queued.append(response.json()["id"])
+    over = alice.call("POST", f"/databases/{db['id']}/backups")
+    assert over.status_code == 429
+    assert f"at most {limit} at a time" in over.json()["error"]
+    assert Backup.objects.filter(tenant_id=db["id"]).count() == limit  # nothing half-made
+
+    other = create(bob, "neighbour")
+    started = time.monotonic()
+    reset = bob.call("POST", f"/databases/{other['id']}/password")
+    assert reset.status_code == 200
+    while True:
+        try:
+            connect(reset.json()["connection_string"]).close()
+            break
+        except psycopg.OperationalError:
+            assert time.monotonic() - started < 10, "the new password was not applied"
+            time.sleep(0.05)
+    applied_after = time.monotonic() - started
+    unfinished = Backup.objects.filter(pk__in=queued, state__in=["pending", "running"]).count()
+    assert unfinished >= 1, "the backups were over before the reset: nothing was shown"
+    assert applied_after < 3, applied_after
+    for backup_id in queued:  # they all finish, one after another
+        path = f"/databases/{db['id']}/backups/{backup_id}"
+        assert wait_for(alice, path, ("done", "failed"), timeout=120)["state"] == "done"
+    # Once they are done, the account may ask again.
+    assert alice.call("POST", f"/databases/{db['id']}/backups").status_code == 202

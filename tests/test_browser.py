@@ -13,7 +13,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from dbaas.env import BASE_DIR
-from tenants.models import Event, Tenant
+from tenants.models import Event, Restore, Tenant
 from tests.conftest import connect, wait_until
 
 # Playwright's sync API runs an event loop in this thread; the ORM calls the tests
@@ -54,8 +54,16 @@ def page(browser, live_server):
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
     context.set_default_timeout(30_000)
     page = context.new_page()
+    # Every page is served with a Content-Security-Policy: anything it blocks
+    # (an inline script, a style from elsewhere) is a broken page.
+    blocked: list[str] = []
+    page.on(
+        "console",
+        lambda msg: blocked.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
     yield page
     context.close()
+    assert not blocked, blocked
 
 
 def screenshot(page, name: str) -> None:
@@ -99,7 +107,7 @@ def test_sign_up_create_copy_connect_reset_quota_delete(live, page):
     screenshot(page, "connection-string")
     url = copied_string(page, "connection-string")
     assert url == page.locator("#connection-string").inner_text().strip()
-    assert url.startswith("postgresql://shop_") and url.endswith("?sslmode=require")
+    assert url.startswith("postgresql://shop_") and url.endswith("?sslmode=verify-full")
     with connect(url) as conn:
         conn.execute("CREATE TABLE orders (id int); INSERT INTO orders VALUES (1), (2)")
         conn.commit()
@@ -110,6 +118,15 @@ def test_sign_up_create_copy_connect_reset_quota_delete(live, page):
     assert "started" in page.locator(".messages").inner_text()
     page.locator("#backups .state-done").wait_for()
     screenshot(page, "database")
+    # Restoring in place asks first: dismissed, nothing happens; accepted, it runs.
+    restores = Restore.objects.filter(tenant__name="shop")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_role("button", name="Restore").click()
+    page.wait_for_timeout(500)
+    assert not restores.exists()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Restore").click()
+    wait_until(lambda: restores.filter(state="done").exists(), timeout=60)
     # Reset the password: the old string is refused.
     page.get_by_role("button", name="Reset password").click()
     page.wait_for_url(re.compile(r"/credentials$"))

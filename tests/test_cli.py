@@ -221,3 +221,23 @@ def test_an_unreachable_server_exits_3(cli):
     assert error_line(failed).startswith(f"error: cannot reach {url}")
     env = {"DBAAS_API_URL": url, "DBAAS_TOKEN": "dbaas_x"}
     assert "cannot reach" in error_line(cli("db", "list", code=3, env=env))
+
+
+def test_trust_adds_the_platforms_ca_for_libpq_once(alice, tmp_path):
+    created = alice("db", "create", "tls")
+    direct, _pooled = URL.findall(created.stdout)
+    assert "run `dbaas trust` once first" in created.stderr
+    home = Path(alice.env["HOME"])
+    env = {k: v for k, v in os.environ.items() if k != "PGSSLROOTCERT"} | {"HOME": str(home)}
+    psql = ["psql", direct, "-Atc", "SELECT 1"]
+    # verify-full with nothing to verify against: libpq refuses.
+    refused = subprocess.run(psql, env=env, capture_output=True, text=True, timeout=30)
+    assert refused.returncode != 0 and "root.crt" in refused.stderr
+    clean = {k: v for k, v in alice.env.items() if k != "PGSSLROOTCERT"}
+    alice.env = clean
+    assert "Added" in alice("trust").stdout
+    assert "Already in" in alice("trust").stdout  # a second run adds nothing
+    root = home / ".postgresql" / "root.crt"
+    assert root.read_text().count("BEGIN CERTIFICATE") == 1
+    accepted = subprocess.run(psql, env=env, capture_output=True, text=True, timeout=30)
+    assert accepted.returncode == 0 and accepted.stdout.strip() == "1", accepted.stderr

@@ -1,7 +1,10 @@
 """One address cannot fill the pooler with connections that never log in: the host
 firewall caps the connections an address holds open to it (make test sets
 DBAAS_POOLER_CONNECTIONS_PER_ADDRESS=200; 1000 by default), and PgBouncer drops
-those that have not logged in after client_login_timeout."""
+those that have not logged in after client_login_timeout. Nor guess passwords at
+full speed: after DBAAS_POOLER_LOGIN_FAILURES_PER_ADDRESS failed logins (make test:
+10, from any address but the test session's own 127.0.0.1, whose tests fail logins
+on purpose) the address is refused for a while."""
 
 import socket
 import time
@@ -55,3 +58,34 @@ def _closed_by_the_pooler(sock: socket.socket) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+def test_an_address_that_keeps_failing_logins_is_banned_alone(live, alice):
+    from poolers import firewall
+    from tests import pgwire
+
+    db = create(alice, "guarded")
+    host, port = settings.DBAAS_PUBLIC_HOST, settings.DBAAS_PGBOUNCER_PORT
+    attacker = "127.0.0.3"  # not the admission test's address: a ban outlives the test
+    try:
+        for n in range(settings.DBAAS_POOLER_LOGIN_FAILURES_PER_ADDRESS):
+            conn = pgwire.Connection(host, port, source=attacker)
+            with pytest.raises(pgwire.ServerError, match="authentication failed"):
+                conn.login(db["user"], db["database"], f"guess-{n}")
+            conn.close()
+        # The guard reads PgBouncer's log twice a second: the ban follows at once.
+        deadline = time.monotonic() + 5
+        while attacker not in firewall.banned(port):
+            assert time.monotonic() < deadline, "the address was not banned"
+            time.sleep(0.1)
+        with pytest.raises(OSError):  # refused before PgBouncer sees it
+            pgwire.Connection(host, port, source=attacker, timeout=2)
+        # Another address, and the owner with the right password, are not touched.
+        with connect(db["connection_string"]) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        other = pgwire.Connection(host, port, source="127.0.0.4")
+        other.login(db["user"], db["database"], db["password"])
+        other.close()
+    finally:
+        if attacker in firewall.banned(port):
+            firewall.unban(port, attacker)

@@ -32,8 +32,16 @@ def db(live, alice):
 
 
 @pytest.fixture
-def env(db) -> dict[str, str]:
-    return os.environ | {
+def env(db, live_server, tmp_path) -> dict[str, str]:
+    """A user's shell on a fresh machine that has run the README's "trust" snippet
+    (against this test's web server): nothing else tells libpq about the CA."""
+    home = tmp_path / "home"
+    home.mkdir()
+    base = {k: v for k, v in os.environ.items() if k != "PGSSLROOTCERT"} | {"HOME": str(home)}
+    trust = snippets()["trust"].replace("http://127.0.0.1:8000", live_server.url)
+    run(["sh", "-c", trust], base)
+    assert (home / ".postgresql" / "root.crt").read_text().startswith("-----BEGIN CERTIFICATE")
+    return base | {
         "DATABASE_URL": db["connection_string"],
         "POOLED_DATABASE_URL": db["pooled_connection_string"],
     }
@@ -46,7 +54,8 @@ def run(args: list[str], env: dict, cwd: Path | None = None, stderr: bool = True
 
 
 def test_the_readme_has_every_snippet_these_tests_run():
-    assert set(snippets()) == {"psql", "psycopg", "sqlalchemy", "django", "node-postgres"}
+    expected = {"trust", "psql", "psycopg", "sqlalchemy", "django", "node-postgres"}
+    assert set(snippets()) == expected
 
 
 def test_psql(db, env):

@@ -137,7 +137,7 @@ def test_a_connected_session_keeps_it_awake(napper, alice):
 
 def test_the_pooled_string_survives_a_sleep_and_wake(live, alice):
     db = create(alice, "serverless")
-    assert db["pooled_connection_string"].endswith(f"/{db['database']}_pooled?sslmode=require")
+    assert db["pooled_connection_string"].endswith(f"/{db['database']}_pooled?sslmode=verify-full")
     # Transaction pooling: no server-side prepared statements on PgBouncer 1.18.
     with connect(db["pooled_connection_string"], prepare_threshold=None, autocommit=True) as conn:
         conn.execute("CREATE TABLE t (v int)")

@@ -1,7 +1,10 @@
 """What a tenant's credentials can and cannot do (issue: tenant safety)."""
 
+import subprocess
+
 import psycopg
 import pytest
+from django.conf import settings
 
 from tests.conftest import connect
 from tests.test_api_databases import create
@@ -63,9 +66,35 @@ def test_wrong_passwords_are_refused_by_the_pooler(db):
 
 
 def test_plaintext_connections_are_refused(db):
-    plain = db["connection_string"].replace("sslmode=require", "sslmode=disable")
+    plain = db["connection_string"].replace("sslmode=verify-full", "sslmode=disable")
     with pytest.raises(psycopg.OperationalError):
         connect(plain)
+
+
+def test_clients_verify_the_pooler_with_the_platforms_ca(db, client, tmp_path):
+    """The string says verify-full: the pooler's certificate must chain to the CA
+    the platform hands out and name the host the client asked for."""
+    ca = tmp_path / "dbaas-ca.pem"
+    ca.write_bytes(client.get("/api/v1/ca.pem").content)
+    url = db["connection_string"]
+    assert url.endswith("?sslmode=verify-full")
+    with connect(f"{url}&sslrootcert={ca}") as conn:
+        assert conn.pgconn.ssl_in_use
+    # Another CA (an impostor's): refused.
+    other = tmp_path / "other-ca.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-subj", "/CN=impostor", "-keyout", str(tmp_path / "k"),
+         "-out", str(other)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+        connect(f"{url}&sslrootcert={other}")
+    # The right CA, but not the name the certificate was made for: refused.
+    host = f"@{settings.DBAAS_PUBLIC_HOST}:"
+    renamed = url.replace(host, "@pooler.invalid:") + f"&hostaddr=127.0.0.1&sslrootcert={ca}"
+    with pytest.raises(psycopg.OperationalError, match="does not match host name"):
+        connect(renamed)
 
 
 def test_one_tenants_credentials_do_not_open_another(live, alice, bob):

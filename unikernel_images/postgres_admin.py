@@ -1,5 +1,14 @@
-"""SQL the platform runs on an instance as its superuser, over the instance's socket."""
+"""SQL the platform runs on an instance as its superuser, over the instance's socket.
 
+An owner can attach settings to its databases (`ALTER DATABASE ... SET`), and they
+apply to every session there, the platform's too: a library to preload that does
+not exist makes every login fail, a read-only default or a short timeout breaks a
+restore's checks, a search_path with the owner's schema first would run the owner's
+functions as the superuser. The platform's sessions set all of these back at
+connect time, which outranks the database's settings (PLATFORM_SESSION_OPTIONS).
+"""
+
+import os
 import subprocess
 from pathlib import Path
 
@@ -8,6 +17,27 @@ from psycopg import sql
 
 from unikernel_images.image import SUPERUSER, TENANT_DATABASE, pg_tool
 from unikernel_images.runtimes.base import ExportStream
+
+PLATFORM_SESSION_OPTIONS = " ".join(
+    f"-c {name}={value}"
+    for name, value in {
+        "local_preload_libraries": "",
+        "search_path": "pg_catalog",
+        "default_transaction_read_only": "off",
+        "statement_timeout": "0",
+        "lock_timeout": "0",
+        "idle_in_transaction_session_timeout": "0",
+        "client_min_messages": "warning",
+    }.items()
+)
+
+
+def tool_env() -> dict[str, str]:
+    """The environment for the PostgreSQL client programs the platform runs against
+    an instance (pg_dump, pg_amcheck): its session options, and nothing of a
+    PGOPTIONS or PGSERVICE from the operator's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    return env | {"PGOPTIONS": PLATFORM_SESSION_OPTIONS}
 
 
 def connect(socket_dir: Path, dbname: str = "postgres") -> psycopg.Connection:
@@ -18,6 +48,7 @@ def connect(socket_dir: Path, dbname: str = "postgres") -> psycopg.Connection:
         dbname=dbname,
         autocommit=True,
         connect_timeout=10,
+        options=PLATFORM_SESSION_OPTIONS,
     )
 
 
@@ -101,7 +132,7 @@ def dump(socket_dir: Path, database: str, *, major: str) -> ExportStream:
     proc = subprocess.Popen(
         [pg_tool(major, "pg_dump"), "-h", str(socket_dir), "-U", SUPERUSER,
          "-d", database, "-Fc", "-w"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/", env=tool_env(),
     )  # fmt: skip
     return ExportStream(proc, "pg_dump")
 
@@ -111,7 +142,7 @@ def amcheck(socket_dir: Path, *, major: str) -> str:
     proc = subprocess.run(
         [pg_tool(major, "pg_amcheck"), "-h", str(socket_dir), "-U", SUPERUSER,
          "--all", "--install-missing", "--heapallindexed", "-w"],
-        capture_output=True, text=True, timeout=3600, cwd="/",
+        capture_output=True, text=True, timeout=3600, cwd="/", env=tool_env(),
     )  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"pg_amcheck found problems: {(proc.stdout + proc.stderr)[-2000:]}")

@@ -81,7 +81,10 @@ class Command(BaseCommand):
             f"  API docs:     {url}api/docs",
             f"  command line: .venv/bin/dbaas --api-url {url.rstrip('/')} signup",
             f"  admin:        {url}admin/   (operator: .venv/bin/python manage.py createsuperuser)",
-            f"  databases:    postgresql://USER:PASSWORD@{pooler}/DB?sslmode=require",
+            f"  databases:    postgresql://USER:PASSWORD@{pooler}/DB?"
+            f"{settings.DBAAS_CONNECTION_TLS}",
+            f"  trust its CA: mkdir -p ~/.postgresql && curl -fsS {url}api/v1/ca.pem"
+            " >> ~/.postgresql/root.crt",
             f"  pooler:       {self.pooler_exposure.message()}",
             "Press Ctrl-C to stop everything.",
             "",

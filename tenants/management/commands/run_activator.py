@@ -1,5 +1,6 @@
-"""`manage.py run_activator`: this host's wake-on-connect path (see poolers/activator.py)
-and its registrar of the databases tenants create (poolers/registrar.py).
+"""`manage.py run_activator`: this host's wake-on-connect path (see poolers/activator.py),
+its registrar of the databases tenants create (poolers/registrar.py), and the guard
+that bans addresses with too many failed logins at the pooler (poolers/login_guard.py).
 
 Listens on an activator socket for every tenant routed through the host's PgBouncer;
 a server connection to a sleeping tenant wakes it and is then passed through. And
@@ -10,6 +11,7 @@ before and after CREATE / DROP DATABASE.
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
 from dbaas.env import pooler_user
+from poolers import firewall, login_guard
 from poolers.activator import Activator
 from poolers.registrar import Registrar
 from tenants import databases, host_agent
@@ -71,9 +74,34 @@ class Command(BaseCommand):
             instance_for_role=instance_for_role,
         )  # fmt: skip
         registrar = Registrar(routes, decide)
+        self._start_login_guard()
         self.stdout.write(f"run_activator: listening for the tenants in {routes.root}")
         self.stdout.flush()
         asyncio.run(self._main(activator, registrar))
+
+    def _start_login_guard(self) -> None:
+        limit = settings.DBAAS_POOLER_LOGIN_FAILURES_PER_ADDRESS
+        if limit <= 0 or os.geteuid() != 0:
+            self.stderr.write("run_activator: failed logins at the pooler are not limited")
+            return
+        port, seconds = settings.DBAAS_PGBOUNCER_PORT, settings.DBAAS_POOLER_BAN_SECONDS
+        thread = threading.Thread(
+            target=login_guard.guard,
+            args=(host_agent.pooler().log_file,),
+            kwargs={
+                "limit": limit,
+                "window": settings.DBAAS_POOLER_LOGIN_FAILURE_WINDOW,
+                "ban": lambda address: firewall.ban(port, address, seconds),
+                "exempt": frozenset(settings.DBAAS_POOLER_LOGIN_GUARD_EXEMPT),
+                "stop": threading.Event(),  # the thread ends with the process
+            },
+            name="login-guard",
+            daemon=True,
+        )
+        thread.start()
+        self.stdout.write(
+            f"run_activator: {limit} failed pooler logins from one address ban it for {seconds} s"
+        )
 
     async def _main(self, activator: Activator, registrar: Registrar) -> None:
         from concurrent.futures import ThreadPoolExecutor

@@ -20,7 +20,7 @@ class Command(BaseCommand):
             pooler_port=settings.DBAAS_PGBOUNCER_PORT,
         )
         bouncer = host_agent.pooler_render(host)
-        self._limit_connections_per_address()
+        self._install_firewall()
         exposure = bouncer.exposure()
         (self.stderr if exposure.exposed else self.stdout).write(
             f"run_pooler: {exposure.message()}"
@@ -32,15 +32,19 @@ class Command(BaseCommand):
         self.stdout.flush()
         bouncer.exec_foreground()
 
-    def _limit_connections_per_address(self) -> None:
+    def _install_firewall(self) -> None:
         limit, port = settings.DBAAS_POOLER_CONNECTIONS_PER_ADDRESS, settings.DBAAS_PGBOUNCER_PORT
         if os.geteuid() != 0:
-            self.stderr.write("run_pooler: not root: no limit of connections per address")
+            self.stderr.write(
+                "run_pooler: not root: no limit of connections per address, no login bans"
+            )
             return
         try:
-            firewall.limit_connections_per_address(port, limit)
+            firewall.install(port, limit)
         except firewall.FirewallError as exc:
-            self.stderr.write(f"run_pooler: WARNING: no limit of connections per address: {exc}")
+            self.stderr.write(
+                f"run_pooler: WARNING: no limit of connections per address, no login bans: {exc}"
+            )
             return
         if limit:
             self.stdout.write(f"run_pooler: at most {limit} connections per client address")

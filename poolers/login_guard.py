@@ -1,0 +1,141 @@
+"""Password guessing at the pooler, slowed down: failed logins are counted per client
+address from PgBouncer's log, and an address with too many in a while is refused
+by the host firewall for a while (poolers/firewall.py), fail2ban-style.
+
+PgBouncer has no such limit. Per address, not per account: tenants' passwords are
+made by the platform (192 random bits), so guessing one is hopeless anyway,
+and a lock per account would let anyone lock a tenant out of its own database.
+What the ban stops is one address trying names and passwords at full speed.
+"""
+
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# PgBouncer's line for a client connection: "C-0x...: db/user@address:port message".
+_CLIENT_LINE = re.compile(
+    r" C-0x[0-9a-f]+: \S+@\[?(?P<address>[0-9a-fA-F.:]+?)\]?:(?P<port>\d+) "
+    r"(?:pooler error: )?(?P<what>.+)$"
+)
+# What a failed login leaves there: a wrong password (SCRAM: two lines, counted
+# once per connection), or a user or database its hba rules refuse.
+_FAILURES = (
+    "password authentication failed",
+    "SASL authentication failed",
+    "no authentication method is found",
+)
+# The log is cut back to nothing once it has been read past this size.
+MAX_LOG_BYTES = 64 << 20
+
+
+def failed_login(line: str) -> tuple[str, int] | None:
+    """(client address, client port) if the log line tells of a failed login."""
+    match = _CLIENT_LINE.search(line)
+    if match is None or not match["what"].startswith(_FAILURES):
+        return None
+    return match["address"], int(match["port"])
+
+
+class FailureCounter:
+    """Failed logins per address over a sliding window."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic):
+        self.limit, self.window, self.clock = limit, window, clock
+        self._failures: dict[str, deque[float]] = {}
+        self._connections: dict[tuple[str, int], float] = {}  # one count per connection
+
+    def failed(self, address: str, port: int) -> bool:
+        """Count one failure; True when the address has just reached the limit."""
+        now = self.clock()
+        self._forget_before(now - self.window)
+        if (address, port) in self._connections:
+            return False
+        self._connections[(address, port)] = now
+        times = self._failures.setdefault(address, deque())
+        times.append(now)
+        if len(times) >= self.limit:
+            del self._failures[address]  # counted afresh once the ban ends
+            return True
+        return False
+
+    def _forget_before(self, oldest: float) -> None:
+        for address in list(self._failures):
+            times = self._failures[address]
+            while times and times[0] < oldest:
+                times.popleft()
+            if not times:
+                del self._failures[address]
+        for key in [k for k, at in self._connections.items() if at < oldest]:
+            del self._connections[key]
+
+
+class LogFollower:
+    """The lines appended to a file since the last call (like `tail -F`): from its
+    end when first opened, from the start again when it was cut or replaced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._inode: int | None = None
+        self._offset = 0
+        self._partial = b""
+
+    def new_lines(self) -> list[str]:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return []
+        if self._inode is None:
+            self._inode, self._offset = stat.st_ino, stat.st_size
+            return []
+        if stat.st_ino != self._inode or stat.st_size < self._offset:
+            self._inode, self._offset, self._partial = stat.st_ino, 0, b""
+        if stat.st_size == self._offset:
+            return []
+        with self.path.open("rb") as file:
+            file.seek(self._offset)
+            data = self._partial + file.read(stat.st_size - self._offset)
+        self._offset = stat.st_size
+        *lines, self._partial = data.split(b"\n")
+        if self._offset > MAX_LOG_BYTES:
+            # PgBouncer appends (O_APPEND): it goes on writing at the new end.
+            os.truncate(self.path, 0)
+            self._offset = 0
+        return [line.decode(errors="replace") for line in lines]
+
+
+def guard(
+    log_file: Path,
+    *,
+    limit: int,
+    window: float,
+    ban: Callable[[str], None],
+    exempt: frozenset[str] = frozenset(),
+    stop: threading.Event,
+    interval: float = 0.5,
+) -> None:
+    """Follow PgBouncer's log until `stop` is set; call `ban(address)` for every
+    address that reaches `limit` failed logins within `window` seconds."""
+    follower, counter = LogFollower(log_file), FailureCounter(limit, window)
+    while not stop.wait(interval):
+        try:
+            lines = follower.new_lines()
+        except OSError as exc:
+            log.warning("login guard: cannot read %s: %s", log_file, exc)
+            continue
+        for line in lines:
+            failure = failed_login(line)
+            if failure is None or failure[0] in exempt:
+                continue
+            if counter.failed(*failure):
+                try:
+                    ban(failure[0])
+                    log.warning("login guard: %s banned after %d failed logins", failure[0], limit)
+                except Exception:
+                    log.exception("login guard: could not ban %s", failure[0])
