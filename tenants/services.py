@@ -251,10 +251,21 @@ def tenant_reset_password(*, tenant: Tenant, actor: str) -> str:
         )
     password = new_password()
     with transaction.atomic():
-        claimed = Tenant.objects.filter(pk=tenant.pk, state=State.RUNNING).update(
-            pending_scram_secret=scram_secret(password)
-        )
+        # One change at a time: a second one while the first is being applied
+        # would leave one of the two answers with a password that never works.
+        claimed = Tenant.objects.filter(
+            pk=tenant.pk, state=State.RUNNING, pending_scram_secret=""
+        ).update(pending_scram_secret=scram_secret(password))
         if not claimed:
+            fresh = (
+                Tenant.objects.filter(pk=tenant.pk)
+                .values_list("state", "pending_scram_secret")
+                .first()
+            )
+            if fresh and fresh[0] == State.RUNNING and fresh[1]:
+                raise Conflict(
+                    "a new password for this database is being set right now; try again in a moment"
+                )
             raise Conflict("the database changed state; try again")
         event_record(tenant=tenant, action="password_reset", actor=actor)
         transaction.on_commit(

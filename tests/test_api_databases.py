@@ -158,6 +158,51 @@ def test_it_resets_the_password(live, alice):
         assert conn.execute("SELECT current_user").fetchone()[0] == db["user"]
 
 
+def test_concurrent_password_resets_give_one_working_password(live, alice, live_server):
+    """Resets of one database at the same moment: each answer is a password that
+    works when it is given (200) or a clear refusal (409), never a 200 whose
+    password another reset has already replaced."""
+    import json
+    import threading
+    import urllib.error
+    import urllib.request
+
+    db = create(alice, "contested")
+    barrier = threading.Barrier(5)
+    answers: list[tuple[int, dict, float]] = []
+
+    def reset() -> None:
+        request = urllib.request.Request(  # noqa: S310 - the test's own http server
+            f"{live_server.url}/api/v1/databases/{db['id']}/password", method="POST",
+            headers={"Authorization": f"Bearer {alice.token}"},
+        )  # fmt: skip
+        barrier.wait()
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+                answers.append((response.status, json.load(response), time.monotonic()))
+        except urllib.error.HTTPError as exc:
+            answers.append((exc.code, json.load(exc), time.monotonic()))
+
+    threads = [threading.Thread(target=reset) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = sorted(status for status, _body, _at in answers)
+    assert set(statuses) <= {200, 409}, answers
+    assert statuses.count(200) >= 1
+    for status, body, _at in answers:
+        if status == 409:
+            assert "being set right now" in body["error"]
+    # The password of the last 200 works; every earlier one was replaced after it
+    # was answered (one change at a time), and none of them was never applied.
+    granted = sorted((at, body) for status, body, at in answers if status == 200)
+    with connect(granted[-1][1]["connection_string"]) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == db["user"]
+    events = Event.objects.filter(tenant_id=db["id"], action="password_applied").count()
+    assert events == len(granted)
+
+
 def test_it_deletes_everything(live, alice):
     db = create(alice, "doomed")
     tenant = Tenant.objects.get(pk=db["id"])
