@@ -1,7 +1,8 @@
 """The platform's own control-plane PostgreSQL cluster and Redis, under DBAAS_DATA_DIR.
 
 Used by `make run` and `make test`; skipped when DATABASE_URL / REDIS_URL point elsewhere.
-Run as `python -m dbaas.localservices start|stop|status`.
+Run as `python -m dbaas.localservices start|stop|status|watch`; `watch` (run by
+`make run` beside the other processes) starts again whichever of them stops.
 """
 
 import os
@@ -256,8 +257,41 @@ def managed_services() -> list[ControlPlanePostgres | LocalRedis]:
     return services
 
 
+WATCH_INTERVAL = 1.0
+
+
+def watch(services: list, interval: float = WATCH_INTERVAL) -> None:
+    """Start again, within `interval`, any of `services` that is not running, until
+    SIGINT/SIGTERM. They are not stopped on the way out: `manage.py up` does that."""
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    print(f"watch: keeping {', '.join(type(s).__name__ for s in services)} running", flush=True)
+    while not stopping:
+        for service in services:
+            if stopping or service.is_running():
+                continue
+            name = type(service).__name__
+            print(f"watch: {name} is not running; starting it", flush=True)
+            started = time.monotonic()
+            try:
+                service.start()
+                print(f"watch: {name} is back in {time.monotonic() - started:.1f} s", flush=True)
+            except Exception as exc:  # tried again at the next look
+                print(f"watch: {name} did not start: {exc}", file=sys.stderr, flush=True)
+        time.sleep(interval)
+
+
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "status"
+    if command == "watch":
+        watch(managed_services())
+        return 0
     for service in managed_services():
         name = type(service).__name__
         if command == "start":
@@ -267,7 +301,7 @@ def main(argv: list[str]) -> int:
         elif command == "status":
             print(f"{name}: {'running' if service.is_running() else 'stopped'}")
         else:
-            print(f"usage: {argv[0]} start|stop|status", file=sys.stderr)
+            print(f"usage: {argv[0]} start|stop|status|watch", file=sys.stderr)
             return 2
     return 0
 

@@ -85,6 +85,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "dbaas.middleware.ContentSecurityPolicyMiddleware",
+    "dbaas.middleware.DependencyUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "dbaas.urls"
@@ -208,6 +209,17 @@ CELERY_TASK_SOFT_TIME_LIMIT = 120
 CELERY_TASK_TIME_LIMIT = 180
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# A request that queues work answers 503 within a few seconds when Redis is down
+# (tenants/dispatch.py), instead of retrying for long.
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 1,
+}
+# A task whose worker process died is queued again (tasks are idempotent).
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
 
 # This machine as a tenant host: its name (and so its Celery queue
 # "host.<name>"), the name clients use in connection strings, the pooler port.

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from tenants import host_agent
 from tenants.backup_stores import get_store
+from tenants.dispatch import send_after_commit
 from tenants.errors import Conflict, TooManyRequests, for_tenant
 from tenants.models import Account, Backup, Restore, Tenant
 from tenants.services import event_record, tenant_transition
@@ -66,9 +67,10 @@ def backup_request(
             kind=Backup.Kind.LOGICAL if logical else "",
         )  # fmt: skip
         event_record(tenant=tenant, action="backup_requested", actor=actor, message=f"#{backup.pk}")
-    transaction.on_commit(
-        lambda: backup_tenant.apply_async((backup.pk,), queue=tenant.host.bulk_queue)
-    )
+    send_after_commit(
+        backup_tenant, (backup.pk,), queue=tenant.host.bulk_queue,
+        undo=lambda: Backup.objects.filter(pk=backup.pk, state=Backup.State.PENDING).delete(),
+    )  # fmt: skip
     return backup
 
 
@@ -109,9 +111,10 @@ def restore_request(*, backup: Backup, actor: str) -> Restore:
         restore = Restore.objects.create(backup=backup, tenant=tenant, requested_by=actor)
         event_record(tenant=tenant, action="restore_requested", actor=actor,
                      message=f"backup #{backup.pk}")  # fmt: skip
-    transaction.on_commit(
-        lambda: restore_backup.apply_async((restore.pk,), queue=tenant.host.bulk_queue)
-    )
+    send_after_commit(
+        restore_backup, (restore.pk,), queue=tenant.host.bulk_queue,
+        undo=lambda: Restore.objects.filter(pk=restore.pk, state=Restore.State.PENDING).delete(),
+    )  # fmt: skip
     return restore
 
 
@@ -200,14 +203,14 @@ def partials_discard(kinds: Iterable[str], *, now=None) -> int:
 def backup_run(backup: Backup) -> None:
     """Make the backup; the row ends `done` with sizes and hash, or `failed` with why."""
     tenant = backup.tenant
+    backup.started_at = timezone.now()
     if not Backup.objects.filter(pk=backup.pk, state=Backup.State.PENDING).update(
-        state=Backup.State.RUNNING, started_at=timezone.now()
+        state=Backup.State.RUNNING, started_at=backup.started_at
     ):
         return
     store = get_store(backup.store, settings.DATA_DIR)
     logical = backup.kind == Backup.Kind.LOGICAL
-    suffix = "dump" if logical else "tar.zst"
-    key = f"{tenant.slug}/{backup.pk}-{timezone.now():%Y%m%dT%H%M%S}.{suffix}"
+    key = backup_key(backup)
     runtime = host_agent.runtime_for(tenant)
     counter = _Counter()
     started = time.monotonic()
@@ -244,6 +247,47 @@ def backup_run(backup: Backup) -> None:
     )  # fmt: skip
     event_record(tenant=tenant, action="backup", actor="worker", duration_ms=_ms(started),
                  message=f"#{backup.pk} {kind}: {counter.raw} bytes, {stored} stored")  # fmt: skip
+
+
+def backup_key(backup: Backup) -> str:
+    """Where a backup's object goes in its store: known from the row alone, so that
+    what an upload cut short left behind can be found (backup_abandon)."""
+    suffix = "dump" if backup.kind == Backup.Kind.LOGICAL else "tar.zst"
+    return f"{backup.tenant.slug}/{backup.pk}-{backup.started_at:%Y%m%dT%H%M%S}.{suffix}"
+
+
+def backup_abandon(backup: Backup, why: str) -> None:
+    """A backup whose worker died while making it: failed, and the partial object
+    its upload left removed (the store never showed it)."""
+    if not Backup.objects.filter(pk=backup.pk, state=Backup.State.RUNNING).update(
+        state=Backup.State.FAILED, error=why, finished_at=timezone.now()
+    ):
+        return
+    try:
+        get_store(backup.store, settings.DATA_DIR).discard_partial(backup_key(backup))
+    except Exception:
+        log.exception(
+            "the partial object of backup %s stays; the daily sweep removes it", backup.pk
+        )
+    event_record(tenant=backup.tenant, action="backup", actor="sweep",
+                 message=f"#{backup.pk} failed: {why}")  # fmt: skip
+
+
+def restore_abandon(restore: Restore, why: str) -> None:
+    """A restore whose worker died: failed, and the data it was replacing current
+    again (wherever it stopped), the instance back as its state says."""
+    if not Restore.objects.filter(pk=restore.pk, state=Restore.State.RUNNING).update(
+        state=Restore.State.FAILED, error=why, finished_at=timezone.now()
+    ):
+        return
+    tenant = restore.tenant
+    with host_agent.instance_lock(tenant):
+        put_back = host_agent.runtime_for(tenant).abandon_import(host_agent.instance_spec(tenant))
+    event_record(tenant=tenant, action="restore", actor="sweep",
+                 message=f"#{restore.pk} failed: {why}"
+                         + ("; the data it replaced is back" if put_back else ""))  # fmt: skip
+    tenant.refresh_from_db()
+    host_agent.instance_repair(tenant)  # started again if it should run
 
 
 def restore_run(restore: Restore) -> None:

@@ -4,7 +4,6 @@ a tenant: its instance through the runtime, its entry in the host's PgBouncer.
 Turns tenant rows into plain values for `unikernel_images` and `poolers`.
 """
 
-import fcntl
 import logging
 import os
 import time
@@ -17,6 +16,7 @@ from django.db import transaction
 from django.db.models import F, Prefetch
 from django.utils import timezone
 
+from dbaas import locks
 from dbaas.env import data_dir, pooler_user
 from poolers.pgbouncer import DatabaseEntry, PgBouncer, UserEntry
 from poolers.routes import Routes
@@ -334,27 +334,8 @@ def instance_lock(tenant: Tenant, timeout: float | None = None) -> Iterator[bool
     yields whether it got the lock. The lock dies with its holder, so a killed
     worker or activator never leaves it taken.
     """
-    locks = data_dir() / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    fd = os.open(locks / f"{tenant.instance_id}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
-    try:
-        if timeout is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield True
-            return
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    yield False
-                    return
-                time.sleep(0.01)
-        yield True
-    finally:
-        os.close(fd)
+    with locks.held(tenant.instance_id, timeout) as got:
+        yield got
 
 
 def pooler_reconnect(tenant: Tenant) -> None:
@@ -579,7 +560,7 @@ def storage_limit_apply(tenant: Tenant, *, read_only: bool) -> None:
            else f"within the {limit} storage limit: writable again", 0)  # fmt: skip
 
 
-def instance_repair(tenant: Tenant) -> str | None:
+def instance_repair(tenant: Tenant, actor: str = "reconcile") -> str | None:
     """Bring one tenant's instance and route in line with its state (reconcile).
 
     Returns what it did, or None. Skips tenants someone is sleeping or waking now.
@@ -604,15 +585,17 @@ def instance_repair(tenant: Tenant) -> str | None:
                 return "failed"
             did = None
             if status is InstanceState.STOPPED:
+                # Why, from its log, before the start adds to it.
+                why = stop_reason(runtime.log_file(iid))
                 started = time.monotonic()
-                instance_start(tenant)
-                _event(
-                    tenant,
-                    "restart",
-                    "reconcile",
-                    "instance was not running; restarted",
-                    _ms(started),
-                )
+                try:
+                    instance_start(tenant)
+                except Exception as exc:
+                    _note(tenant, f"it stopped ({why}) and cannot start again: {exc}")
+                    raise
+                _event(tenant, "restart", actor, f"it had stopped ({why}); restarted",
+                       _ms(started))  # fmt: skip
+                _note(tenant, f"restarted at {timezone.now():%Y-%m-%d %H:%M:%S} UTC after: {why}")
                 did = "restarted"
             if route.point(iid, runtime.socket_dir(iid)):
                 did = did or "rerouted"
@@ -637,6 +620,60 @@ def instance_repair(tenant: Tenant) -> str | None:
             runtime.stop(iid)
             return "stopped"
     return None
+
+
+def instances_restart_crashed() -> list[str]:
+    """This host's running tenants whose server has exited (crashed, killed, out of
+    memory): restarted now, not at the next reconcile tick (run twice a second by
+    the activator). Returns their instance ids."""
+    route, restarted = routes(), []
+    running = Tenant.objects.filter(
+        host__name=settings.DBAAS_HOST_NAME, state=State.RUNNING
+    ).select_related("host", "plan", "account__user")
+    for tenant in running:
+        iid = tenant.instance_id
+        if route.target(iid) is None or route.points_to_activator(iid):
+            continue  # not routed to a server that should be up
+        if runtime_for(tenant).status(iid).state is not InstanceState.STOPPED:
+            continue
+        if instance_repair(tenant, actor="crash-watch") == "restarted":
+            restarted.append(iid)
+    return restarted
+
+
+# Why a server stopped, from the last part of its log: the first of these found.
+_LOG_TAIL_BYTES = 64 << 10
+
+
+def stop_reason(log_file: Path) -> str:
+    """Why the server whose log this is stopped, in a few words and its own line."""
+    try:
+        with log_file.open("rb") as file:
+            file.seek(max(0, log_file.stat().st_size - _LOG_TAIL_BYTES))
+            lines = file.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "no log"
+    # Only what this run of the server said: from its last start on.
+    starts = [n for n, line in enumerate(lines) if "starting PostgreSQL" in line]
+    lines = lines[starts[-1] :] if starts else lines
+    for needle, what in (
+        ("No space left on device", "disk full"),
+        ("out of memory", "out of memory"),
+        ("PANIC:", "crashed"),
+        ("was terminated by signal", "a server process was killed"),
+    ):
+        found = [line for line in lines if needle in line]
+        if found:
+            return f"{what}: {found[-1].split(' ', 3)[-1][:300]}"
+    return "it exited without saying why (killed?)"
+
+
+def _note(tenant: Tenant, text: str) -> None:
+    """What the owner and the operators should know about the tenant now (its state
+    reason; the API, the web page and the admin show it), the state unchanged."""
+    from tenants.errors import for_tenant
+
+    Tenant.objects.filter(pk=tenant.pk).update(state_reason=for_tenant(text))
 
 
 def _transition(tenant: Tenant, from_state: str, to_state: str, **kwargs) -> bool:

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from poolers.scram import new_password, scram_secret
 from tenants import selectors
+from tenants.dispatch import send_after_commit
 from tenants.errors import (
     AuthenticationFailed,
     Conflict,
@@ -185,7 +186,8 @@ def tenant_create(
         if live.filter(name=name).exists():
             raise Conflict(f"you already have a database named {name!r}")
         plan = account.plan
-        if live.count() >= plan.max_databases:
+        # A database whose creation failed holds nothing: it does not count.
+        if live.exclude(state=State.FAILED).count() >= plan.max_databases:
             raise QuotaExceeded(
                 f"the {plan.name} plan allows {plan.max_databases} databases; "
                 "delete one to create another"
@@ -212,7 +214,11 @@ def tenant_create(
             actor=actor,
             message=f"placed on host {host.name}",
         )
-        transaction.on_commit(lambda: provision_tenant.apply_async((tenant.pk,), queue=host.queue))
+        # Not queued: the row goes again, as if the request had never come.
+        send_after_commit(
+            provision_tenant, (tenant.pk,), queue=host.queue,
+            undo=lambda: Tenant.objects.filter(pk=tenant.pk, state=State.PROVISIONING).delete(),
+        )  # fmt: skip
     return tenant, password
 
 
@@ -238,7 +244,8 @@ def tenant_delete(*, tenant: Tenant, actor: str) -> None:
     )
     if not claimed and tenant.state not in (State.DELETING,):
         raise Conflict(f"the database cannot be deleted while {tenant.state}")
-    transaction.on_commit(lambda: delete_tenant.apply_async((tenant.pk,), queue=tenant.host.queue))
+    # The reconcile loop finishes a deletion whose task was lost.
+    send_after_commit(delete_tenant, (tenant.pk,), queue=tenant.host.queue, swept=True)
 
 
 def tenant_reset_password(*, tenant: Tenant, actor: str) -> str:
@@ -255,7 +262,7 @@ def tenant_reset_password(*, tenant: Tenant, actor: str) -> str:
         # would leave one of the two answers with a password that never works.
         claimed = Tenant.objects.filter(
             pk=tenant.pk, state=State.RUNNING, pending_scram_secret=""
-        ).update(pending_scram_secret=scram_secret(password))
+        ).update(pending_scram_secret=(secret := scram_secret(password)))
         if not claimed:
             fresh = (
                 Tenant.objects.filter(pk=tenant.pk)
@@ -268,9 +275,12 @@ def tenant_reset_password(*, tenant: Tenant, actor: str) -> str:
                 )
             raise Conflict("the database changed state; try again")
         event_record(tenant=tenant, action="password_reset", actor=actor)
-        transaction.on_commit(
-            lambda: apply_password.apply_async((tenant.pk,), queue=tenant.host.queue)
-        )
+        send_after_commit(
+            apply_password, (tenant.pk,), queue=tenant.host.queue,
+            undo=lambda: Tenant.objects.filter(pk=tenant.pk, pending_scram_secret=secret).update(
+                pending_scram_secret=""
+            ),
+        )  # fmt: skip
     return password
 
 
@@ -279,7 +289,7 @@ def _on_host(tenant: Tenant, task, actor: str, requested: str | None) -> None:
     commits, recording the request as an event named `requested` (if given)."""
     if requested:
         event_record(tenant=tenant, action=requested, actor=actor)
-    transaction.on_commit(lambda: task.apply_async((tenant.pk, actor), queue=tenant.host.queue))
+    send_after_commit(task, (tenant.pk, actor), queue=tenant.host.queue)
 
 
 def tenant_sleep(*, tenant: Tenant, actor: str) -> None:
@@ -309,11 +319,16 @@ def tenant_sleep_settled(*, tenant: Tenant, actor: str) -> Tenant:
 def tenant_wake_settled(*, tenant: Tenant, actor: str) -> Tenant:
     """Wake it and wait (up to DBAAS_PROVISION_WAIT) until it runs; the fresh row."""
     tenant_wake(tenant=tenant, actor=actor)
-    return tenant_wait(
+    # Stop waiting as soon as it runs, or as soon as it cannot any more (deleted,
+    # suspended meanwhile): that is a 409 now, not a timeout later.
+    fresh = tenant_wait(
         tenant=tenant,
-        until=lambda t: t.state == State.RUNNING,
+        until=lambda t: t.state not in (State.SLEEPING,),
         timeout=settings.DBAAS_PROVISION_WAIT,
     )
+    if fresh.state not in (State.RUNNING, State.SLEEPING):
+        raise Conflict(f"the database is {fresh.state} now; it cannot be woken")
+    return fresh
 
 
 def tenant_restart(*, tenant: Tenant, actor: str) -> None:

@@ -12,6 +12,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from dbaas import locks
 from dbaas.celery import host_bulk_queue, host_queue
 from tenants import host_agent
 from tenants.models import Host, Tenant
@@ -22,6 +23,10 @@ State = Tenant.State
 WORKER = "worker"
 # A provisioning or deleting tenant older than this was abandoned by a dead worker.
 STUCK_AFTER = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30)
+# Work nobody is doing is queued again after this long, and a provisioning nobody
+# has managed to do is given up after GIVE_UP_AFTER (see _sweep_lost_work).
+REQUEUE_AFTER = timedelta(seconds=10)
+GIVE_UP_AFTER = timedelta(seconds=60)
 
 
 def _load(tenant_id: int) -> Tenant | None:
@@ -33,8 +38,22 @@ def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
+def work_lock(kind: str, pk: int) -> str:
+    """The name of the lock a task holds while it does one piece of work: held means
+    someone is on it; free while the row says it is under way means its worker died
+    (see _sweep_lost_work)."""
+    return f"work-{kind}-{pk}"
+
+
 @shared_task(acks_late=True)
 def provision_tenant(tenant_id: int) -> str:
+    # A second copy of the task (queued again by the sweep) waits for the first,
+    # then finds the state changed.
+    with locks.held(work_lock("provision", tenant_id)):
+        return _provision(tenant_id)
+
+
+def _provision(tenant_id: int) -> str:
     tenant = _load(tenant_id)
     if tenant is None or tenant.state != State.PROVISIONING:
         return "skipped"
@@ -240,6 +259,7 @@ def reconcile_host(host_name: str) -> dict[str, int]:
             log.info("reconcile: %s %s", tenant, action)
             actions[action] = actions.get(action, 0) + 1
     for name, step in (
+        ("lost_work", _sweep_lost_work),
         ("pooler_resync", host_agent.pooler_sync),
         ("spares_made", lambda _h: host_agent.spares_refill(settings.DBAAS_RUNTIME)),
     ):
@@ -252,6 +272,67 @@ def reconcile_host(host_name: str) -> dict[str, int]:
     if actions:
         log.info("reconcile %s: %s", host_name, actions)
     return actions
+
+
+def _sweep_lost_work(host: Host) -> int:
+    """Work this host accepted but nobody is doing (its worker died, or its message
+    never reached the queue): done again where that is safe, failed and cleaned up
+    where it is not. A task holds its work lock while it runs (work_lock), so a
+    free lock on a row that says `running` means the worker is gone.
+
+    - provisioning, its lock free for REQUEUE_AFTER: queued again (the tenant
+      never served anything; provisioning starts from scratch), until GIVE_UP_AFTER;
+    - a backup or restore `running` with its lock free: failed now, its partial
+      object removed, the data a cut-short restore replaced put back;
+    - a backup or restore `pending` for REQUEUE_AFTER while its queue is empty
+      (its message was lost): queued again.
+    """
+    from tenants.backups import backup_abandon, restore_abandon
+    from tenants.models import Backup, Restore
+
+    now = timezone.now()
+    swept = 0
+    for tenant in Tenant.objects.filter(host=host, state=State.PROVISIONING).select_related("host"):
+        age = now - tenant.state_changed_at
+        if age < REQUEUE_AFTER or locks.is_held(work_lock("provision", tenant.pk)):
+            continue
+        if age > GIVE_UP_AFTER:
+            _fail_and_discard(tenant, "provisioning did not finish (worker lost)", "sweep", None)
+        else:
+            event_record(tenant=tenant, action="provision_requeued", actor="sweep",
+                         message="no worker was provisioning it; queued again")  # fmt: skip
+            provision_tenant.apply_async((tenant.pk,), queue=host.queue)
+        swept += 1
+    bulk_idle = _queue_length(host.bulk_queue) == 0
+    for kind, model, task, abandon in (
+        ("backup", Backup, backup_tenant, backup_abandon),
+        ("restore", Restore, restore_backup, restore_abandon),
+    ):
+        unfinished = model.objects.filter(
+            tenant__host=host, state__in=[model.State.PENDING, model.State.RUNNING]
+        ).select_related("tenant__host", "tenant__plan")
+        for row in unfinished:
+            if locks.is_held(work_lock(kind, row.pk)):
+                continue
+            if row.state == model.State.RUNNING:
+                abandon(row, "the worker doing it was lost")
+                swept += 1
+            elif bulk_idle and now - row.created_at > REQUEUE_AFTER:
+                task.apply_async((row.pk,), queue=host.bulk_queue)
+                swept += 1
+    return swept
+
+
+def _queue_length(queue: str) -> int | None:
+    """Messages waiting in a queue (None if the broker cannot say). The broker is
+    Redis, where Celery keeps a queue as a list of that name."""
+    import redis
+
+    try:
+        return redis.Redis.from_url(settings.REDIS_PY_URL, socket_timeout=5).llen(queue)
+    except redis.RedisError as exc:
+        log.warning("cannot read the length of queue %s: %s", queue, exc)
+        return None
 
 
 def _reconcile_tenant(tenant: Tenant, now) -> str | None:
@@ -274,11 +355,12 @@ def backup_tenant(backup_id: int) -> str:
     from tenants.backups import backup_run
     from tenants.models import Backup
 
-    backup = Backup.objects.select_related("tenant__host", "tenant__plan").filter(pk=backup_id)
-    if not backup.exists():
-        return "skipped"
-    backup_run(backup.get())
-    return "done"
+    with locks.held(work_lock("backup", backup_id), timeout=0) as mine:
+        backup = Backup.objects.select_related("tenant__host", "tenant__plan").filter(pk=backup_id)
+        if not mine or not backup.exists():
+            return "skipped"
+        backup_run(backup.get())
+        return "done"
 
 
 @shared_task(acks_late=True)
@@ -286,13 +368,14 @@ def restore_backup(restore_id: int) -> str:
     from tenants.backups import restore_run
     from tenants.models import Restore
 
-    restore = Restore.objects.select_related("backup", "tenant__host", "tenant__plan").filter(
-        pk=restore_id
-    )
-    if not restore.exists():
-        return "skipped"
-    restore_run(restore.get())
-    return "done"
+    with locks.held(work_lock("restore", restore_id), timeout=0) as mine:
+        restore = Restore.objects.select_related("backup", "tenant__host", "tenant__plan").filter(
+            pk=restore_id
+        )
+        if not mine or not restore.exists():
+            return "skipped"
+        restore_run(restore.get())
+        return "done"
 
 
 @shared_task

@@ -80,7 +80,10 @@ def worker_service(kind: str, generation: int = 1) -> "Service":
         "worker": (f"host.{host},control", "2"),
         "bulk": (f"host.{host}.bulk", "1"),
     }[kind]
+    # Under the supervisor, as the Procfile runs it: Celery's worker exits when it
+    # loses Redis at a bad moment, and crash-only means it is simply started again.
     return Service(kind, [
+        sys.executable, "-m", "dbaas.supervise",
         _venv_bin("celery"), "-A", "dbaas", "worker", "--loglevel", "INFO",
         "-Q", queues, "--concurrency", concurrency,
         "--hostname", f"test-{kind}-{os.getpid()}-{generation}@%h",

@@ -27,6 +27,10 @@ class BackupStore(ABC):
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
+    def discard_partial(self, key: str) -> None:
+        """Remove what an upload to `key` that was cut short left behind, if any."""
+
+    @abstractmethod
     def discard_partials(self, started_before: datetime) -> int:
         """Remove what uploads cut short (a killed worker) left behind, if they started
         before `started_before`; never listed as objects, but they take space.

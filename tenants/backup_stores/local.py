@@ -54,6 +54,10 @@ class LocalStore(BackupStore):
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
 
+    def discard_partial(self, key: str) -> None:
+        path = self._path(key)
+        path.with_name(f".partial-{path.name}").unlink(missing_ok=True)
+
     def discard_partials(self, started_before: datetime) -> int:
         removed = 0
         for partial in self.root.glob("**/.partial-*"):

@@ -57,6 +57,19 @@ class S3Store(BackupStore):
             return False
         return True
 
+    def discard_partial(self, key: str) -> None:
+        try:
+            listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            for upload in listing.get("Uploads", []):
+                if upload["Key"] == key:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
+                    )
+        except (BotoCoreError, ClientError) as exc:
+            raise StoreError(
+                f"cannot abort the uploads of s3://{self.bucket}/{key}: {exc}"
+            ) from exc
+
     def discard_partials(self, started_before: datetime) -> int:
         """Abort multipart uploads that were never completed nor aborted."""
         removed = 0

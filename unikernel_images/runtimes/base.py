@@ -170,6 +170,12 @@ class Runtime(ABC):
     def drop_previous(self, instance_id: str) -> None:
         """Forget the data kept by swap_in_imported, and any unused import."""
 
+    @abstractmethod
+    def abandon_import(self, spec: InstanceSpec) -> bool:
+        """After an import or swap cut short (its worker died, wherever it was): the
+        data swap_in_imported kept becomes current again, what was imported goes.
+        True if data was put back (the instance is then stopped)."""
+
     def destroy(self, instance_id: str) -> None:
         """Stop and remove everything the instance had on this host."""
         self.stop(instance_id)

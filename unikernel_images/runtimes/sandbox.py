@@ -498,6 +498,20 @@ class SandboxRuntime(Runtime):
         shutil.rmtree(self._previous(instance_id), ignore_errors=True)
         shutil.rmtree(self._incoming(instance_id), ignore_errors=True)
 
+    def abandon_import(self, spec: InstanceSpec) -> bool:
+        iid = spec.instance_id
+        previous, incoming = self._previous(iid), self._incoming(iid)
+        if not previous.exists():  # the swap never began: the data is the current one
+            shutil.rmtree(incoming, ignore_errors=True)
+            return False
+        self.stop(iid)
+        shutil.rmtree(incoming, ignore_errors=True)
+        if self.data_dir(iid).exists():  # swapped in already (it may not have started)
+            self.data_dir(iid).rename(incoming)
+        previous.rename(self.data_dir(iid))
+        shutil.rmtree(incoming, ignore_errors=True)
+        return True
+
     def _lock_held(self, instance_id: str) -> bool:
         try:
             fd = os.open(self._lock_file(instance_id), os.O_RDWR | os.O_CLOEXEC)

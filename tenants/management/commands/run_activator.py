@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from tenants.models import Tenant
 from tenants.services import event_record
 
 log = logging.getLogger(__name__)
+CRASH_WATCH_INTERVAL = 0.5
 
 
 def wake(instance_id: str, ready: Callable[[Path], None]) -> Path:
@@ -75,9 +77,22 @@ class Command(BaseCommand):
         )  # fmt: skip
         registrar = Registrar(routes, decide)
         self._start_login_guard()
+        threading.Thread(target=self._restart_crashed, name="crash-watch", daemon=True).start()
         self.stdout.write(f"run_activator: listening for the tenants in {routes.root}")
         self.stdout.flush()
         asyncio.run(self._main(activator, registrar))
+
+    def _restart_crashed(self) -> None:
+        """Twice a second: a running tenant whose server has exited is started again
+        at once (the reconcile loop would find it only at its next tick)."""
+        while True:
+            time.sleep(CRASH_WATCH_INTERVAL)
+            close_old_connections()
+            try:
+                for iid in host_agent.instances_restart_crashed():
+                    log.warning("crash watch: %s had stopped; restarted", iid)
+            except Exception:
+                log.exception("crash watch: this round failed; trying again")
 
     def _start_login_guard(self) -> None:
         limit = settings.DBAAS_POOLER_LOGIN_FAILURES_PER_ADDRESS

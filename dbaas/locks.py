@@ -1,0 +1,52 @@
+"""Locks between the platform's processes on one host: flock(2) on a file per name
+under <data>/locks. A lock dies with the process that holds it, so a killed worker
+never leaves one taken, and whether a lock is held says whether anyone is still
+doing the work it guards (the reconcile loop asks that of backups and
+provisionings: see tenants/tasks.py).
+"""
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dbaas.env import data_dir
+
+
+def _path(name: str) -> Path:
+    locks = data_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return locks / f"{name}.lock"
+
+
+@contextmanager
+def held(name: str, timeout: float | None = None) -> Iterator[bool]:
+    """Hold the lock `name` for the block. Waits forever (timeout None) or up to
+    `timeout` seconds (0: not at all), then yields whether it got the lock."""
+    fd = os.open(_path(name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+    try:
+        if timeout is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield True
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.01)
+        yield True
+    finally:
+        os.close(fd)
+
+
+def is_held(name: str) -> bool:
+    """Whether some process holds the lock `name` right now."""
+    with held(name, timeout=0) as got:
+        return not got

@@ -1,0 +1,204 @@
+"""Faults injected into the real platform while it works: a worker killed while
+databases are created, Redis down, a queued message lost, the control plane
+unreachable, a wake racing a delete. Each checks that every accepted request
+finishes or fails cleanly (no 500, nothing stuck, nothing half-made) and that the
+platform's own services come back by themselves. (A worker killed mid-backup:
+tests/test_backups.py; a killed tenant server: tests/test_reconcile.py;
+concurrent password resets: tests/test_api_databases.py.)"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+import redis
+from django.conf import settings
+
+from dbaas.env import BASE_DIR, services_dir
+from dbaas.localservices import LocalRedis
+from tenants.models import Backup, Tenant
+from tests.conftest import Service, connect, wait_until, worker_service
+from tests.test_api_databases import create
+from tests.test_backups import wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def http(base: str, method: str, path: str, token: str | None = None, body=None):
+    """(status, JSON answer) from the live server, as any HTTP client sees it."""
+    request = urllib.request.Request(  # noqa: S310 - the test's own http server
+        f"{base}/api/v1{path}", method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {token}"} if token else {},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=90) as response:  # noqa: S310
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def kill_service(platform: dict, name: str) -> None:
+    service: Service = platform[name]
+    os.killpg(service.proc.pid, signal.SIGKILL)
+    service.proc.wait()
+
+
+def test_a_worker_killed_while_databases_are_created_strands_none(live, alice, platform,
+                                                                    live_server):  # fmt: skip
+    """Creates accepted while the worker dies are finished by its replacement: the
+    sweep queues again what nobody is doing (the dead worker's messages would come
+    back only after Redis's visibility timeout, an hour)."""
+    answers: list[tuple[int, dict]] = []
+
+    def create_one(name: str) -> None:
+        answers.append(http(live_server.url, "POST", "/databases", alice.token, {"name": name}))
+
+    threads = [threading.Thread(target=create_one, args=(f"burst{n}",)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    kill_service(platform, "worker")
+    replacement = worker_service("worker", generation=2)
+    platform["worker"] = replacement
+    replacement.wait_for(lambda: replacement.log_contains(" ready."))
+    for thread in threads:
+        thread.join()
+    assert len(answers) == 3 and all(status in (201, 202) for status, _ in answers), answers
+    tenants = Tenant.objects.filter(account__user__email="alice@example.com")
+    # Every accepted create ends running, and its string works.
+    wait_until(lambda: all(t.state == "running" for t in tenants.all()), timeout=90)
+    for _status, db in answers:
+        with connect(db["connection_string"]) as conn:
+            assert conn.execute("SELECT current_user").fetchone()[0] == db["user"]
+    assert tenants.count() == 3
+
+
+def test_with_redis_down_requests_get_503_and_leave_nothing_half_made(live, alice, client):
+    db = create(alice, "steady")
+    local_redis = LocalRedis(services_dir())
+    pid = int(local_redis.pidfile.read_text())
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not local_redis.is_running(), timeout=10)
+    watcher = None
+    try:
+        # A create: refused, and no row left behind (nothing counts against the quota).
+        started = time.monotonic()
+        response = alice.call("POST", "/databases", {"name": "during"})
+        assert response.status_code == 503, response.content
+        assert "try again" in response.json()["error"]
+        assert time.monotonic() - started < 15
+        assert not Tenant.objects.filter(name="during").exists()
+        # A backup: refused, no pending row that nobody will ever make.
+        response = alice.call("POST", f"/databases/{db['id']}/backups")
+        assert response.status_code == 503, response.content
+        assert not Backup.objects.filter(tenant_id=db["id"]).exists()
+        # A password change: refused, the old password still works.
+        response = alice.call("POST", f"/databases/{db['id']}/password")
+        assert response.status_code == 503, response.content
+        assert Tenant.objects.get(pk=db["id"]).pending_scram_secret == ""
+        with connect(db["connection_string"]) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        # A sign-up needs Redis too (its rate limit): 503, JSON.
+        response = client.post(
+            "/api/v1/accounts", {"email": "late@example.com", "password": "a long passphrase"},
+            content_type="application/json",
+        )  # fmt: skip
+        assert response.status_code == 503 and "error" in response.json()
+        # What only reads the control plane goes on.
+        assert alice.call("GET", "/databases").status_code == 200
+
+        # The watcher `make run` runs brings it back within seconds.
+        stopped_at = time.monotonic()
+        watcher = Service("services-watch", [sys.executable, "-m", "dbaas.localservices", "watch"])
+        watcher.wait_for(local_redis.is_running, timeout=30)
+        back_after = time.monotonic() - stopped_at
+        assert back_after < 5, back_after
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        if not local_redis.is_running():
+            local_redis.start()
+
+    # The worker reconnects by itself: work is accepted and done again.
+    def created() -> bool:
+        status, _body = create_status(alice, "after")
+        return status in (201, 202)
+
+    wait_until(created, timeout=60)
+    wait_until(lambda: Tenant.objects.get(name="after").state == "running", timeout=60)
+
+
+def create_status(api, name: str) -> tuple[int, dict]:
+    response = api.call("POST", "/databases", {"name": name})
+    return response.status_code, response.json()
+
+
+def test_a_backup_whose_message_was_lost_is_queued_again(live, alice, platform):
+    """Redis lost a queued message (restarted without it, say): the sweep sees the
+    backup pending, its queue empty and nobody on it, and queues it again."""
+    db = create(alice, "forgotten")
+    kill_service(platform, "bulk")
+    response = alice.call("POST", f"/databases/{db['id']}/backups")
+    assert response.status_code == 202
+    backup_id = response.json()["id"]
+    broker = redis.Redis.from_url(settings.REDIS_PY_URL)
+    queue = f"host.{settings.DBAAS_HOST_NAME}.bulk"
+    assert broker.llen(queue) == 1
+    broker.delete(queue)  # the message is gone
+    replacement = worker_service("bulk", generation=3)
+    platform["bulk"] = replacement
+    replacement.wait_for(lambda: replacement.log_contains(" ready."))
+    path = f"/databases/{db['id']}/backups/{backup_id}"
+    assert wait_for(alice, path, ("done", "failed"), timeout=60)["state"] == "done"
+
+
+def test_without_the_control_plane_the_api_answers_503_in_json(tmp_path):
+    """A web process whose database cannot be reached (it is down, or restarting)."""
+    probe = (
+        "import json, django\n"
+        "django.setup()\n"
+        "from django.test import Client\n"
+        "r = Client().get('/api/v1/databases', HTTP_AUTHORIZATION='Bearer dbaas_x')\n"
+        "print(json.dumps([r.status_code, r.json(), r['Retry-After']]))\n"
+    )
+    nowhere = urllib.parse.quote(str(tmp_path), safe="")  # a socket directory nobody serves
+    env = os.environ | {
+        "DJANGO_SETTINGS_MODULE": "dbaas.settings",
+        "DATABASE_URL": f"postgres://dbaas@{nowhere}/dbaas",
+    }
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=BASE_DIR,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    status, body, retry_after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert status == 503 and "unavailable" in body["error"] and retry_after
+
+
+def test_a_wake_racing_a_delete_is_answered_at_once(live, alice, live_server):
+    from tests.test_scale_to_zero import put_to_sleep
+
+    db = create(alice, "racer")
+    put_to_sleep(alice, db)
+    answer: list[tuple[int, dict, float]] = []
+
+    def wake() -> None:
+        started = time.monotonic()
+        status, body = http(live_server.url, "POST", f"/databases/{db['id']}/wake", alice.token)
+        answer.append((status, body, time.monotonic() - started))
+
+    thread = threading.Thread(target=wake)
+    thread.start()
+    assert alice.call("DELETE", f"/databases/{db['id']}").status_code == 202
+    thread.join()
+    status, body, took = answer[0]
+    assert status in (200, 409), body
+    assert took < 5, took
+    if status == 409:
+        assert "cannot be woken" in body["error"]
