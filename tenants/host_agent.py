@@ -126,6 +126,7 @@ def instance_provision(tenant: Tenant) -> None:
     # is worth keeping, since the tenant never served a query.
     runtime.destroy(spec.instance_id)
     runtime.create(spec)
+    runtime.remember(spec)
     runtime.start(spec)
     postgres_admin.bootstrap_owner(
         runtime.socket_dir(spec.instance_id),
@@ -151,6 +152,7 @@ def instance_provision_from_backup(tenant: Tenant) -> None:
     runtime.import_data(spec, backup_chunks_verified(backup))
     runtime.swap_in_imported(spec)
     runtime.drop_previous(spec.instance_id)
+    runtime.remember(spec)
     runtime.start(spec)
     socket_dir = runtime.socket_dir(spec.instance_id)
     if source.pk != tenant.pk:
@@ -192,6 +194,7 @@ def instance_start(tenant: Tenant) -> None:
     runtime = runtime_for(tenant)
     spec = instance_spec(tenant)
     runtime.configure(spec)
+    runtime.remember(spec)
     runtime.start(spec)
 
 
@@ -466,6 +469,25 @@ def instance_wake(tenant: Tenant, actor: str, ready: Callable[[Path], None] | No
                 wake_count=F("wake_count") + 1, wake_ms_total=F("wake_ms_total") + ms,
             )  # fmt: skip
     return runtime.socket_dir(iid)
+
+
+def instance_wake_offline(instance_id: str, ready: Callable[[Path], None]) -> Path:
+    """A wake while the control plane cannot be reached: the instance starts as it
+    was last started (the spec its runtime remembered), the route points at it, and
+    the reconcile loop records the wake once the control plane answers again (it
+    finds a sleeping tenant running). Only routed tenants get here: the pooler
+    knows no suspended or deleted one."""
+    runtime = get_runtime(settings.DBAAS_RUNTIME, instances_dir())
+    spec = runtime.remembered(instance_id)
+    if spec is None:
+        raise RuntimeError(f"{instance_id} has no remembered spec; it needs the control plane")
+    with locks.held(instance_id):
+        if runtime.status(instance_id).state is not InstanceState.RUNNING:
+            runtime.start(spec)
+        socket_dir = runtime.socket_dir(instance_id)
+        routes().point(instance_id, socket_dir)
+        ready(socket_dir)
+    return socket_dir
 
 
 def instance_restart(tenant: Tenant, actor: str) -> str:

@@ -31,7 +31,7 @@ LOGS = settings.DATA_DIR / "log"
 class Service:
     """A platform process run for the test session, its output in a log file."""
 
-    def __init__(self, name: str, args: list[str]) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.log_path = LOGS / f"{name}.log"
@@ -41,7 +41,7 @@ class Service:
             cwd=BASE_DIR,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=os.environ | {"PYTHONUNBUFFERED": "1"},
+            env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}),
             start_new_session=True,
         )
 

@@ -202,3 +202,32 @@ def test_a_wake_racing_a_delete_is_answered_at_once(live, alice, live_server):
     assert took < 5, took
     if status == 409:
         assert "cannot be woken" in body["error"]
+
+
+def test_a_sleeping_database_wakes_while_the_control_plane_is_unreachable(live, alice, platform,
+                                                                          tmp_path):  # fmt: skip
+    """The host decides alone: the activator starts the instance as it was last
+    started, and the wake is recorded once the control plane answers again."""
+    from tests.test_scale_to_zero import put_to_sleep
+
+    db = create(alice, "independent")
+    with connect(db["connection_string"], autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept AS SELECT 'before the outage' AS v")
+    put_to_sleep(alice, db)
+    kill_service(platform, "activator")
+    nowhere = urllib.parse.quote(str(tmp_path), safe="")  # a socket directory nobody serves
+    cut_off = Service("activator", [sys.executable, "manage.py", "run_activator"],
+                      env={"DATABASE_URL": f"postgres://dbaas@{nowhere}/dbaas"})  # fmt: skip
+    platform["activator"] = cut_off
+    cut_off.wait_for(lambda: cut_off.log_contains("listening"))
+    started = time.monotonic()
+    with connect(db["connection_string"]) as conn:
+        assert conn.execute("SELECT v FROM kept").fetchone() == ("before the outage",)
+    assert time.monotonic() - started < 10
+    assert cut_off.log_contains("waking")
+    # Back to an activator that reaches the control plane; the row catches up.
+    cut_off.stop()
+    activator = Service("activator", [sys.executable, "manage.py", "run_activator"])
+    platform["activator"] = activator
+    activator.wait_for(lambda: activator.log_contains("listening"))
+    wait_until(lambda: Tenant.objects.get(pk=db["id"]).state == "running", timeout=30)

@@ -2,7 +2,9 @@
 inspected and destroyed on this host. Plain values in, plain values out.
 """
 
+import dataclasses
 import enum
+import json
 import os
 import shutil
 from abc import ABC, abstractmethod
@@ -113,6 +115,38 @@ class Runtime(ABC):
 
     def log_file(self, instance_id: str) -> Path:
         return self.instance_dir(instance_id) / "postgres.log"
+
+    def remember(self, spec: InstanceSpec) -> None:
+        """Keep the spec the instance is started with beside it, so that the host
+        can start it again on its own (a wake while the control plane is down)."""
+        values = dataclasses.asdict(spec)
+        write_atomic(
+            self.instance_dir(spec.instance_id) / "spec.json",
+            json.dumps(values, default=str, indent=1),
+            mode=0o600,
+        )
+
+    def remembered(self, instance_id: str) -> InstanceSpec | None:
+        """The spec of its last start (remember), or None."""
+        try:
+            values = json.loads((self.instance_dir(instance_id) / "spec.json").read_text())
+        except FileNotFoundError:
+            return None
+        image = values.pop("image")
+        limits = values.pop("limits")
+        registrar = values.pop("registrar_dir")
+        return InstanceSpec(
+            **values
+            | {
+                "image": Image(name=image["name"], path=Path(image["path"]),
+                               manifest=image["manifest"]),
+                "limits": Limits(**limits) if limits else None,
+                "registrar_dir": Path(registrar) if registrar else None,
+                "logins": tuple(tuple(pair) for pair in values["logins"]),
+                "allowed_extensions": tuple(values["allowed_extensions"]),
+                "platform_accounts": tuple(values["platform_accounts"]),
+            }
+        )  # fmt: skip
 
     @abstractmethod
     def create(self, spec: InstanceSpec) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from dbaas.env import pooler_user
 from poolers import firewall, login_guard
@@ -38,6 +38,11 @@ def wake(instance_id: str, ready: Callable[[Path], None]) -> Path:
     tenant = Tenant(pk=host_agent.tenant_pk_for_instance(instance_id))
     try:
         return host_agent.instance_wake(tenant, actor="activator", ready=ready)
+    except (OperationalError, InterfaceError) as exc:
+        # The control plane is down: the host decides alone, the reconcile loop
+        # records it later. The client is not kept waiting for the database.
+        log.warning("control plane unreachable (%s); waking %s on its own", exc, instance_id)
+        return host_agent.instance_wake_offline(instance_id, ready)
     except Exception as exc:
         # The client hears it at once (the activator refuses its connection); the
         # operators see why in the tenant's events.
@@ -85,6 +90,7 @@ class Command(BaseCommand):
     def _restart_crashed(self) -> None:
         """Twice a second: a running tenant whose server has exited is started again
         at once (the reconcile loop would find it only at its next tick)."""
+        failing = False
         while True:
             time.sleep(CRASH_WATCH_INTERVAL)
             close_old_connections()
@@ -92,7 +98,13 @@ class Command(BaseCommand):
                 for iid in host_agent.instances_restart_crashed():
                     log.warning("crash watch: %s had stopped; restarted", iid)
             except Exception:
-                log.exception("crash watch: this round failed; trying again")
+                if not failing:  # once per outage, not twice a second
+                    log.exception("crash watch: failing (the control plane down?); retrying")
+                failing = True
+            else:
+                if failing:
+                    log.info("crash watch: working again")
+                failing = False
 
     def _start_login_guard(self) -> None:
         limit = settings.DBAAS_POOLER_LOGIN_FAILURES_PER_ADDRESS
