@@ -258,6 +258,9 @@ DBAAS_PROVISION_WAIT = env_int("DBAAS_PROVISION_WAIT", 30)
 # Tenants run as uid base+id when the platform runs as root.
 DBAAS_TENANT_UID_BASE = env_int("DBAAS_TENANT_UID_BASE", 200000)
 DBAAS_RUNTIME = env_str("DBAAS_RUNTIME", "sandbox")
+# Disk set aside beside each instance and given back when the disk is full, so that
+# its server can go on and its owner can connect to free space (0: none).
+DBAAS_DISK_RESERVE_MB = env_int("DBAAS_DISK_RESERVE_MB", 32)
 # Template copies each host keeps ready, so that provisioning is a rename.
 DBAAS_SPARE_INSTANCES = env_int("DBAAS_SPARE_INSTANCES", 2)
 

@@ -127,6 +127,7 @@ def instance_provision(tenant: Tenant) -> None:
     runtime.destroy(spec.instance_id)
     runtime.create(spec)
     runtime.remember(spec)
+    runtime.keep_reserve(spec.instance_id, settings.DBAAS_DISK_RESERVE_MB << 20)
     runtime.start(spec)
     postgres_admin.bootstrap_owner(
         runtime.socket_dir(spec.instance_id),
@@ -195,6 +196,7 @@ def instance_start(tenant: Tenant) -> None:
     spec = instance_spec(tenant)
     runtime.configure(spec)
     runtime.remember(spec)
+    runtime.keep_reserve(spec.instance_id, settings.DBAAS_DISK_RESERVE_MB << 20)
     runtime.start(spec)
 
 
@@ -609,6 +611,8 @@ def instance_repair(tenant: Tenant, actor: str = "reconcile") -> str | None:
             if status is InstanceState.STOPPED:
                 # Why, from its log, before the start adds to it.
                 why = stop_reason(runtime.log_file(iid))
+                if why.startswith("disk full"):
+                    runtime.release_reserve(iid)  # room to start, and to free space
                 started = time.monotonic()
                 try:
                     instance_start(tenant)
@@ -621,6 +625,13 @@ def instance_repair(tenant: Tenant, actor: str = "reconcile") -> str | None:
                 did = "restarted"
             if route.point(iid, runtime.socket_dir(iid)):
                 did = did or "rerouted"
+            # Space is back after a full disk: set the reserve aside again.
+            if runtime.keep_reserve(iid, settings.DBAAS_DISK_RESERVE_MB << 20) and (
+                tenant.state_reason.startswith(DISK_FULL_NOTE)
+            ):
+                _note(tenant, "")
+                _event(tenant, "disk_ok", actor, "there is room on the disk again", 0)
+                did = did or "reserve_remade"
             return did
         if tenant.state == State.SLEEPING:
             if status is InstanceState.RUNNING:
@@ -644,11 +655,23 @@ def instance_repair(tenant: Tenant, actor: str = "reconcile") -> str | None:
     return None
 
 
-def instances_restart_crashed() -> list[str]:
-    """This host's running tenants whose server has exited (crashed, killed, out of
-    memory): restarted now, not at the next reconcile tick (run twice a second by
-    the activator). Returns their instance ids."""
-    route, restarted = routes(), []
+DISK_FULL_NOTE = "the disk is full"
+# How a server's log says it (a write that failed; a file it could not extend).
+DISK_FULL_WORDS = ("No space left on device", "Check free disk space")
+
+
+def instances_watch(log_offsets: dict[str, int]) -> list[str]:
+    """This host's running tenants, looked at closely (twice a second, by the
+    activator), what the reconcile loop would find only at its next tick:
+
+    - a server that has exited (crashed, killed, out of memory) is started again;
+    - a server whose log says the disk is full (it may be up but unable to write,
+      or let anyone log in) gets its reserve back, so that it can go on and its
+      owner can connect and free space; its state reason says so.
+
+    `log_offsets` keeps how far each server's log has been read, between calls.
+    Returns what was done, as "<instance id>: <what>"."""
+    route, done = routes(), []
     running = Tenant.objects.filter(
         host__name=settings.DBAAS_HOST_NAME, state=State.RUNNING
     ).select_related("host", "plan", "account__user")
@@ -656,11 +679,39 @@ def instances_restart_crashed() -> list[str]:
         iid = tenant.instance_id
         if route.target(iid) is None or route.points_to_activator(iid):
             continue  # not routed to a server that should be up
-        if runtime_for(tenant).status(iid).state is not InstanceState.STOPPED:
+        runtime = runtime_for(tenant)
+        full = _new_log_line(runtime.log_file(iid), log_offsets, iid, DISK_FULL_WORDS)
+        if full is not None:
+            freed = runtime.release_reserve(iid)
+            _note(tenant, f"{DISK_FULL_NOTE} ({full[:200]}); {freed >> 20} MB were set free "
+                          "so that you can connect and DELETE, TRUNCATE or DROP data")  # fmt: skip
+            _event(tenant, "disk_full", "crash-watch", full, 0)
+            done.append(f"{iid}: disk full, {freed >> 20} MB freed")
+        if runtime.status(iid).state is not InstanceState.STOPPED:
             continue
         if instance_repair(tenant, actor="crash-watch") == "restarted":
-            restarted.append(iid)
-    return restarted
+            done.append(f"{iid}: restarted")
+    return done
+
+
+def _new_log_line(
+    log_file: Path, offsets: dict[str, int], key: str, needles: tuple[str, ...]
+) -> str | None:
+    """The last line with one of `needles` written to the log since the last look
+    (None if none; the first look only notes where the log ends)."""
+    try:
+        size = log_file.stat().st_size
+    except FileNotFoundError:
+        return None
+    seen = offsets.get(key)
+    offsets[key] = size
+    if seen is None or size <= seen:
+        return None
+    with log_file.open("rb") as file:
+        file.seek(max(seen, size - _LOG_TAIL_BYTES))
+        lines = file.read().decode(errors="replace").splitlines()
+    found = [line for line in lines if any(needle in line for needle in needles)]
+    return found[-1].split(" ", 3)[-1] if found else None
 
 
 # Why a server stopped, from the last part of its log: the first of these found.
@@ -679,7 +730,7 @@ def stop_reason(log_file: Path) -> str:
     starts = [n for n, line in enumerate(lines) if "starting PostgreSQL" in line]
     lines = lines[starts[-1] :] if starts else lines
     for needle, what in (
-        ("No space left on device", "disk full"),
+        *((words, "disk full") for words in DISK_FULL_WORDS),
         ("out of memory", "out of memory"),
         ("PANIC:", "crashed"),
         ("was terminated by signal", "a server process was killed"),

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+import psycopg
 import pytest
 import redis
 from django.conf import settings
@@ -231,3 +232,62 @@ def test_a_sleeping_database_wakes_while_the_control_plane_is_unreachable(live, 
     platform["activator"] = activator
     activator.wait_for(lambda: activator.log_contains("listening"))
     wait_until(lambda: Tenant.objects.get(pk=db["id"]).state == "running", timeout=30)
+
+
+def test_a_full_disk_is_noticed_and_the_owner_can_free_space(live, alice, tmp_path):
+    """The tenant's files on a small filesystem of their own, filled by its owner:
+    the crash watch reads `No space left on device` in its server's log, gives the
+    instance its reserve back and says so; the owner connects, drops data, and
+    writes work again."""
+    from tenants import host_agent
+    from tenants.models import Event
+    from tests.test_scale_to_zero import put_to_sleep
+
+    db = create(alice, "hoarder")
+    tenant = Tenant.objects.get(pk=db["id"])
+    runtime = host_agent.runtime_for(tenant)
+    iid = tenant.instance_id
+    instance_dir = runtime.instance_dir(iid)
+    reserve = runtime.reserve_file(iid).stat().st_size
+    assert reserve == settings.DBAAS_DISK_RESERVE_MB << 20
+    put_to_sleep(alice, db)
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", "--sparse=never", str(instance_dir), str(copy)], check=True)
+    used_mb = int(subprocess.run(["du", "-sm", str(copy)], capture_output=True, text=True,
+                                 check=True).stdout.split()[0])  # fmt: skip
+    size_mb = used_mb + 48  # room for some data, then full
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0711", "tmpfs",
+                    str(instance_dir)], check=True)  # fmt: skip
+    try:
+        subprocess.run(["cp", "-a", "--sparse=never", f"{copy}/.", str(instance_dir)], check=True)
+        filling = connect(db["connection_string"], autocommit=True)
+        with pytest.raises(
+            psycopg.Error, match="No space left on device|free disk space|terminat|closed"
+        ):
+            filling.execute("CREATE TABLE filler (g int, h text)")
+            for _ in range(100):
+                filling.execute("INSERT INTO filler SELECT g, md5(g::text) || md5(random()::text)"
+                                " FROM generate_series(1, 100000) g")  # fmt: skip
+        filling.close()
+        noted = wait_until(lambda: Tenant.objects.get(pk=db["id"]).state_reason, timeout=20)
+        assert noted.startswith("the disk is full"), noted
+        assert Event.objects.filter(tenant_id=db["id"], action="disk_full").exists()
+        assert "the disk is full" in alice.call("GET", f"/databases/{db['id']}").json()[
+            "state_reason"]  # fmt: skip
+        assert not runtime.reserve_file(iid).exists()  # given back
+
+        def freed() -> bool:
+            try:
+                with connect(db["connection_string"], autocommit=True) as conn:
+                    conn.execute("DROP TABLE IF EXISTS filler")
+                return True
+            except psycopg.OperationalError:
+                return False  # restarting after a PANIC: try again
+
+        wait_until(freed, timeout=60)
+        with connect(db["connection_string"], autocommit=True) as conn:
+            conn.execute("CREATE TABLE after_cleanup AS SELECT g FROM generate_series(1, 1000) g")
+            assert conn.execute("SELECT count(*) FROM after_cleanup").fetchone() == (1000,)
+    finally:
+        runtime.stop(iid)
+        subprocess.run(["umount", "-l", str(instance_dir)], check=False)

@@ -116,6 +116,40 @@ class Runtime(ABC):
     def log_file(self, instance_id: str) -> Path:
         return self.instance_dir(instance_id) / "postgres.log"
 
+    def reserve_file(self, instance_id: str) -> Path:
+        return self.instance_dir(instance_id) / "reserve"
+
+    def keep_reserve(self, instance_id: str, nbytes: int) -> bool:
+        """Keep `nbytes` of the disk set aside beside the instance (a file of that
+        size), to be given back when the disk is full (release_reserve): then its
+        server can start and its owner can connect to free space. True if it was
+        made just now; not made while the disk has less than twice that free."""
+        reserve = self.reserve_file(instance_id)
+        if nbytes <= 0 or (reserve.exists() and reserve.stat().st_size >= nbytes):
+            return False
+        disk = os.statvfs(self.instance_dir(instance_id))
+        if disk.f_bavail * disk.f_frsize < 2 * nbytes:
+            return False
+        fd = os.open(reserve, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, nbytes)  # blocks really taken, not a sparse file
+        except OSError:
+            os.close(fd)
+            reserve.unlink(missing_ok=True)
+            return False
+        os.close(fd)
+        return True
+
+    def release_reserve(self, instance_id: str) -> int:
+        """Give the reserve back to the disk; the bytes freed."""
+        reserve = self.reserve_file(instance_id)
+        try:
+            size = reserve.stat().st_size
+            reserve.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
     def remember(self, spec: InstanceSpec) -> None:
         """Keep the spec the instance is started with beside it, so that the host
         can start it again on its own (a wake while the control plane is down)."""

@@ -89,14 +89,14 @@ class Command(BaseCommand):
 
     def _restart_crashed(self) -> None:
         """Twice a second: a running tenant whose server has exited is started again
-        at once (the reconcile loop would find it only at its next tick)."""
-        failing = False
+        at once, one whose disk is full gets room (host_agent.instances_watch)."""
+        failing, log_offsets = False, {}
         while True:
             time.sleep(CRASH_WATCH_INTERVAL)
             close_old_connections()
             try:
-                for iid in host_agent.instances_restart_crashed():
-                    log.warning("crash watch: %s had stopped; restarted", iid)
+                for what in host_agent.instances_watch(log_offsets):
+                    log.warning("crash watch: %s", what)
             except Exception:
                 if not failing:  # once per outage, not twice a second
                     log.exception("crash watch: failing (the control plane down?); retrying")
