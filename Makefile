@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DBAAS_DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: run test setup setup-test lint services stop clean
+.PHONY: run test test-fast setup setup-test lint services stop clean
 
 run: setup
 	$(PY) manage.py up
@@ -27,6 +27,10 @@ test: setup-test lint services
 	$(PY) manage.py makemigrations --check --dry-run
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
+# Seconds, not minutes: the tests that need no pooler, worker or tenant server.
+test-fast: setup-test lint services
+	$(TEST_ENV) $(PY) -m pytest -m "not platform" -q $(PYTEST_ARGS)
+
 setup:
 	@./scripts/setup.sh
 
@@ -36,6 +40,7 @@ setup-test:
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 services:
 	$(PY) -m dbaas.localservices start

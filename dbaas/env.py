@@ -14,14 +14,49 @@ def env_str(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
-def env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int, minimum: int | None = 0) -> int:
+    """An integer (`minimum` and up; None: any). A bad value stops the program
+    with the variable's name: a typo must not start a platform with a default."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise SystemExit(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_float(name: str, default: float, minimum: float | None = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SystemExit(f"{name} must be a finite number, got {raw!r}")
+    if minimum is not None and value < minimum:
+        raise SystemExit(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_secret(name: str, default: str = "") -> str:
+    """A secret, from NAME, or from the file NAME_FILE names (as container and
+    systemd credentials hand them over; its trailing newline dropped). Both set
+    is a mistake."""
+    path = os.environ.get(f"{name}_FILE", "")
+    if not path:
+        return env_str(name, default)
+    if os.environ.get(name):
+        raise SystemExit(f"set {name} or {name}_FILE, not both")
+    try:
+        return Path(path).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise SystemExit(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
 
 
 def env_bool(name: str, default: bool) -> bool:

@@ -13,7 +13,9 @@ from dbaas.env import (
     BASE_DIR,
     data_dir,
     env_bool,
+    env_float,
     env_int,
+    env_secret,
     env_str,
     pgbouncer_binary,
     services_dir,
@@ -24,7 +26,7 @@ DATA_DIR = data_dir()
 # DBAAS_DATA_DIR at a directory of their own but share these.
 SERVICES_DIR = services_dir()
 
-SECRET_KEY = env_str("DJANGO_SECRET_KEY", "")
+SECRET_KEY = env_secret("DJANGO_SECRET_KEY")
 if not SECRET_KEY:
     # A per-installation key kept with the rest of the state, made on first use.
     _key_file = DATA_DIR / "secret_key"
@@ -162,9 +164,9 @@ EMAIL_BACKEND = (
     if EMAIL_HOST
     else "django.core.mail.backends.console.EmailBackend"
 )
-EMAIL_PORT = env_int("DBAAS_SMTP_PORT", 587)
+EMAIL_PORT = env_int("DBAAS_SMTP_PORT", 587, minimum=1)
 EMAIL_HOST_USER = env_str("DBAAS_SMTP_USER", "")
-EMAIL_HOST_PASSWORD = env_str("DBAAS_SMTP_PASSWORD", "")
+EMAIL_HOST_PASSWORD = env_secret("DBAAS_SMTP_PASSWORD")
 EMAIL_USE_TLS = env_bool("DBAAS_SMTP_TLS", True)
 DEFAULT_FROM_EMAIL = env_str("DBAAS_MAIL_FROM", "dbaas <no-reply@localhost>")
 
@@ -226,7 +228,7 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 DBAAS_HOST_NAME = env_str("DBAAS_HOST_NAME", socket.gethostname().split(".")[0])
 DBAAS_PUBLIC_HOST = env_str("DBAAS_PUBLIC_HOST", "127.0.0.1")
 DBAAS_PGBOUNCER_LISTEN = env_str("DBAAS_PGBOUNCER_LISTEN", "127.0.0.1")
-DBAAS_PGBOUNCER_PORT = env_int("DBAAS_PGBOUNCER_PORT", 6432)
+DBAAS_PGBOUNCER_PORT = env_int("DBAAS_PGBOUNCER_PORT", 6432, minimum=1)
 DBAAS_PGBOUNCER_BIN = pgbouncer_binary()
 # What connection strings ask of the client's TLS: verify-full checks the pooler's
 # certificate and name against the platform's CA (GET /api/v1/ca.pem, which libpq
@@ -246,11 +248,11 @@ DBAAS_POOLER_LOGIN_GUARD_EXEMPT = [
     a for a in env_str("DBAAS_POOLER_LOGIN_GUARD_EXEMPT", "").split(",") if a
 ]
 # /metrics names every tenant's database: staff sessions, or this bearer token.
-DBAAS_METRICS_TOKEN = env_str("DBAAS_METRICS_TOKEN", "")
-DBAAS_RECONCILE_INTERVAL = env_int("DBAAS_RECONCILE_INTERVAL", 10)
+DBAAS_METRICS_TOKEN = env_secret("DBAAS_METRICS_TOKEN")
+DBAAS_RECONCILE_INTERVAL = env_int("DBAAS_RECONCILE_INTERVAL", 10, minimum=1)
 # Seconds after a wake before the pooler replaces the server connections it opened
 # through the activator by direct ones (see poolers/activator.py).
-DBAAS_ACTIVATOR_HANDOFF_DELAY = float(env_int("DBAAS_ACTIVATOR_HANDOFF_DELAY", 5))
+DBAAS_ACTIVATOR_HANDOFF_DELAY = env_float("DBAAS_ACTIVATOR_HANDOFF_DELAY", 5.0)
 # Instances the activator starts at once (the others wait in order): 4 per core.
 DBAAS_WAKE_CONCURRENCY = env_int("DBAAS_WAKE_CONCURRENCY", 4 * (os.cpu_count() or 1))
 # How long POST /databases waits for the instance before answering 202.
@@ -270,7 +272,7 @@ DBAAS_BACKUP_STORE = env_str("DBAAS_BACKUP_STORE", "local")  # or "s3"
 DBAAS_S3_ENDPOINT = env_str("DBAAS_S3_ENDPOINT", "")  # empty: AWS itself
 DBAAS_S3_BUCKET = env_str("DBAAS_S3_BUCKET", "dbaas-backups")
 DBAAS_S3_ACCESS_KEY = env_str("DBAAS_S3_ACCESS_KEY", "")
-DBAAS_S3_SECRET_KEY = env_str("DBAAS_S3_SECRET_KEY", "")
+DBAAS_S3_SECRET_KEY = env_secret("DBAAS_S3_SECRET_KEY")
 DBAAS_S3_REGION = env_str("DBAAS_S3_REGION", "us-east-1")
 
 # Backups restored and pg_amcheck'ed per host and day.
@@ -283,11 +285,11 @@ CELERY_BEAT_SCHEDULE = {
     },
     "schedule-backups": {
         "task": "tenants.tasks.schedule_backups",
-        "schedule": float(env_int("DBAAS_BACKUP_CHECK_INTERVAL", 600)),
+        "schedule": env_float("DBAAS_BACKUP_CHECK_INTERVAL", 600.0, minimum=1.0),
     },
     "record-usage": {
         "task": "tenants.tasks.record_usage_all_hosts",
-        "schedule": float(env_int("DBAAS_USAGE_INTERVAL", 60)),
+        "schedule": env_float("DBAAS_USAGE_INTERVAL", 60.0, minimum=1.0),
     },
     "reconcile-all-hosts": {
         "task": "tenants.tasks.reconcile_all_hosts",

@@ -120,6 +120,7 @@ class Activator:
         try:
             startup, user = await _read_startup(client_r, client_w)
             loop = asyncio.get_running_loop()
+            assert self.instance_for_role is not None  # this route exists only then
             instance_id = await loop.run_in_executor(None, self.instance_for_role, user)
             if instance_id is None:
                 client_w.write(_fatal("3D000", 'database "postgres" does not exist'))
@@ -172,6 +173,7 @@ class Activator:
             if job.exception() is not None:
                 log.warning("activator: hand-off of %s failed: %s", instance_id, job.exception())
 
+        assert self.handoff is not None  # called only then
         job = asyncio.get_running_loop().run_in_executor(None, self.handoff, instance_id)
         job.add_done_callback(log_failure)
 

@@ -18,8 +18,16 @@ from tenants.errors import (
     ServiceError,
     Unavailable,
 )
-from tenants.models import Backup, Restore, Tenant
+from tenants.models import Account, Backup, Restore, Tenant
 from tenants.selectors import tls_ca_pem
+
+
+class ApiRequest(HttpRequest):
+    """A request as the views see it once `endpoint` has run: the account its token
+    names (views with auth), and its JSON body (a dict, {} when there is none)."""
+
+    account: Account
+    json: dict
 
 
 def error(status: int, message: str) -> JsonResponse:
@@ -32,7 +40,7 @@ def endpoint(*methods: str, auth: bool = True) -> Callable:
     def decorate(view: Callable) -> Callable:
         @csrf_exempt
         @functools.wraps(view)
-        def wrapper(request: HttpRequest, *args, **kwargs) -> JsonResponse:
+        def wrapper(request: ApiRequest, *args, **kwargs) -> JsonResponse:
             if request.method not in methods:
                 response = error(405, f"method {request.method} not allowed")
                 response["Allow"] = ", ".join(methods)
@@ -50,21 +58,21 @@ def endpoint(*methods: str, auth: bool = True) -> Callable:
     return decorate
 
 
-def _bearer_token(request: HttpRequest) -> str:
+def _bearer_token(request: ApiRequest) -> str:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed("missing bearer token (Authorization: Bearer <token>)")
     return token.strip()
 
 
-def _authenticate(request: HttpRequest):
+def _authenticate(request: ApiRequest):
     account = selectors.account_for_token(_bearer_token(request))
     if account is None:
         raise AuthenticationFailed("invalid token")
     return account
 
 
-def _body(request: HttpRequest) -> dict:
+def _body(request: ApiRequest) -> dict:
     if request.method in ("GET", "DELETE", "HEAD") or not request.body:
         return {}
     try:
@@ -106,7 +114,7 @@ def database_json(tenant: Tenant) -> dict:
     }
 
 
-def _actor(request: HttpRequest) -> str:
+def _actor(request: ApiRequest) -> str:
     return f"api:{request.account.user.email}"
 
 
@@ -115,7 +123,7 @@ def _actor(request: HttpRequest) -> str:
 
 @never_cache  # the answer can hold a password or a token
 @endpoint("POST", auth=False)
-def accounts(request: HttpRequest) -> JsonResponse:
+def accounts(request: ApiRequest) -> JsonResponse:
     ratelimit.check_signup(request)
     account, token = services.account_create(
         email=_string_field(request.json, "email"), password=_string_field(request.json, "password")
@@ -125,7 +133,7 @@ def accounts(request: HttpRequest) -> JsonResponse:
 
 @never_cache  # the answer can hold a password or a token
 @endpoint("POST", auth=False)
-def tokens(request: HttpRequest) -> JsonResponse:
+def tokens(request: ApiRequest) -> JsonResponse:
     body = request.json
     email, password = body.get("email"), body.get("password")
     # No account's email holds a NUL, and PostgreSQL refuses one even in a query.
@@ -141,7 +149,7 @@ def tokens(request: HttpRequest) -> JsonResponse:
 
 
 @endpoint("DELETE")
-def token_current(request: HttpRequest) -> JsonResponse:
+def token_current(request: ApiRequest) -> JsonResponse:
     """Revoke the token this request presents."""
     services.token_revoke(raw_token=_bearer_token(request))
     return JsonResponse({"revoked": True})
@@ -152,7 +160,7 @@ def token_current(request: HttpRequest) -> JsonResponse:
 
 @never_cache  # the answer can hold a password or a token
 @endpoint("GET", "POST")
-def databases(request: HttpRequest) -> JsonResponse:
+def databases(request: ApiRequest) -> JsonResponse:
     if request.method == "GET":
         items = [database_json(t) for t in selectors.tenant_list(account=request.account)]
         return JsonResponse({"databases": items})
@@ -162,7 +170,7 @@ def databases(request: HttpRequest) -> JsonResponse:
     return _create_and_wait(request, name)
 
 
-def _create_and_wait(request: HttpRequest, name: str, restored_from=None) -> JsonResponse:
+def _create_and_wait(request: ApiRequest, name: str, restored_from=None) -> JsonResponse:
     # The connection string must work the moment the client reads it: this waits
     # for the host agent (tens of milliseconds normally).
     tenant, password = services.tenant_create_ready(
@@ -182,7 +190,7 @@ def _create_and_wait(request: HttpRequest, name: str, restored_from=None) -> Jso
 
 
 @endpoint("GET", "DELETE")
-def database(request: HttpRequest, tenant_id: str) -> JsonResponse:
+def database(request: ApiRequest, tenant_id: str) -> JsonResponse:
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
     if request.method == "GET":
         return JsonResponse(database_json(tenant))
@@ -197,14 +205,14 @@ def database(request: HttpRequest, tenant_id: str) -> JsonResponse:
 
 @never_cache  # the answer can hold a password or a token
 @endpoint("POST")
-def database_password(request: HttpRequest, tenant_id: str) -> JsonResponse:
+def database_password(request: ApiRequest, tenant_id: str) -> JsonResponse:
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
     tenant, password = services.tenant_reset_password_applied(tenant=tenant, actor=_actor(request))
     return JsonResponse(database_json(tenant) | selectors.credentials_json(tenant, password))
 
 
 @endpoint("POST")
-def database_sleep(request: HttpRequest, tenant_id: str) -> JsonResponse:
+def database_sleep(request: ApiRequest, tenant_id: str) -> JsonResponse:
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
     tenant = services.tenant_sleep_settled(tenant=tenant, actor=_actor(request))
     if tenant.state == Tenant.State.RUNNING:
@@ -215,7 +223,7 @@ def database_sleep(request: HttpRequest, tenant_id: str) -> JsonResponse:
 
 
 @endpoint("POST")
-def database_wake(request: HttpRequest, tenant_id: str) -> JsonResponse:
+def database_wake(request: ApiRequest, tenant_id: str) -> JsonResponse:
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
     tenant = services.tenant_wake_settled(tenant=tenant, actor=_actor(request))
     if tenant.state != Tenant.State.RUNNING:
@@ -269,7 +277,7 @@ def _backup_of(tenant: Tenant, backup_id: str) -> Backup:
 
 
 @endpoint("GET", "POST")
-def database_backups(request: HttpRequest, tenant_id: str) -> JsonResponse:
+def database_backups(request: ApiRequest, tenant_id: str) -> JsonResponse:
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
     if request.method == "GET":
         return JsonResponse({"backups": [backup_json(b) for b in tenant.backups.all()]})
@@ -281,7 +289,7 @@ def database_backups(request: HttpRequest, tenant_id: str) -> JsonResponse:
 
 
 @endpoint("GET")
-def database_backup_download(request: HttpRequest, tenant_id: str, backup_id: str):
+def database_backup_download(request: ApiRequest, tenant_id: str, backup_id: str):
     """A logical export, as a pg_dump custom-format file for pg_restore."""
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
     backup = _backup_of(tenant, backup_id)
@@ -294,14 +302,14 @@ def database_backup_download(request: HttpRequest, tenant_id: str, backup_id: st
 
 
 @endpoint("GET")
-def database_backup(request: HttpRequest, tenant_id: str, backup_id: str) -> JsonResponse:
+def database_backup(request: ApiRequest, tenant_id: str, backup_id: str) -> JsonResponse:
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
     return JsonResponse(backup_json(_backup_of(tenant, backup_id)))
 
 
 @never_cache  # the answer can hold a password or a token
 @endpoint("POST")
-def database_backup_restore(request: HttpRequest, tenant_id: str, backup_id: str) -> JsonResponse:
+def database_backup_restore(request: ApiRequest, tenant_id: str, backup_id: str) -> JsonResponse:
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
     backup = _backup_of(tenant, backup_id)
     target = request.json.get("target", "same")
@@ -319,7 +327,7 @@ def database_backup_restore(request: HttpRequest, tenant_id: str, backup_id: str
 
 
 @endpoint("GET")
-def database_restore(request: HttpRequest, tenant_id: str, restore_id: str) -> JsonResponse:
+def database_restore(request: ApiRequest, tenant_id: str, restore_id: str) -> JsonResponse:
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
     try:
         return JsonResponse(restore_json(tenant.restores.get(pk=int(restore_id))))
@@ -328,7 +336,7 @@ def database_restore(request: HttpRequest, tenant_id: str, restore_id: str) -> J
 
 
 @endpoint("GET")
-def account_backups(request: HttpRequest) -> JsonResponse:
+def account_backups(request: ApiRequest) -> JsonResponse:
     """Every usable backup of the account, deleted databases' included."""
     found = Backup.objects.filter(
         tenant__account=request.account, state=Backup.State.DONE
@@ -340,7 +348,7 @@ def account_backups(request: HttpRequest) -> JsonResponse:
 
 @never_cache  # the answer can hold a password or a token
 @endpoint("POST")
-def account_backup_restore(request: HttpRequest, backup_id: str) -> JsonResponse:
+def account_backup_restore(request: ApiRequest, backup_id: str) -> JsonResponse:
     """Restore any of the account's backups (a deleted database's too) into a new one."""
     try:
         backup = Backup.objects.select_related("tenant").get(
@@ -358,7 +366,7 @@ def account_backup_restore(request: HttpRequest, backup_id: str) -> JsonResponse
 
 
 @endpoint("GET", auth=False)
-def ca_certificate(request: HttpRequest) -> HttpResponse:
+def ca_certificate(request: ApiRequest) -> HttpResponse:
     """The platform's CA certificate: what clients trust to verify the pooler's."""
     response = HttpResponse(tls_ca_pem(), content_type="application/x-pem-file")
     response["Content-Disposition"] = 'inline; filename="dbaas-ca.pem"'
@@ -366,13 +374,13 @@ def ca_certificate(request: HttpRequest) -> HttpResponse:
 
 
 @endpoint("GET", auth=False)
-def openapi_json(request: HttpRequest) -> JsonResponse:
+def openapi_json(request: ApiRequest) -> JsonResponse:
     """This API's OpenAPI 3.1 document (tenants/openapi.py)."""
     return JsonResponse(openapi.document())
 
 
 @endpoint("GET", auth=False)
-def api_docs(request: HttpRequest) -> HttpResponse:
+def api_docs(request: ApiRequest) -> HttpResponse:
     """The same document as a web page."""
     context = openapi.docs_context(openapi.document())
     return render(request, "tenants/api_docs.html", context)

@@ -32,7 +32,7 @@ def send_after_commit(
     args: tuple,
     *,
     queue: str,
-    undo: Callable[[], None] | None = None,
+    undo: Callable[[], object] | None = None,
     swept: bool = False,
 ) -> None:
     """Queue `task(*args)` on `queue` when the current transaction commits (at once

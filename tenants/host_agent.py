@@ -4,6 +4,7 @@ a tenant: its instance through the runtime, its entry in the host's PgBouncer.
 Turns tenant rows into plain values for `unikernel_images` and `poolers`.
 """
 
+import errno
 import logging
 import os
 import time
@@ -26,7 +27,7 @@ from unikernel_images.cgroups import Limits
 from unikernel_images.image import default_image_name, load_image
 from unikernel_images.paths import images_dir, instances_dir
 from unikernel_images.runtimes import get_runtime
-from unikernel_images.runtimes.base import InstanceSpec, InstanceState, Runtime
+from unikernel_images.runtimes.base import InstanceError, InstanceSpec, InstanceState, Runtime
 
 log = logging.getLogger(__name__)
 State = Tenant.State
@@ -146,6 +147,7 @@ def instance_provision_from_backup(tenant: Tenant) -> None:
     from tenants.backups import backup_chunks_verified
 
     backup = tenant.restored_from
+    assert backup is not None, "only for a tenant made from a backup"
     source = backup.tenant
     runtime = runtime_for(tenant)
     spec = instance_spec(tenant)
@@ -190,14 +192,36 @@ def instance_remove(tenant: Tenant) -> None:
     runtime_for(tenant).destroy(tenant.instance_id)
 
 
-def instance_start(tenant: Tenant) -> None:
-    """Start with the current settings (the plan may have changed since)."""
+def instance_start(tenant: Tenant) -> str:
+    """Start with the current settings (the plan may have changed since). Returns
+    what the owner should know about the start ("" if nothing: a full disk, say),
+    for the state change that follows to keep as its reason."""
     runtime = runtime_for(tenant)
     spec = instance_spec(tenant)
-    runtime.configure(spec)
-    runtime.remember(spec)
-    runtime.keep_reserve(spec.instance_id, settings.DBAAS_DISK_RESERVE_MB << 20)
-    runtime.start(spec)
+
+    def start() -> None:
+        runtime.configure(spec)
+        runtime.remember(spec)
+        runtime.keep_reserve(spec.instance_id, settings.DBAAS_DISK_RESERVE_MB << 20)
+        runtime.start(spec)
+
+    try:
+        start()
+        return ""
+    except (InstanceError, OSError) as exc:
+        # A full disk (its config could not be written, or the server could not
+        # recover): give the instance its reserve, and try once more.
+        full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+        full = full or stop_reason(runtime.log_file(spec.instance_id)).startswith("disk full")
+        freed = runtime.release_reserve(spec.instance_id) if full else 0
+        if not freed:
+            raise
+        note = (f"{DISK_FULL_NOTE}; {freed >> 20} MB were set free so that it could start: "
+                "DELETE, TRUNCATE or DROP data")  # fmt: skip
+        _note(tenant, note)
+        _event(tenant, "disk_full", "host", f"could not start: {exc}", 0)
+        start()
+        return note
 
 
 def instance_apply_secret(tenant: Tenant, secret: str) -> None:
@@ -287,28 +311,31 @@ def _database_entries(tenant: Tenant) -> list[DatabaseEntry]:
     entries = []
     plan, link = tenant.plan, routes().link(tenant.instance_id)
     for dbname in _database_names(tenant):
-        common = {"dbname": dbname, "socket_dir": link, "owner": tenant.role_name}
         # Session mode: one server connection per client, as many as the plan
         # says; the next client is refused at once rather than left waiting.
         entries.append(
             DatabaseEntry(
                 name=dbname,
+                dbname=dbname,
+                socket_dir=link,
+                owner=tenant.role_name,
                 pool_size=plan.connection_limit,
                 max_connections=plan.connection_limit,
                 max_clients=plan.connection_limit,
-                **common,
-            )
+            )  # fmt: skip
         )
         if pooled := pooled_alias(dbname):
             # Transaction mode: any number of clients share the plan's pool.
             entries.append(
                 DatabaseEntry(
                     name=pooled,
+                    dbname=dbname,
+                    socket_dir=link,
+                    owner=tenant.role_name,
                     pool_mode="transaction",
                     pool_size=plan.pool_size,
                     max_connections=plan.pool_size,
-                    **common,
-                )
+                )  # fmt: skip
             )
     return entries
 
@@ -454,8 +481,9 @@ def instance_wake(tenant: Tenant, actor: str, ready: Callable[[Path], None] | No
         if tenant.state not in (State.RUNNING, State.SLEEPING):
             raise RuntimeError(f"{tenant} is {tenant.state}; it cannot be woken")
         runtime = runtime_for(tenant)
+        note = ""
         if runtime.status(iid).state is not InstanceState.RUNNING:
-            instance_start(tenant)
+            note = instance_start(tenant)
         # No RECONNECT here: it would also close the server connection PgBouncer
         # is logging in through the activator right now, and PgBouncer would
         # wait server_login_retry before trying again. The activator does it a
@@ -469,6 +497,7 @@ def instance_wake(tenant: Tenant, actor: str, ready: Callable[[Path], None] | No
                 tenant, State.SLEEPING, State.RUNNING, action="wake", actor=actor,
                 duration_ms=ms, last_active_at=timezone.now(), last_wake_ms=ms,
                 wake_count=F("wake_count") + 1, wake_ms_total=F("wake_ms_total") + ms,
+                reason=note,
             )  # fmt: skip
     return runtime.socket_dir(iid)
 
@@ -550,12 +579,12 @@ def instance_unsuspend(tenant: Tenant, actor: str) -> str:
         if tenant.state != State.SUSPENDED:
             return "skipped"
         started = time.monotonic()
-        instance_start(tenant)
+        note = instance_start(tenant)
         route.point(iid, runtime.socket_dir(iid))
         with routing_change(tenant.host):
             _transition(
                 tenant, State.SUSPENDED, State.RUNNING, action="unsuspend", actor=actor,
-                duration_ms=_ms(started), last_active_at=timezone.now(),
+                duration_ms=_ms(started), last_active_at=timezone.now(), reason=note,
             )  # fmt: skip
         for alias in _aliases(tenant):
             pooler().resume(alias)
@@ -615,13 +644,14 @@ def instance_repair(tenant: Tenant, actor: str = "reconcile") -> str | None:
                     runtime.release_reserve(iid)  # room to start, and to free space
                 started = time.monotonic()
                 try:
-                    instance_start(tenant)
+                    note = instance_start(tenant)
                 except Exception as exc:
                     _note(tenant, f"it stopped ({why}) and cannot start again: {exc}")
                     raise
                 _event(tenant, "restart", actor, f"it had stopped ({why}); restarted",
                        _ms(started))  # fmt: skip
-                _note(tenant, f"restarted at {timezone.now():%Y-%m-%d %H:%M:%S} UTC after: {why}")
+                when = f"{timezone.now():%Y-%m-%d %H:%M:%S} UTC"
+                _note(tenant, note or f"restarted at {when} after: {why}")
                 did = "restarted"
             if route.point(iid, runtime.socket_dir(iid)):
                 did = did or "rerouted"

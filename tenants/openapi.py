@@ -815,7 +815,8 @@ def docs_context(doc: dict) -> dict:
                         }
                         for p in op.get("parameters", [])
                     ],
-                    "body": body
+                    "body": body_schema
+                    and body
                     and {
                         "required": body["required"],
                         "description": text(body["description"]),

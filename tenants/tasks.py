@@ -6,7 +6,9 @@ machine that holds the instance. All tasks are idempotent, hence acks_late.
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any, cast
 
 from celery import shared_task
 from django.conf import settings
@@ -303,23 +305,34 @@ def _sweep_lost_work(host: Host) -> int:
                          message="no worker was provisioning it; queued again")  # fmt: skip
             provision_tenant.apply_async((tenant.pk,), queue=host.queue)
         swept += 1
-    bulk_idle = _queue_length(host.bulk_queue) == 0
+    # Queued again only while its queue is empty: else the message may just wait.
+    requeue = _queue_length(host.bulk_queue) == 0
     for kind, model, task, abandon in (
         ("backup", Backup, backup_tenant, backup_abandon),
         ("restore", Restore, restore_backup, restore_abandon),
     ):
         unfinished = model.objects.filter(
-            tenant__host=host, state__in=[model.State.PENDING, model.State.RUNNING]
+            tenant__host=host, state__in=["pending", "running"]
         ).select_related("tenant__host", "tenant__plan")
-        for row in unfinished:
-            if locks.is_held(work_lock(kind, row.pk)):
-                continue
-            if row.state == model.State.RUNNING:
-                abandon(row, "the worker doing it was lost")
-                swept += 1
-            elif bulk_idle and now - row.created_at > REQUEUE_AFTER:
-                task.apply_async((row.pk,), queue=host.bulk_queue)
-                swept += 1
+        swept += _sweep_unfinished(unfinished, kind, task, abandon, host.bulk_queue, requeue, now)
+    return swept
+
+
+def _sweep_unfinished(
+    rows, kind: str, task, abandon: Callable[[Any, str], None], queue: str, requeue: bool, now
+) -> int:
+    """Backups or restores (`rows`) nobody is doing: a running one abandoned, a
+    pending one queued again (if `requeue`)."""
+    swept = 0
+    for row in rows:
+        if locks.is_held(work_lock(kind, row.pk)):
+            continue
+        if row.state == "running":
+            abandon(row, "the worker doing it was lost")
+            swept += 1
+        elif requeue and now - row.created_at > REQUEUE_AFTER:
+            task.apply_async((row.pk,), queue=queue)
+            swept += 1
     return swept
 
 
@@ -329,7 +342,8 @@ def _queue_length(queue: str) -> int | None:
     import redis
 
     try:
-        return redis.Redis.from_url(settings.REDIS_PY_URL, socket_timeout=5).llen(queue)
+        length = redis.Redis.from_url(settings.REDIS_PY_URL, socket_timeout=5).llen(queue)
+        return cast(int, length)  # a synchronous client: an int, not an awaitable
     except redis.RedisError as exc:
         log.warning("cannot read the length of queue %s: %s", queue, exc)
         return None

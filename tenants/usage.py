@@ -40,6 +40,8 @@ def record(host: Host) -> int:
     """Measure this host and the size of each of its tenants; return how many tenants."""
     mem_total, mem_used = memory()
     disk = shutil.disk_usage(data_dir())
+    clients: int | None
+    servers: int | None
     try:
         clients, servers = pooler_connections(host_agent.pooler().pools())
     except Exception:  # a pooler that is down is shown as unknown, not as zero

@@ -13,6 +13,7 @@ from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -103,6 +104,7 @@ def account_required(view):
     @login_required
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        assert isinstance(request.user, User)  # login_required let it through
         account = Account.objects.select_related("plan").filter(user=request.user).first()
         if account is None:
             return render(request, "tenants/no_account.html", status=403)
@@ -119,7 +121,7 @@ def _tenant(account: Account, tenant_id: int) -> Tenant:
 
 
 def _actor(request: HttpRequest) -> str:
-    return f"web:{request.user.email}"
+    return f"web:{request.user.get_username()}"
 
 
 @account_required

@@ -311,3 +311,18 @@ def wait_until(check, timeout: float = 60):
 
 def connect(url: str, **kwargs) -> psycopg.Connection:
     return psycopg.connect(url, connect_timeout=10, **kwargs)
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that uses the running platform (directly or through `live`),
+    so that `make test-fast` can leave them out."""
+    for item in items:
+        if "platform" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.platform)
+
+
+def pytest_configure(config):
+    # Django's own advice for tests: a fast hasher (the real one costs a few hundred
+    # milliseconds per sign-up and login, by design). Accounts made here never
+    # leave the test database.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -11,7 +11,7 @@ from django.conf import settings
 
 from tenants import host_agent
 from tenants.models import Event, Tenant
-from tests.conftest import connect
+from tests.conftest import connect, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -248,10 +248,7 @@ def test_a_failed_provisioning_leaves_nothing_behind(live, alice):
 
 
 def wait_for_state(tenant_id: int, state: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while Tenant.objects.get(pk=tenant_id).state != state and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert Tenant.objects.get(pk=tenant_id).state == state
+    wait_until(lambda: Tenant.objects.get(pk=tenant_id).state == state, timeout=timeout)
 
 
 def _processes_of_uid(uid: int) -> list[int]:

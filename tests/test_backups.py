@@ -7,7 +7,7 @@ import pytest
 from django.conf import settings
 
 from tenants.models import Backup, Tenant
-from tests.conftest import connect
+from tests.conftest import connect, wait_until
 from tests.test_api_databases import create
 from tests.test_scale_to_zero import instance_state, put_to_sleep
 from unikernel_images.runtimes.base import InstanceState
@@ -16,12 +16,13 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def wait_for(api, path: str, states: tuple[str, ...], timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
+    """The object at `path` once its state is one of `states` (fails after timeout)."""
+
+    def settled() -> dict | None:
         body = api.call("GET", path).json()
-        if body["state"] in states or time.monotonic() > deadline:
-            return body
-        time.sleep(0.1)
+        return body if body["state"] in states else None
+
+    return wait_until(settled, timeout=timeout)
 
 
 def back_up(api, db: dict) -> dict:

@@ -234,6 +234,49 @@ def test_a_sleeping_database_wakes_while_the_control_plane_is_unreachable(live, 
     wait_until(lambda: Tenant.objects.get(pk=db["id"]).state == "running", timeout=30)
 
 
+def _on_a_small_filesystem(runtime, iid: str, tmp_path, spare_mb: int) -> None:
+    """Move the (stopped) instance's files onto a tmpfs of their own, with `spare_mb`
+    free beyond what they take; undone by _off_the_small_filesystem."""
+    instance_dir = runtime.instance_dir(iid)
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", "--sparse=never", str(instance_dir), str(copy)], check=True)
+    used_mb = int(subprocess.run(["du", "-sm", str(copy)], capture_output=True, text=True,
+                                 check=True).stdout.split()[0])  # fmt: skip
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={used_mb + spare_mb}m,mode=0711",
+                    "tmpfs", str(instance_dir)], check=True)  # fmt: skip
+    subprocess.run(["cp", "-a", "--sparse=never", f"{copy}/.", str(instance_dir)], check=True)
+
+
+def _off_the_small_filesystem(runtime, iid: str) -> None:
+    runtime.stop(iid)
+    subprocess.run(["umount", "-l", str(runtime.instance_dir(iid))], check=False)
+
+
+def test_a_sleeping_database_wakes_on_a_disk_someone_else_filled(live, alice, tmp_path):
+    """Its server cannot even start on a full disk: the start gives it its reserve
+    and tries again, so the client's connection still goes through."""
+    from tenants import host_agent
+    from tenants.models import Event
+    from tests.test_scale_to_zero import put_to_sleep
+
+    db = create(alice, "squeezed")
+    tenant = Tenant.objects.get(pk=db["id"])
+    runtime, iid = host_agent.runtime_for(tenant), tenant.instance_id
+    put_to_sleep(alice, db)
+    _on_a_small_filesystem(runtime, iid, tmp_path, spare_mb=24)
+    try:
+        filler = runtime.instance_dir(iid) / "someone-elses-file"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)
+        disk = os.statvfs(runtime.instance_dir(iid))
+        assert disk.f_bavail * disk.f_frsize < 1 << 20  # full
+        with connect(db["connection_string"]) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert Tenant.objects.get(pk=db["id"]).state_reason.startswith("the disk is full")
+        assert Event.objects.filter(tenant_id=db["id"], action="disk_full").exists()
+    finally:
+        _off_the_small_filesystem(runtime, iid)
+
+
 def test_a_full_disk_is_noticed_and_the_owner_can_free_space(live, alice, tmp_path):
     """The tenant's files on a small filesystem of their own, filled by its owner:
     the crash watch reads `No space left on device` in its server's log, gives the
@@ -247,19 +290,11 @@ def test_a_full_disk_is_noticed_and_the_owner_can_free_space(live, alice, tmp_pa
     tenant = Tenant.objects.get(pk=db["id"])
     runtime = host_agent.runtime_for(tenant)
     iid = tenant.instance_id
-    instance_dir = runtime.instance_dir(iid)
     reserve = runtime.reserve_file(iid).stat().st_size
     assert reserve == settings.DBAAS_DISK_RESERVE_MB << 20
     put_to_sleep(alice, db)
-    copy = tmp_path / "copy"
-    subprocess.run(["cp", "-a", "--sparse=never", str(instance_dir), str(copy)], check=True)
-    used_mb = int(subprocess.run(["du", "-sm", str(copy)], capture_output=True, text=True,
-                                 check=True).stdout.split()[0])  # fmt: skip
-    size_mb = used_mb + 48  # room for some data, then full
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0711", "tmpfs",
-                    str(instance_dir)], check=True)  # fmt: skip
+    _on_a_small_filesystem(runtime, iid, tmp_path, spare_mb=48)  # some data, then full
     try:
-        subprocess.run(["cp", "-a", "--sparse=never", f"{copy}/.", str(instance_dir)], check=True)
         filling = connect(db["connection_string"], autocommit=True)
         with pytest.raises(
             psycopg.Error, match="No space left on device|free disk space|terminat|closed"
@@ -289,5 +324,4 @@ def test_a_full_disk_is_noticed_and_the_owner_can_free_space(live, alice, tmp_pa
             conn.execute("CREATE TABLE after_cleanup AS SELECT g FROM generate_series(1, 1000) g")
             assert conn.execute("SELECT count(*) FROM after_cleanup").fetchone() == (1000,)
     finally:
-        runtime.stop(iid)
-        subprocess.run(["umount", "-l", str(instance_dir)], check=False)
+        _off_the_small_filesystem(runtime, iid)

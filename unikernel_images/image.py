@@ -198,14 +198,16 @@ def build_image(
         )
         _build_template(staging / "template", name, major, build_user)
         content_hash = _tree_hash(staging / "rootfs", staging / "template")
+        rootfs_bytes = _tree_size(staging / "rootfs")
+        template_bytes = _tree_size(staging / "template")
         manifest = {
             "name": name,
             "version": _postgres_version(major),
             "major": major,
             "extensions": sorted(extensions),
             "content_hash": content_hash,
-            "rootfs_bytes": _tree_size(staging / "rootfs"),
-            "template_bytes": _tree_size(staging / "template"),
+            "rootfs_bytes": rootfs_bytes,
+            "template_bytes": template_bytes,
             "files": files,
             "source": source,
             "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -222,8 +224,8 @@ def build_image(
         link_tmp.symlink_to(final.name)
         link_tmp.replace(images_dir / name)
         progress(
-            f"image {name} built: {content_hash[:12]}, rootfs {manifest['rootfs_bytes'] >> 20} MB,"
-            f" template {manifest['template_bytes'] >> 20} MB"
+            f"image {name} built: {content_hash[:12]}, rootfs {rootfs_bytes >> 20} MB,"
+            f" template {template_bytes >> 20} MB"
         )
         return load_image(images_dir, name)
     except BaseException:
@@ -460,7 +462,8 @@ def _wait_ready(pgdata: Path, server: subprocess.Popen, timeout: float = 60) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise ImageError(f"template postgres exited: {server.stderr.read().decode()[-2000:]}")
+            said = server.stderr.read().decode() if server.stderr else ""
+            raise ImageError(f"template postgres exited: {said[-2000:]}")
         try:
             lines = (pgdata / "postmaster.pid").read_text().splitlines()
             if len(lines) >= 8 and lines[7].strip() == "ready":

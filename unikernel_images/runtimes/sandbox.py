@@ -455,6 +455,7 @@ class SandboxRuntime(Runtime):
         proc = subprocess.Popen(
             ["tar", "-C", str(incoming), "-xf", "-"], stdin=subprocess.PIPE, stderr=subprocess.PIPE
         )
+        assert proc.stdin is not None and proc.stderr is not None  # both piped
         try:
             for chunk in chunks:
                 proc.stdin.write(chunk)

@@ -98,7 +98,7 @@ class Command(BaseCommand):
         return env_str("DBAAS_WEB_BIND", "127.0.0.1")
 
     def _web_port(self) -> int:
-        return env_int("DBAAS_WEB_PORT", 8000)
+        return env_int("DBAAS_WEB_PORT", 8000, minimum=1)
 
     def _run_processes(self) -> None:
         venv_bin = Path(sys.executable).parent

@@ -90,7 +90,7 @@ class Command(BaseCommand):
     def _restart_crashed(self) -> None:
         """Twice a second: a running tenant whose server has exited is started again
         at once, one whose disk is full gets room (host_agent.instances_watch)."""
-        failing, log_offsets = False, {}
+        failing, log_offsets = False, dict[str, int]()
         while True:
             time.sleep(CRASH_WATCH_INTERVAL)
             close_old_connections()
