@@ -62,6 +62,28 @@ def test_every_api_route_is_documented_and_every_documented_path_resolves():
         resolve(concrete(path))  # raises Resolver404 if it is not a route
 
 
+def test_the_served_document_keeps_every_operation_and_status_of_the_snapshot(client):
+    """The API's contract as it was when the snapshot was made (2026-11-29): every
+    operation and each of its documented statuses is still served. New ones may be
+    added; to drop one, change the snapshot in the same commit, on purpose."""
+    import json
+    from pathlib import Path
+
+    snapshot = json.loads((Path(__file__).parent / "snapshots" / "openapi_operations.json")
+                          .read_text())  # fmt: skip
+    served = client.get("/api/v1/openapi.json").json()
+    now = {
+        f"{method.upper()} {path}": set(op["responses"])
+        for path, item in served["paths"].items()
+        for method, op in item.items()
+        if method.upper() in METHODS
+    }
+    missing = {op: statuses for op, statuses in snapshot.items() if op not in now}
+    assert not missing, missing
+    fewer = {op: set(statuses) - now[op] for op, statuses in snapshot.items()}
+    assert not any(fewer.values()), {op: s for op, s in fewer.items() if s}
+
+
 def test_documented_methods_are_exactly_the_allowed_ones(db, client):
     doc = openapi.document()
     for path, item in doc["paths"].items():
