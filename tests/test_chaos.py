@@ -325,3 +325,46 @@ def test_a_full_disk_is_noticed_and_the_owner_can_free_space(live, alice, tmp_pa
             assert conn.execute("SELECT count(*) FROM after_cleanup").fetchone() == (1000,)
     finally:
         _off_the_small_filesystem(runtime, iid)
+
+
+def test_a_worker_killed_mid_restore_leaves_the_data_as_it_was(live, alice, platform):
+    """The restore's lock dies with its worker: the sweep fails the restore, puts
+    back whatever it had replaced, and the database runs with its current data."""
+    from tests.test_backups import back_up
+
+    db = create(alice, "rollback")
+    with connect(db["connection_string"], autocommit=True) as conn:  # a restore that takes a while
+        conn.execute("CREATE TABLE big AS SELECT g, md5(g::text) AS h "
+                     "FROM generate_series(1, 1500000) g")  # fmt: skip
+    backup = back_up(alice, db)
+    with connect(db["connection_string"], autocommit=True) as conn:
+        conn.execute("CREATE TABLE after_backup AS SELECT 'current' AS v")
+    response = alice.call("POST", f"/databases/{db['id']}/backups/{backup['id']}/restore")
+    assert response.status_code == 202
+    restore_id = response.json()["id"]
+    from tenants.models import Restore
+
+    wait_until(lambda: Restore.objects.get(pk=restore_id).state == "running", timeout=30)
+    time.sleep(0.3)  # unpacking
+    kill_service(platform, "bulk")
+    wait_until(lambda: Restore.objects.get(pk=restore_id).state != "running", timeout=30)
+    restore = Restore.objects.get(pk=restore_id)
+    assert restore.state == "failed" and "worker" in restore.error, restore.error
+
+    # The data from before the restore, served again.
+    def current() -> bool:
+        try:
+            with connect(db["connection_string"]) as conn:
+                return conn.execute("SELECT v FROM after_backup").fetchone() == ("current",)
+        except psycopg.OperationalError:
+            return False
+
+    wait_until(current, timeout=30)
+    from tenants import host_agent
+
+    tenant = Tenant.objects.get(pk=db["id"])
+    leftovers = host_agent.runtime_for(tenant).instance_dir(tenant.instance_id).glob("data.*")
+    assert not list(leftovers)  # what it unpacked is gone, nothing was kept aside
+    replacement = worker_service("bulk", generation=4)
+    platform["bulk"] = replacement
+    replacement.wait_for(lambda: replacement.log_contains(" ready."))
