@@ -45,11 +45,22 @@ def start_s3(root: Path) -> subprocess.Popen:
     root.mkdir(parents=True, exist_ok=True)
     weed = Path(sys.executable).parent / "weed"
     proc = subprocess.Popen(
-        [str(weed), "server", "-s3", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={root}",
-         "-master.port=19433", "-volume.port=18180", "-filer.port=18988", "-s3.port=18433",
-         "-master.volumeSizeLimitMB=1024"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            str(weed),
+            "server",
+            "-s3",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-dir={root}",
+            "-master.port=19433",
+            "-volume.port=18180",
+            "-filer.port=18988",
+            "-s3.port=18433",
+            "-master.volumeSizeLimitMB=1024",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     settings.DBAAS_S3_ENDPOINT = "http://127.0.0.1:18433"
     settings.DBAAS_S3_ACCESS_KEY = settings.DBAAS_S3_SECRET_KEY = "bench"
     from tenants.backup_stores import get_store
@@ -90,23 +101,54 @@ def main() -> None:
     results: list[tuple[str, float]] = []
     try:
         print(f"loading pgbench scale {args.scale} ...", flush=True)
-        load = timed(lambda: subprocess.run(
-            ["pgbench", "-i", "-q", "-s", str(args.scale), db["connection_string"]],
-            check=True, capture_output=True,
-        ))  # fmt: skip
+        load = timed(
+            lambda: subprocess.run(
+                ["pgbench", "-i", "-q", "-s", str(args.scale), db["connection_string"]],
+                check=True,
+                capture_output=True,
+            )
+        )
         data_dir = runtime.instance_dir(tenant.instance_id) / "data"
         size = sum(p.stat().st_size for p in data_dir.rglob("*") if p.is_file())
         print(f"loaded in {load:.0f} s; data directory {size / 1e6:.0f} MB", flush=True)
 
         sock = str(runtime.socket_dir(tenant.instance_id))
         with open(work / "base.tar", "wb") as out:
-            results.append(("pg_basebackup -Ft to a local file", timed(lambda: subprocess.run(
-                ["pg_basebackup", "-h", sock, "-U", "platform", "-D", "-", "-F", "tar",
-                 "-X", "fetch", "--checkpoint=fast"], stdout=out, check=True,
-            ))))  # fmt: skip
-        results.append(("cp -a of the data directory", timed(lambda: subprocess.run(
-            ["cp", "-a", str(data_dir), str(work / "copy")], check=True
-        ))))  # fmt: skip
+            results.append(
+                (
+                    "pg_basebackup -Ft to a local file",
+                    timed(
+                        lambda: subprocess.run(
+                            [
+                                "pg_basebackup",
+                                "-h",
+                                sock,
+                                "-U",
+                                "platform",
+                                "-D",
+                                "-",
+                                "-F",
+                                "tar",
+                                "-X",
+                                "fetch",
+                                "--checkpoint=fast",
+                            ],
+                            stdout=out,
+                            check=True,
+                        )
+                    ),
+                )
+            )
+        results.append(
+            (
+                "cp -a of the data directory",
+                timed(
+                    lambda: subprocess.run(
+                        ["cp", "-a", str(data_dir), str(work / "copy")], check=True
+                    )
+                ),
+            )
+        )
         shutil.rmtree(work / "copy")
         (work / "base.tar").unlink()
 
@@ -117,9 +159,9 @@ def main() -> None:
         for store in stores:
             # Made here, not through the worker: the bench times backup_run itself.
             backup = Backup.objects.create(tenant=tenant, requested_by="bench", store=store)
-            results.append((f"our backup, zstd, {store} store", timed(
-                lambda b=backup: backups.backup_run(b)
-            )))  # fmt: skip
+            results.append(
+                (f"our backup, zstd, {store} store", timed(lambda b=backup: backups.backup_run(b)))
+            )
             backup.refresh_from_db()
             assert backup.state == "done", backup.error
             ratio = backup.size_bytes / backup.compressed_bytes
@@ -129,9 +171,12 @@ def main() -> None:
                 flush=True,
             )
             restore = Restore.objects.create(backup=backup, tenant=tenant, requested_by="bench")
-            results.append((f"our restore in place, {store} store", timed(
-                lambda r=restore: backups.restore_run(r)
-            )))  # fmt: skip
+            results.append(
+                (
+                    f"our restore in place, {store} store",
+                    timed(lambda r=restore: backups.restore_run(r)),
+                )
+            )
             restore.refresh_from_db()
             assert restore.state == "done", restore.error
     finally:

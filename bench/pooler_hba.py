@@ -46,10 +46,15 @@ def configure(root: Path, n: int, binary: str, user: str) -> PgBouncer:
         for alias, mode in ((u.name, None), (f"{u.name}_pooled", "transaction")):
             databases.append(
                 DatabaseEntry(
-                    name=alias, dbname=u.name, socket_dir=root / "nowhere", pool_size=10,
-                    max_connections=20, owner=u.name, pool_mode=mode,
+                    name=alias,
+                    dbname=u.name,
+                    socket_dir=root / "nowhere",
+                    pool_size=10,
+                    max_connections=20,
+                    owner=u.name,
+                    pool_mode=mode,
                 )
-            )  # fmt: skip
+            )
     bouncer.write_config(databases, users)
     return bouncer
 
@@ -103,8 +108,9 @@ def run(n: int, logins: int, binary: str, user: str) -> list[tuple]:
             set_auth_type(bouncer, auth_type)
             proc = subprocess.Popen(
                 ["runuser", "-u", user, "--", binary, str(bouncer.ini)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             deadline = time.monotonic() + 30
             while not bouncer.is_up():
                 assert time.monotonic() < deadline, "pgbouncer did not start"
@@ -112,9 +118,14 @@ def run(n: int, logins: int, binary: str, user: str) -> list[tuple]:
             first_answer_ms(last, last, 20)  # warm up
             times = first_answer_ms(last, last, logins)
             rows.append(
-                (n, auth_type, statistics.median(times), sorted(times)[int(len(times) * 0.95)],
-                 reload_ms(bouncer))
-            )  # fmt: skip
+                (
+                    n,
+                    auth_type,
+                    statistics.median(times),
+                    sorted(times)[int(len(times) * 0.95)],
+                    reload_ms(bouncer),
+                )
+            )
             proc.terminate()
             proc.wait(timeout=10)
             proc = None
@@ -136,8 +147,10 @@ def main() -> None:
         [args.pgbouncer, "--version"], capture_output=True, text=True, check=True
     ).stdout.splitlines()[0]
     print(f"{version}; {args.logins} logins per row, the tenant whose rules come last")
-    print(f"{'tenants':>8} {'auth_type':>14} {'first answer p50 ms':>20} {'p95 ms':>8} "
-          f"{'RELOAD ms':>10}")  # fmt: skip
+    print(
+        f"{'tenants':>8} {'auth_type':>14} {'first answer p50 ms':>20} {'p95 ms':>8} "
+        f"{'RELOAD ms':>10}"
+    )
     for n in (int(x) for x in args.tenants.split(",")):
         for row in run(n, args.logins, args.pgbouncer, args.user):
             print(f"{row[0]:>8} {row[1]:>14} {row[2]:>20.3f} {row[3]:>8.3f} {row[4]:>10.1f}")

@@ -459,10 +459,15 @@ def db_list(session: Session) -> None:
             click.echo("No databases yet; create one with: dbaas db create NAME")
             return
         rows = [
-            [d["name"], d["state"], f"{d['host']}:{d['port']}", when(d["last_active_at"]),
-             when(d["created_at"])]
+            [
+                d["name"],
+                d["state"],
+                f"{d['host']}:{d['port']}",
+                when(d["last_active_at"]),
+                when(d["created_at"]),
+            ]
             for d in answer["databases"]
-        ]  # fmt: skip
+        ]
         table(["NAME", "STATE", "HOST:PORT", "LAST ACTIVE", "CREATED"], rows)
 
     session.output(answer, human)
@@ -558,10 +563,16 @@ def backup_list(session: Session, name: str) -> None:
             return
         verified = {True: "ok", False: "FAILED", None: "-"}
         rows = [
-            [str(b["id"]), b["kind"] or "-", b["state"], size(b["compressed_bytes"]),
-             when(b["created_at"]), verified[b["verified_ok"]]]
+            [
+                str(b["id"]),
+                b["kind"] or "-",
+                b["state"],
+                size(b["compressed_bytes"]),
+                when(b["created_at"]),
+                verified[b["verified_ok"]],
+            ]
             for b in answer["backups"]
-        ]  # fmt: skip
+        ]
         table(["ID", "KIND", "STATE", "SIZE", "CREATED", "VERIFIED"], rows)
 
     session.output(answer, human)
@@ -614,12 +625,17 @@ def backup_restore(
         restore = wait_for(client, restore_path, f"restore {restore['id']}")
     session.output(
         restore,
-        lambda: pairs([
-            ("restore", restore["id"]), ("backup", restore["backup_id"]), ("database", name),
-            ("state", restore["state"]), ("progress", restore["progress"] or None),
-            ("error", restore["error"]),
-        ]),
-    )  # fmt: skip
+        lambda: pairs(
+            [
+                ("restore", restore["id"]),
+                ("backup", restore["backup_id"]),
+                ("database", name),
+                ("state", restore["state"]),
+                ("progress", restore["progress"] or None),
+                ("error", restore["error"]),
+            ]
+        ),
+    )
     if restore["state"] == "failed":
         raise CliError(f"restore {restore['id']} failed: {restore['error']}")
 

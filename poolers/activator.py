@@ -37,10 +37,15 @@ class Activator:
     that user already), woken if need be."""
 
     def __init__(
-        self, routes: Routes, wake: WakeCallback, socket_group: str | None,
-        scan_interval: float = 0.5, handoff: Callable[[str], None] | None = None,
-        handoff_delay: float = 5.0, instance_for_role: Callable[[str], str | None] | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        routes: Routes,
+        wake: WakeCallback,
+        socket_group: str | None,
+        scan_interval: float = 0.5,
+        handoff: Callable[[str], None] | None = None,
+        handoff_delay: float = 5.0,
+        instance_for_role: Callable[[str], str | None] | None = None,
+    ) -> None:
         self.routes = routes
         self.wake = wake
         self.instance_for_role = instance_for_role

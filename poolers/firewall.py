@@ -29,9 +29,12 @@ def install(port: int, connections_per_address: int) -> None:
     """Install (or replace) the pooler port's table: its ban sets, and the cap on
     connections per address unless that is 0."""
     ruleset = render_template(
-        PACKAGE_DIR, "nftables.conf.j2", table=table_name(port), port=port,
+        PACKAGE_DIR,
+        "nftables.conf.j2",
+        table=table_name(port),
+        port=port,
         limit=max(0, connections_per_address),
-    )  # fmt: skip
+    )
     _nft(["-f", "-"], ruleset)
 
 
@@ -39,8 +42,10 @@ def ban(port: int, address: str, seconds: int) -> None:
     """Refuse new connections from `address` to the pooler for `seconds`."""
     ip = ipaddress.ip_address(address)
     family = "v4" if ip.version == 4 else "v6"
-    _nft(["-f", "-"], f"add element inet {table_name(port)} banned_{family} "
-                      f"{{ {ip} timeout {int(seconds)}s }}\n")  # fmt: skip
+    _nft(
+        ["-f", "-"],
+        f"add element inet {table_name(port)} banned_{family} {{ {ip} timeout {int(seconds)}s }}\n",
+    )
 
 
 def unban(port: int, address: str) -> None:

@@ -27,12 +27,26 @@ def ensure_ca(pki: Path) -> tuple[Path, Path]:
     pki.mkdir(parents=True, exist_ok=True)
     os.chmod(pki, 0o700)
     _openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-days", str(CA_DAYS), "-subj", f"/CN=dbaas CA {os.uname().nodename}",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-keyout", str(key), "-out", str(cert),
-    )  # fmt: skip
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        str(CA_DAYS),
+        "-subj",
+        f"/CN=dbaas CA {os.uname().nodename}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+    )
     os.chmod(key, 0o600)
     os.chmod(cert, 0o644)
     return cert, key
@@ -58,15 +72,38 @@ def ensure_host_certificate(pki: Path, cert: Path, key: Path, public_host: str) 
         )
         new_key = key.with_name(key.name + ".new")
         _openssl(
-            "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-subj", f"/CN={public_host}", "-keyout", str(new_key), "-out", str(csr),
-        )  # fmt: skip
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            f"/CN={public_host}",
+            "-keyout",
+            str(new_key),
+            "-out",
+            str(csr),
+        )
         new_cert = cert.with_name(cert.name + ".new")
         _openssl(
-            "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
-            "-CAcreateserial", "-days", str(HOST_DAYS), "-extfile", str(ext),
-            "-out", str(new_cert),
-        )  # fmt: skip
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca_cert),
+            "-CAkey",
+            str(ca_key),
+            "-CAcreateserial",
+            "-days",
+            str(HOST_DAYS),
+            "-extfile",
+            str(ext),
+            "-out",
+            str(new_cert),
+        )
     os.replace(new_key, key)
     os.replace(new_cert, cert)
     return True
@@ -89,8 +126,10 @@ def _names(cert: Path) -> str:
 def _verifies(cert: Path, ca_cert: Path) -> bool:
     proc = subprocess.run(
         ["openssl", "verify", "-CAfile", str(ca_cert), str(cert)],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return proc.returncode == 0
 
 

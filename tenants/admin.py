@@ -190,8 +190,18 @@ class EventAdmin(admin.ModelAdmin):
 
 @admin.register(Backup)
 class BackupAdmin(admin.ModelAdmin):
-    list_display = ("id", "tenant", "kind", "state", "size_bytes", "compressed_bytes", "store",
-                    "created_at", "finished_at", "verified_ok")  # fmt: skip
+    list_display = (
+        "id",
+        "tenant",
+        "kind",
+        "state",
+        "size_bytes",
+        "compressed_bytes",
+        "store",
+        "created_at",
+        "finished_at",
+        "verified_ok",
+    )
     list_filter = ("state", "kind", "store", "verified_ok")
     search_fields = ("tenant__name", "tenant__slug", "sha256")
     list_select_related = ("tenant",)

@@ -294,8 +294,9 @@ def database_backup_download(request: ApiRequest, tenant_id: str, backup_id: str
     tenant = selectors.tenant_get(account=request.account, tenant_id=tenant_id)
     backup = _backup_of(tenant, backup_id)
     if backup.kind != Backup.Kind.LOGICAL:
-        raise InvalidInput("only logical exports can be downloaded; create one with "
-                           '{"kind": "logical"}')  # fmt: skip
+        raise InvalidInput(
+            'only logical exports can be downloaded; create one with {"kind": "logical"}'
+        )
     if backup.state != Backup.State.DONE:
         raise Conflict(f"export {backup.pk} is {backup.state}")
     return downloads.export_response(tenant, backup)

@@ -63,14 +63,18 @@ def backup_request(
         if account_limit:
             _check_unfinished_backups(tenant)
         backup = Backup.objects.create(
-            tenant=tenant, requested_by=actor, store=store or settings.DBAAS_BACKUP_STORE,
+            tenant=tenant,
+            requested_by=actor,
+            store=store or settings.DBAAS_BACKUP_STORE,
             kind=Backup.Kind.LOGICAL if logical else "",
-        )  # fmt: skip
+        )
         event_record(tenant=tenant, action="backup_requested", actor=actor, message=f"#{backup.pk}")
     send_after_commit(
-        backup_tenant, (backup.pk,), queue=tenant.host.bulk_queue,
+        backup_tenant,
+        (backup.pk,),
+        queue=tenant.host.bulk_queue,
         undo=lambda: Backup.objects.filter(pk=backup.pk, state=Backup.State.PENDING).delete(),
-    )  # fmt: skip
+    )
     return backup
 
 
@@ -104,17 +108,21 @@ def restore_request(*, backup: Backup, actor: str) -> Restore:
         # One in-place restore per database at a time: two would unpack into the
         # same side directory on the host. The row lock serialises this check.
         Tenant.objects.select_for_update().filter(pk=tenant.pk).first()
-        unfinished = tenant.restores.filter(state__in=[Restore.State.PENDING,
-                                                       Restore.State.RUNNING]).first()  # fmt: skip
+        unfinished = tenant.restores.filter(
+            state__in=[Restore.State.PENDING, Restore.State.RUNNING]
+        ).first()
         if unfinished is not None:
             raise Conflict(f"restore {unfinished.pk} of this database is not finished yet")
         restore = Restore.objects.create(backup=backup, tenant=tenant, requested_by=actor)
-        event_record(tenant=tenant, action="restore_requested", actor=actor,
-                     message=f"backup #{backup.pk}")  # fmt: skip
+        event_record(
+            tenant=tenant, action="restore_requested", actor=actor, message=f"backup #{backup.pk}"
+        )
     send_after_commit(
-        restore_backup, (restore.pk,), queue=tenant.host.bulk_queue,
+        restore_backup,
+        (restore.pk,),
+        queue=tenant.host.bulk_queue,
         undo=lambda: Restore.objects.filter(pk=restore.pk, state=Restore.State.PENDING).delete(),
-    )  # fmt: skip
+    )
     return restore
 
 
@@ -227,8 +235,11 @@ def backup_run(backup: Backup) -> None:
             # The lock keeps a sleeping instance asleep (a wake waits) and a running
             # one from being put to sleep while its backup streams.
             with host_agent.instance_lock(tenant):
-                kind = (Backup.Kind.BASE if runtime.status(tenant.instance_id).state == "running"
-                        else Backup.Kind.COLD)  # fmt: skip
+                kind = (
+                    Backup.Kind.BASE
+                    if runtime.status(tenant.instance_id).state == "running"
+                    else Backup.Kind.COLD
+                )
                 with runtime.export_data(tenant.instance_id) as stream:
                     compressed = _compress(counter.count(stream.chunks()))
                     stored = store.put(key, counter.hash_stored(compressed))
@@ -238,15 +249,30 @@ def backup_run(backup: Backup) -> None:
         Backup.objects.filter(pk=backup.pk).update(
             state=Backup.State.FAILED, error=for_tenant(str(exc))[:5000], finished_at=timezone.now()
         )
-        event_record(tenant=tenant, action="backup", message=f"#{backup.pk} failed: {exc}",
-                     actor="worker", duration_ms=_ms(started))  # fmt: skip
+        event_record(
+            tenant=tenant,
+            action="backup",
+            message=f"#{backup.pk} failed: {exc}",
+            actor="worker",
+            duration_ms=_ms(started),
+        )
         return
     Backup.objects.filter(pk=backup.pk).update(
-        state=Backup.State.DONE, kind=kind, location=key, size_bytes=counter.raw,
-        compressed_bytes=stored, sha256=counter.sha256.hexdigest(), finished_at=timezone.now(),
-    )  # fmt: skip
-    event_record(tenant=tenant, action="backup", actor="worker", duration_ms=_ms(started),
-                 message=f"#{backup.pk} {kind}: {counter.raw} bytes, {stored} stored")  # fmt: skip
+        state=Backup.State.DONE,
+        kind=kind,
+        location=key,
+        size_bytes=counter.raw,
+        compressed_bytes=stored,
+        sha256=counter.sha256.hexdigest(),
+        finished_at=timezone.now(),
+    )
+    event_record(
+        tenant=tenant,
+        action="backup",
+        actor="worker",
+        duration_ms=_ms(started),
+        message=f"#{backup.pk} {kind}: {counter.raw} bytes, {stored} stored",
+    )
 
 
 def backup_key(backup: Backup) -> str:
@@ -269,8 +295,9 @@ def backup_abandon(backup: Backup, why: str) -> None:
         log.exception(
             "the partial object of backup %s stays; the daily sweep removes it", backup.pk
         )
-    event_record(tenant=backup.tenant, action="backup", actor="sweep",
-                 message=f"#{backup.pk} failed: {why}")  # fmt: skip
+    event_record(
+        tenant=backup.tenant, action="backup", actor="sweep", message=f"#{backup.pk} failed: {why}"
+    )
 
 
 def restore_abandon(restore: Restore, why: str) -> None:
@@ -283,9 +310,13 @@ def restore_abandon(restore: Restore, why: str) -> None:
     tenant = restore.tenant
     with host_agent.instance_lock(tenant):
         put_back = host_agent.runtime_for(tenant).abandon_import(host_agent.instance_spec(tenant))
-    event_record(tenant=tenant, action="restore", actor="sweep",
-                 message=f"#{restore.pk} failed: {why}"
-                         + ("; the data it replaced is back" if put_back else ""))  # fmt: skip
+    event_record(
+        tenant=tenant,
+        action="restore",
+        actor="sweep",
+        message=f"#{restore.pk} failed: {why}"
+        + ("; the data it replaced is back" if put_back else ""),
+    )
     tenant.refresh_from_db()
     host_agent.instance_repair(tenant)  # started again if it should run
 
@@ -332,9 +363,13 @@ def restore_run(restore: Restore) -> None:
             if tenant.state == State.SLEEPING:
                 host_agent.routes().point(tenant.instance_id, socket_dir)
                 tenant_transition(
-                    tenant=tenant, from_states=[State.SLEEPING], to_state=State.RUNNING,
-                    action="wake", actor="restore", last_active_at=timezone.now(),
-                )  # fmt: skip
+                    tenant=tenant,
+                    from_states=[State.SLEEPING],
+                    to_state=State.RUNNING,
+                    action="wake",
+                    actor="restore",
+                    last_active_at=timezone.now(),
+                )
     except Exception as exc:
         log.exception("restore %s failed", restore.pk)
         runtime.drop_previous(tenant.instance_id)
@@ -343,16 +378,26 @@ def restore_run(restore: Restore) -> None:
             error=for_tenant(str(exc))[:5000],
             finished_at=timezone.now(),
         )
-        event_record(tenant=tenant, action="restore", actor="worker", duration_ms=_ms(started),
-                     message=f"backup #{backup.pk} refused: {exc}")  # fmt: skip
+        event_record(
+            tenant=tenant,
+            action="restore",
+            actor="worker",
+            duration_ms=_ms(started),
+            message=f"backup #{backup.pk} refused: {exc}",
+        )
         return
     Restore.objects.filter(pk=restore.pk).update(
         state=Restore.State.DONE, progress="done", finished_at=timezone.now()
     )
     # The restored catalog has the storage setting of its day: look again.
     Tenant.objects.filter(pk=tenant.pk).update(storage_read_only=None)
-    event_record(tenant=tenant, action="restore", actor="worker", duration_ms=_ms(started),
-                 message=f"restored backup #{backup.pk}")  # fmt: skip
+    event_record(
+        tenant=tenant,
+        action="restore",
+        actor="worker",
+        duration_ms=_ms(started),
+        message=f"restored backup #{backup.pk}",
+    )
 
 
 def backups_verify(*, host_name: str, sample: int) -> dict[str, int]:
@@ -365,8 +410,9 @@ def backups_verify(*, host_name: str, sample: int) -> dict[str, int]:
     physical = ~Q(kind=Backup.Kind.LOGICAL) & Q(state=Backup.State.DONE)
     tenant_ids = list(
         Backup.objects.filter(physical, tenant__host__name=host_name)
-        .values_list("tenant_id", flat=True).distinct()
-    )  # fmt: skip
+        .values_list("tenant_id", flat=True)
+        .distinct()
+    )
     counts = {"ok": 0, "bad": 0}
     for tenant_id in random.sample(tenant_ids, min(sample, len(tenant_ids))):
         backup = Backup.objects.filter(physical, tenant_id=tenant_id).order_by("-created_at")[0]
@@ -379,11 +425,15 @@ def backup_verify(backup: Backup) -> tuple[bool, str]:
     tenant = Tenant.objects.select_related("host", "plan").get(pk=backup.tenant_id)
     runtime = host_agent.runtime_for(tenant)
     spec = dataclasses.replace(
-        host_agent.instance_spec(tenant), instance_id=f"verify-{backup.pk}",
+        host_agent.instance_spec(tenant),
+        instance_id=f"verify-{backup.pk}",
         # Its own uid, out of the tenants' range: a scratch copy is no tenant.
-        uid=(settings.DBAAS_TENANT_UID_BASE + 1_000_000_000 + backup.pk
-             if os.geteuid() == 0 else None),
-    )  # fmt: skip
+        uid=(
+            settings.DBAAS_TENANT_UID_BASE + 1_000_000_000 + backup.pk
+            if os.geteuid() == 0
+            else None
+        ),
+    )
     try:
         runtime.destroy(spec.instance_id)
         runtime.import_data(spec, backup_chunks_verified(backup))
@@ -402,8 +452,12 @@ def backup_verify(backup: Backup) -> tuple[bool, str]:
         verified_at=timezone.now(), verified_ok=ok, verify_message=message
     )
     verdict = "ok" if ok else "CORRUPT"
-    event_record(tenant=tenant, action="backup_verify", actor="verify",
-                 message=f"#{backup.pk} {verdict}: {message}"[:5000])  # fmt: skip
+    event_record(
+        tenant=tenant,
+        action="backup_verify",
+        actor="verify",
+        message=f"#{backup.pk} {verdict}: {message}"[:5000],
+    )
     return ok, message
 
 

@@ -160,9 +160,13 @@ def instance_provision_from_backup(tenant: Tenant) -> None:
     socket_dir = runtime.socket_dir(spec.instance_id)
     if source.pk != tenant.pk:
         postgres_admin.rename_owner(
-            socket_dir, old_role=source.role_name, old_database=source.database_name,
-            role=tenant.role_name, database=tenant.database_name, secret=tenant.scram_secret,
-        )  # fmt: skip
+            socket_dir,
+            old_role=source.role_name,
+            old_database=source.database_name,
+            role=tenant.role_name,
+            database=tenant.database_name,
+            secret=tenant.scram_secret,
+        )
     routes().point(tenant.instance_id, socket_dir)
     pooler_sync(tenant.host)
 
@@ -216,8 +220,10 @@ def instance_start(tenant: Tenant) -> str:
         freed = runtime.release_reserve(spec.instance_id) if full else 0
         if not freed:
             raise
-        note = (f"{DISK_FULL_NOTE}; {freed >> 20} MB were set free so that it could start: "
-                "DELETE, TRUNCATE or DROP data")  # fmt: skip
+        note = (
+            f"{DISK_FULL_NOTE}; {freed >> 20} MB were set free so that it could start: "
+            "DELETE, TRUNCATE or DROP data"
+        )
         _note(tenant, note)
         _event(tenant, "disk_full", "host", f"could not start: {exc}", 0)
         start()
@@ -276,9 +282,13 @@ def _render(bouncer: PgBouncer, host: Host) -> bool:
         .prefetch_related(_ACTIVE_DATABASES)
     )
     maintenance = DatabaseEntry(
-        name=MAINTENANCE_DATABASE, dbname=MAINTENANCE_DATABASE,
-        socket_dir=routes().maintenance_dir(), pool_size=2, max_connections=0, owner=None,
-    )  # fmt: skip
+        name=MAINTENANCE_DATABASE,
+        dbname=MAINTENANCE_DATABASE,
+        socket_dir=routes().maintenance_dir(),
+        pool_size=2,
+        max_connections=0,
+        owner=None,
+    )
     return bouncer.write_config(
         databases=[maintenance, *(entry for t in routed for entry in _database_entries(t))],
         users=[
@@ -322,7 +332,7 @@ def _database_entries(tenant: Tenant) -> list[DatabaseEntry]:
                 pool_size=plan.connection_limit,
                 max_connections=plan.connection_limit,
                 max_clients=plan.connection_limit,
-            )  # fmt: skip
+            )
         )
         if pooled := pooled_alias(dbname):
             # Transaction mode: any number of clients share the plan's pool.
@@ -335,7 +345,7 @@ def _database_entries(tenant: Tenant) -> list[DatabaseEntry]:
                     pool_mode="transaction",
                     pool_size=plan.pool_size,
                     max_connections=plan.pool_size,
-                )  # fmt: skip
+                )
             )
     return entries
 
@@ -395,9 +405,11 @@ def pooler_in_use(pools: dict[tuple[str, str], dict], tenant: Tenant) -> bool:
         session = pools.get((name, role), {})
         pooled = pools.get((pooled_alias(name) or "", role), {})
         if (
-            session.get("cl_active", 0) or session.get("cl_waiting", 0)
-            or pooled.get("cl_waiting", 0) or pooled.get("sv_active", 0)
-        ):  # fmt: skip
+            session.get("cl_active", 0)
+            or session.get("cl_waiting", 0)
+            or pooled.get("cl_waiting", 0)
+            or pooled.get("sv_active", 0)
+        ):
             return True
     return False
 
@@ -460,9 +472,13 @@ def instance_sleep(tenant: Tenant, actor: str, drain_timeout: float = 3.0) -> st
             route.point(iid, runtime.socket_dir(iid))
             raise
         _transition(
-            tenant, State.RUNNING, State.SLEEPING, action="sleep", actor=actor,
+            tenant,
+            State.RUNNING,
+            State.SLEEPING,
+            action="sleep",
+            actor=actor,
             duration_ms=_ms(started),
-        )  # fmt: skip
+        )
     return "slept"
 
 
@@ -494,11 +510,18 @@ def instance_wake(tenant: Tenant, actor: str, ready: Callable[[Path], None] | No
         if tenant.state == State.SLEEPING:
             ms = _ms(started)
             _transition(
-                tenant, State.SLEEPING, State.RUNNING, action="wake", actor=actor,
-                duration_ms=ms, last_active_at=timezone.now(), last_wake_ms=ms,
-                wake_count=F("wake_count") + 1, wake_ms_total=F("wake_ms_total") + ms,
+                tenant,
+                State.SLEEPING,
+                State.RUNNING,
+                action="wake",
+                actor=actor,
+                duration_ms=ms,
+                last_active_at=timezone.now(),
+                last_wake_ms=ms,
+                wake_count=F("wake_count") + 1,
+                wake_ms_total=F("wake_ms_total") + ms,
                 reason=note,
-            )  # fmt: skip
+            )
     return runtime.socket_dir(iid)
 
 
@@ -560,9 +583,13 @@ def instance_suspend(tenant: Tenant, actor: str) -> str:
         started = time.monotonic()
         with routing_change(tenant.host):
             _transition(
-                tenant, tenant.state, State.SUSPENDED, action="suspend", actor=actor,
+                tenant,
+                tenant.state,
+                State.SUSPENDED,
+                action="suspend",
+                actor=actor,
                 reason="suspended by an operator",
-            )  # fmt: skip
+            )
         for alias in _aliases(tenant):
             bouncer.kill(alias)
         runtime.stop(tenant.instance_id)
@@ -583,9 +610,15 @@ def instance_unsuspend(tenant: Tenant, actor: str) -> str:
         route.point(iid, runtime.socket_dir(iid))
         with routing_change(tenant.host):
             _transition(
-                tenant, State.SUSPENDED, State.RUNNING, action="unsuspend", actor=actor,
-                duration_ms=_ms(started), last_active_at=timezone.now(), reason=note,
-            )  # fmt: skip
+                tenant,
+                State.SUSPENDED,
+                State.RUNNING,
+                action="unsuspend",
+                actor=actor,
+                duration_ms=_ms(started),
+                last_active_at=timezone.now(),
+                reason=note,
+            )
         for alias in _aliases(tenant):
             pooler().resume(alias)
     return "running"
@@ -608,9 +641,15 @@ def storage_limit_apply(tenant: Tenant, *, read_only: bool) -> None:
             runtime.configure(instance_spec(tenant))
         Tenant.objects.filter(pk=tenant.pk).update(storage_read_only=read_only)
     limit = f"{tenant.plan.storage_limit_mb} MB"
-    _event(tenant, "storage_limit", "usage",
-           f"over the {limit} storage limit: writes are refused" if read_only
-           else f"within the {limit} storage limit: writable again", 0)  # fmt: skip
+    _event(
+        tenant,
+        "storage_limit",
+        "usage",
+        f"over the {limit} storage limit: writes are refused"
+        if read_only
+        else f"within the {limit} storage limit: writable again",
+        0,
+    )
 
 
 def instance_repair(tenant: Tenant, actor: str = "reconcile") -> str | None:
@@ -648,8 +687,7 @@ def instance_repair(tenant: Tenant, actor: str = "reconcile") -> str | None:
                 except Exception as exc:
                     _note(tenant, f"it stopped ({why}) and cannot start again: {exc}")
                     raise
-                _event(tenant, "restart", actor, f"it had stopped ({why}); restarted",
-                       _ms(started))  # fmt: skip
+                _event(tenant, "restart", actor, f"it had stopped ({why}); restarted", _ms(started))
                 when = f"{timezone.now():%Y-%m-%d %H:%M:%S} UTC"
                 _note(tenant, note or f"restarted at {when} after: {why}")
                 did = "restarted"
@@ -713,8 +751,11 @@ def instances_watch(log_offsets: dict[str, int]) -> list[str]:
         full = _new_log_line(runtime.log_file(iid), log_offsets, iid, DISK_FULL_WORDS)
         if full is not None:
             freed = runtime.release_reserve(iid)
-            _note(tenant, f"{DISK_FULL_NOTE} ({full[:200]}); {freed >> 20} MB were set free "
-                          "so that you can connect and DELETE, TRUNCATE or DROP data")  # fmt: skip
+            _note(
+                tenant,
+                f"{DISK_FULL_NOTE} ({full[:200]}); {freed >> 20} MB were set free "
+                "so that you can connect and DELETE, TRUNCATE or DROP data",
+            )
             _event(tenant, "disk_full", "crash-watch", full, 0)
             done.append(f"{iid}: disk full, {freed >> 20} MB freed")
         if runtime.status(iid).state is not InstanceState.STOPPED:

@@ -60,8 +60,12 @@ def host_pick() -> Host | None:
 def host_capacity() -> list[Host]:
     """Every host with its tenants counted by state (`running`, `sleeping`, ...,
     `total`) and the capacity its agent last measured."""
-    states = [Tenant.State.RUNNING, Tenant.State.SLEEPING, Tenant.State.SUSPENDED,
-              Tenant.State.FAILED]  # fmt: skip
+    states = [
+        Tenant.State.RUNNING,
+        Tenant.State.SLEEPING,
+        Tenant.State.SUSPENDED,
+        Tenant.State.FAILED,
+    ]
     counts = {state: Count("tenants", filter=Q(tenants__state=state)) for state in states}
     return list(
         Host.objects.annotate(**counts, total=Count("tenants", filter=VISIBLE_TENANT)).order_by(

@@ -173,8 +173,9 @@ def tenant_create(
         raise InvalidInput(NAME_RULE)
     if restored_from is not None:
         if restored_from.state != "done":
-            raise Conflict(f"backup {restored_from.pk} is {restored_from.state}; "
-                           "only a finished one restores")  # fmt: skip
+            raise Conflict(
+                f"backup {restored_from.pk} is {restored_from.state}; only a finished one restores"
+            )
         if restored_from.kind == "logical":
             # A pg_dump file is not a data directory: provisioning from it would fail.
             raise Conflict("a logical export is restored with pg_restore by you; download it")
@@ -216,9 +217,11 @@ def tenant_create(
         )
         # Not queued: the row goes again, as if the request had never come.
         send_after_commit(
-            provision_tenant, (tenant.pk,), queue=host.queue,
+            provision_tenant,
+            (tenant.pk,),
+            queue=host.queue,
             undo=lambda: Tenant.objects.filter(pk=tenant.pk, state=State.PROVISIONING).delete(),
-        )  # fmt: skip
+        )
     return tenant, password
 
 
@@ -276,11 +279,13 @@ def tenant_reset_password(*, tenant: Tenant, actor: str) -> str:
             raise Conflict("the database changed state; try again")
         event_record(tenant=tenant, action="password_reset", actor=actor)
         send_after_commit(
-            apply_password, (tenant.pk,), queue=tenant.host.queue,
+            apply_password,
+            (tenant.pk,),
+            queue=tenant.host.queue,
             undo=lambda: Tenant.objects.filter(pk=tenant.pk, pending_scram_secret=secret).update(
                 pending_scram_secret=""
             ),
-        )  # fmt: skip
+        )
     return password
 
 

@@ -70,9 +70,14 @@ def _provision(tenant_id: int) -> str:
         _fail_and_discard(tenant, f"provisioning failed: {exc}", WORKER, _ms(started))
         return "failed"
     tenant_transition(
-        tenant=tenant, from_states=[State.PROVISIONING], to_state=State.RUNNING, actor=WORKER,
-        action="provision", duration_ms=_ms(started), last_active_at=timezone.now(),
-    )  # fmt: skip
+        tenant=tenant,
+        from_states=[State.PROVISIONING],
+        to_state=State.RUNNING,
+        actor=WORKER,
+        action="provision",
+        duration_ms=_ms(started),
+        last_active_at=timezone.now(),
+    )
     # After the answer, off the request's path: its first size, and a new spare
     # for the one just used.
     size = host_agent.runtime_for(tenant).data_usage(tenant.instance_id)
@@ -92,9 +97,14 @@ def _fail_and_discard(tenant: Tenant, reason: str, actor: str, duration_ms: int 
 
     def mark_failed() -> None:
         tenant_transition(
-            tenant=tenant, from_states=[State.PROVISIONING], to_state=State.FAILED,
-            reason=reason, actor=actor, action="provision", duration_ms=duration_ms,
-        )  # fmt: skip
+            tenant=tenant,
+            from_states=[State.PROVISIONING],
+            to_state=State.FAILED,
+            reason=reason,
+            actor=actor,
+            action="provision",
+            duration_ms=duration_ms,
+        )
 
     try:
         with host_agent.routing_change(tenant.host):
@@ -113,9 +123,14 @@ def delete_tenant(tenant_id: int) -> str:
     started = time.monotonic()
     host_agent.instance_destroy(tenant)
     tenant_transition(
-        tenant=tenant, from_states=[State.DELETING], to_state=State.DELETED, actor=WORKER,
-        action="delete", duration_ms=_ms(started), deleted_at=timezone.now(),
-    )  # fmt: skip
+        tenant=tenant,
+        from_states=[State.DELETING],
+        to_state=State.DELETED,
+        actor=WORKER,
+        action="delete",
+        duration_ms=_ms(started),
+        deleted_at=timezone.now(),
+    )
     return "deleted"
 
 
@@ -301,8 +316,12 @@ def _sweep_lost_work(host: Host) -> int:
         if age > GIVE_UP_AFTER:
             _fail_and_discard(tenant, "provisioning did not finish (worker lost)", "sweep", None)
         else:
-            event_record(tenant=tenant, action="provision_requeued", actor="sweep",
-                         message="no worker was provisioning it; queued again")  # fmt: skip
+            event_record(
+                tenant=tenant,
+                action="provision_requeued",
+                actor="sweep",
+                message="no worker was provisioning it; queued again",
+            )
             provision_tenant.apply_async((tenant.pk,), queue=host.queue)
         swept += 1
     # Queued again only while its queue is empty: else the message may just wait.

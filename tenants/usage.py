@@ -48,10 +48,14 @@ def record(host: Host) -> int:
         log.warning("pooler of %s did not answer; its connections are unknown", host)
         clients = servers = None
     Host.objects.filter(pk=host.pk).update(
-        memory_total_bytes=mem_total, memory_used_bytes=mem_used,
-        disk_total_bytes=disk.total, disk_used_bytes=disk.used,
-        pooler_clients=clients, pooler_servers=servers, usage_at=timezone.now(),
-    )  # fmt: skip
+        memory_total_bytes=mem_total,
+        memory_used_bytes=mem_used,
+        disk_total_bytes=disk.total,
+        disk_used_bytes=disk.used,
+        pooler_clients=clients,
+        pooler_servers=servers,
+        usage_at=timezone.now(),
+    )
     tenants = list(
         Tenant.objects.filter(host=host)
         .exclude(state__in=[Tenant.State.DELETED, Tenant.State.PROVISIONING])

@@ -82,13 +82,28 @@ def worker_service(kind: str, generation: int = 1) -> "Service":
     }[kind]
     # Under the supervisor, as the Procfile runs it: Celery's worker exits when it
     # loses Redis at a bad moment, and crash-only means it is simply started again.
-    return Service(kind, [
-        sys.executable, "-m", "dbaas.supervise",
-        _venv_bin("celery"), "-A", "dbaas", "worker", "--loglevel", "INFO",
-        "-Q", queues, "--concurrency", concurrency,
-        "--hostname", f"test-{kind}-{os.getpid()}-{generation}@%h",
-        "--without-mingle", "--without-gossip",
-    ])  # fmt: skip
+    return Service(
+        kind,
+        [
+            sys.executable,
+            "-m",
+            "dbaas.supervise",
+            _venv_bin("celery"),
+            "-A",
+            "dbaas",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "-Q",
+            queues,
+            "--concurrency",
+            concurrency,
+            "--hostname",
+            f"test-{kind}-{os.getpid()}-{generation}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+    )
 
 
 def ensure_platform_rows():
@@ -123,14 +138,25 @@ def s3_server():
     root = settings.DATA_DIR / "s3"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    server = Service("s3", [
-        _venv_bin("weed"), "server", "-s3", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-dir={root}", f"-master.port={S3_MASTER_PORT}", f"-volume.port={S3_VOLUME_PORT}",
-        f"-filer.port={S3_FILER_PORT}",
-        f"-s3.port={S3_PORT}", "-master.volumeSizeLimitMB=64",
-        # Its Iceberg and Lance catalogs are not used, and take fixed ports.
-        "-s3.port.iceberg=0", "-s3.port.lance=0",
-    ])  # fmt: skip
+    server = Service(
+        "s3",
+        [
+            _venv_bin("weed"),
+            "server",
+            "-s3",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-dir={root}",
+            f"-master.port={S3_MASTER_PORT}",
+            f"-volume.port={S3_VOLUME_PORT}",
+            f"-filer.port={S3_FILER_PORT}",
+            f"-s3.port={S3_PORT}",
+            "-master.volumeSizeLimitMB=64",
+            # Its Iceberg and Lance catalogs are not used, and take fixed ports.
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+        ],
+    )
 
     def answers() -> bool:
         try:

@@ -4,10 +4,9 @@ the old one, reset mails are limited, long emails are a 400, pages and answers t
 show a secret are never cached."""
 
 import json
-import os
-import subprocess
-import sys
+import random
 import textwrap
+import time
 
 import pytest
 from django.conf import settings
@@ -15,9 +14,9 @@ from django.contrib.auth import get_user_model
 from django.core import mail
 from django.core.cache import cache
 
-from dbaas.env import BASE_DIR
 from tenants.models import ApiToken
 from tests.conftest import Api, signup
+from tests.helpers import run_django
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -121,17 +120,53 @@ def test_served_over_https_cookies_are_secure_and_hsts_is_sent():
         }))
         """
     )
-    env = os.environ | {
-        "DBAAS_PUBLIC_URL": "https://db.example.com",
-        "DJANGO_SETTINGS_MODULE": "dbaas.settings",
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", probe], env=env, cwd=BASE_DIR, capture_output=True, text=True,
-        timeout=60,
-    )  # fmt: skip
+    out = run_django(probe, {"DBAAS_PUBLIC_URL": "https://db.example.com"})
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["status"] == 200
     assert seen["hsts"].startswith("max-age=31536000")
     assert seen["csrf_cookie_secure"] and seen["session_cookie_secure"]
     assert "https://db.example.com" in seen["trusted_origins"]
+
+
+def _windows():
+    now = int(time.time() // 3600)
+    return (now - 1, now, now + 1)
+
+
+def test_sign_ups_are_rate_limited_per_address(db, client, settings):
+    from tests.conftest import ensure_platform_rows
+
+    ensure_platform_rows()
+    settings.DBAAS_SIGNUPS_PER_IP_HOUR = 2
+    # Addresses of their own: Redis keeps counters across test sessions.
+    address, other = (f"198.51.100.{n}" for n in random.sample(range(1, 255), 2))
+    cache.delete_many([f"ratelimit:signup:{a}:{w}" for a in (address, other) for w in _windows()])
+    statuses = []
+    for n in range(3):
+        response = client.post(
+            "/signup",
+            {"email": f"many{n}@example.com", "password": "correct horse battery"},
+            REMOTE_ADDR=address,
+        )
+        statuses.append(response.status_code)
+        client.logout()
+    assert statuses == [302, 302, 429]
+    assert b"Too many sign-ups" in response.content
+    assert not get_user_model().objects.filter(email="many2@example.com").exists()
+    # The API counts sign-ups from the same address in the same window.
+    response = client.post(
+        "/api/v1/accounts",
+        {"email": "api@example.com", "password": "correct horse battery"},
+        content_type="application/json",
+        REMOTE_ADDR=address,
+    )
+    assert response.status_code == 429
+    assert response.json() == {"error": "too many sign-ups from your address; try again in an hour"}
+    # Another address is not affected.
+    response = client.post(
+        "/signup",
+        {"email": "elsewhere@example.com", "password": "correct horse battery"},
+        REMOTE_ADDR=other,
+    )
+    assert response.status_code == 302

@@ -11,15 +11,10 @@ from django.conf import settings
 
 from tenants import host_agent
 from tenants.models import Event, Tenant
-from tests.conftest import connect, wait_until
+from tests.conftest import connect
+from tests.helpers import create, processes_of_uid, wait_for_state
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def create(api, name: str) -> dict:
-    response = api.call("POST", "/databases", {"name": name})
-    assert response.status_code == 201, response.content
-    return response.json()
 
 
 def test_it_creates_a_database_that_works_at_once(live, alice):
@@ -173,9 +168,10 @@ def test_concurrent_password_resets_give_one_working_password(live, alice, live_
 
     def reset() -> None:
         request = urllib.request.Request(  # noqa: S310 - the test's own http server
-            f"{live_server.url}/api/v1/databases/{db['id']}/password", method="POST",
+            f"{live_server.url}/api/v1/databases/{db['id']}/password",
+            method="POST",
             headers={"Authorization": f"Bearer {alice.token}"},
-        )  # fmt: skip
+        )
         barrier.wait()
         try:
             with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
@@ -239,27 +235,9 @@ def test_a_failed_provisioning_leaves_nothing_behind(live, alice):
     assert not runtime.instance_dir(tenant.instance_id).exists()
     assert tenant.database_name not in host_agent.pooler().database_names()
     assert tenant.role_name not in host_agent.pooler().auth_file.read_text()
-    assert not _processes_of_uid(settings.DBAAS_TENANT_UID_BASE + tenant.pk)
+    assert not processes_of_uid(settings.DBAAS_TENANT_UID_BASE + tenant.pk)
     # The user sees why, and can delete it.
     got = alice.call("GET", f"/databases/{tenant.pk}").json()
     assert got["state"] == "failed" and got["state_reason"]
     assert alice.call("DELETE", f"/databases/{tenant.pk}").status_code == 202
     wait_for_state(tenant.pk, "deleted")
-
-
-def wait_for_state(tenant_id: int, state: str, timeout: float = 30) -> None:
-    wait_until(lambda: Tenant.objects.get(pk=tenant_id).state == state, timeout=timeout)
-
-
-def _processes_of_uid(uid: int) -> list[int]:
-    from pathlib import Path
-
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if proc.stat().st_uid == uid:
-                    pids.append(int(proc.name))
-            except FileNotFoundError:
-                continue
-    return pids

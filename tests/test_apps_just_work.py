@@ -18,31 +18,34 @@ from django.db import connection as django_connection
 from tenants.models import Account, Plan
 from tests import pgwire
 from tests.conftest import Service, connect
-from tests.test_api_databases import create
+from tests.helpers import create
 from unikernel_images.image import newest_major
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
-def db(live, alice):
+def database(live, alice):
     return create(alice, "app")
 
 
-def test_the_server_is_the_newest_major_the_os_ships(db, alice):
-    with connect(db["connection_string"]) as conn:
+def test_the_server_is_the_newest_major_the_os_ships(database, alice):
+    with connect(database["connection_string"]) as conn:
         version = conn.execute("SHOW server_version_num").fetchone()[0]
     assert version.startswith(newest_major())
-    assert db["postgres_version"] == newest_major()
-    assert alice.call("GET", f"/databases/{db['id']}").json()["postgres_version"] == newest_major()
+    assert database["postgres_version"] == newest_major()
+    assert (
+        alice.call("GET", f"/databases/{database['id']}").json()["postgres_version"]
+        == newest_major()
+    )
 
 
-def test_every_time_zone_of_the_os_works(db):
+def test_every_time_zone_of_the_os_works(database):
     query = "SELECT name FROM pg_timezone_names"
     with django_connection.cursor() as cursor:  # the OS's own postgres, same tzdata
         cursor.execute(query)
         os_zones = {row[0] for row in cursor.fetchall()}
-    with connect(db["connection_string"]) as conn:
+    with connect(database["connection_string"]) as conn:
         zones = {row[0] for row in conn.execute(query)}
         assert len(zones) > 400  # the image once carried UTC alone: 1 row
         # All of them but the host's own setting (localtime -> /etc/localtime).
@@ -63,8 +66,8 @@ def test_every_time_zone_of_the_os_works(db):
         )
 
 
-def test_the_owner_creates_pgvector_and_uses_an_hnsw_index(db):
-    with connect(db["connection_string"]) as conn:
+def test_the_owner_creates_pgvector_and_uses_an_hnsw_index(database):
+    with connect(database["connection_string"]) as conn:
         conn.execute("CREATE EXTENSION vector")
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, embedding vector(3))")
         conn.execute(
@@ -86,8 +89,8 @@ def test_the_owner_creates_pgvector_and_uses_an_hnsw_index(db):
         assert nearest[0] == (10,)
 
 
-def test_the_owner_creates_postgis(db):
-    with connect(db["connection_string"]) as conn:
+def test_the_owner_creates_postgis(database):
+    with connect(database["connection_string"]) as conn:
         conn.execute("CREATE EXTENSION postgis")
         distance = conn.execute(
             "SELECT ST_Distance('POINT(0 0)'::geometry, 'POINT(3 4)'::geometry)"
@@ -106,8 +109,8 @@ def test_an_extension_the_plan_does_not_list_is_refused(live, alice):
     Account.objects.filter(user__email="alice@example.com").update(
         plan=Plan.objects.get(name="bare")
     )
-    db = create(alice, "bare")
-    with connect(db["connection_string"], autocommit=True) as conn:
+    database = create(alice, "bare")
+    with connect(database["connection_string"], autocommit=True) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="not available") as info:
             conn.execute("CREATE EXTENSION vector")
         assert "pgcrypto" in (info.value.diag.message_hint or "")
@@ -120,49 +123,50 @@ def test_an_extension_the_plan_does_not_list_is_refused(live, alice):
             conn.execute("CREATE EXTENSION hstore")  # trusted by PostgreSQL, not by the plan
 
 
-def _url(db: dict, database: str, pooled: bool = False) -> str:
-    base = db["connection_string"]
-    return base.replace(f"/{db['database']}?", f"/{database}{'_pooled' if pooled else ''}?")
+def _url(database: dict, name: str, pooled: bool = False) -> str:
+    """`database`'s connection string, for the database `name` on its server."""
+    base = database["connection_string"]
+    return base.replace(f"/{database['database']}?", f"/{name}{'_pooled' if pooled else ''}?")
 
 
-def test_a_database_the_owner_creates_is_reachable_at_once_in_both_modes(db):
+def test_a_database_the_owner_creates_is_reachable_at_once_in_both_modes(database):
     made = f"made_{secrets.token_hex(4)}"
     shadow = f"prisma_migrate_shadow_db_{uuid.uuid4()}"  # as Prisma names them
-    with connect(db["connection_string"], autocommit=True) as conn:
+    with connect(database["connection_string"], autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{made}"')
         conn.execute(f'CREATE DATABASE "{shadow}"')
-    with connect(_url(db, made)) as conn:  # the same login, at once
+    with connect(_url(database, made)) as conn:  # the same login, at once
         assert conn.execute("SELECT current_user, current_database()").fetchone() == (
-            db["user"],
+            database["user"],
             made,
         )
         conn.execute("CREATE TABLE t (x int)")
         conn.execute("INSERT INTO t VALUES (1), (2)")
         conn.commit()
-    with connect(_url(db, made, pooled=True)) as conn:
+    with connect(_url(database, made, pooled=True)) as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (2,)
-    with connect(_url(db, shadow)) as conn:
+    with connect(_url(database, shadow)) as conn:
         conn.execute("CREATE TABLE migration_check (id int)")
         conn.commit()
     # Dropped while the pooler still holds server connections to it: it lets go.
-    with connect(db["connection_string"], autocommit=True) as conn:
+    with connect(database["connection_string"], autocommit=True) as conn:
         conn.execute(f'DROP DATABASE "{shadow}"')
         names = [r[0] for r in conn.execute("SELECT datname FROM pg_database")]
         assert shadow not in names and made in names
     with pytest.raises(psycopg.OperationalError):
-        connect(_url(db, shadow))
+        connect(_url(database, shadow))
     # The database the platform made stays: it goes with the whole server.
     with (
-        connect(_url(db, made), autocommit=True) as conn,
+        connect(_url(database, made), autocommit=True) as conn,
         pytest.raises(psycopg.errors.InsufficientPrivilege, match="platform made"),
     ):
-        conn.execute(f'DROP DATABASE "{db["database"]}"')
+        conn.execute(f'DROP DATABASE "{database["database"]}"')
 
 
 def test_databases_per_server_are_limited_by_the_plan(live, alice):
     Plan.objects.update(databases_per_server=2)
-    db = create(alice, "few")
-    with connect(db["connection_string"], autocommit=True) as conn:
+    database = create(alice, "few")
+    with connect(database["connection_string"], autocommit=True) as conn:
         conn.execute("CREATE DATABASE few_one")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="plan allows 2"):
             conn.execute("CREATE DATABASE few_two")
@@ -170,7 +174,7 @@ def test_databases_per_server_are_limited_by_the_plan(live, alice):
         assert "few_one" in names and "few_two" not in names
         conn.execute("DROP DATABASE few_one")
         conn.execute("CREATE DATABASE few_two")  # room again
-    with connect(_url(db, "few_two")) as conn:
+    with connect(_url(database, "few_two")) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
@@ -188,14 +192,14 @@ def test_a_name_another_tenant_uses_is_refused_clearly(live, alice, bob):
         connect(_url(mine, "analytics"))
 
 
-def test_prepared_statements_work_on_the_pooled_string_with_default_settings(db):
+def test_prepared_statements_work_on_the_pooled_string_with_default_settings(database):
     """psycopg 3 prepares a statement after 5 runs; on transaction pooling the next
     run used to fail with `prepared statement "_pg3_0" does not exist`."""
     errors: list[str] = []
 
     def work(worker: int) -> None:
         try:
-            with connect(db["pooled_connection_string"], autocommit=True) as conn:
+            with connect(database["pooled_connection_string"], autocommit=True) as conn:
                 for i in range(40):
                     row = conn.execute("SELECT %s::int + %s::int", (worker, i)).fetchone()
                     assert row == (worker + i,)
@@ -212,20 +216,23 @@ def test_prepared_statements_work_on_the_pooled_string_with_default_settings(db)
 
 
 @pytest.mark.parametrize("pooled", [False, True], ids=["session", "transaction"])
-def test_timeouts_given_at_connect_time_apply(db, pooled):
-    url = db["pooled_connection_string"] if pooled else db["connection_string"]
+def test_timeouts_given_at_connect_time_apply(database, pooled):
+    url = database["pooled_connection_string"] if pooled else database["connection_string"]
     with connect(url, options="-c statement_timeout=200", autocommit=True) as conn:
         assert conn.execute("SHOW statement_timeout").fetchone() == ("200ms",)
         with pytest.raises(psycopg.errors.QueryCanceled):
             conn.execute("SELECT pg_sleep(2)")
     # As startup parameters of their own, as node-postgres sends them.
-    database = f"{db['database']}_pooled" if pooled else db["database"]
+    name = f"{database['database']}_pooled" if pooled else database["database"]
     conn = pgwire.Connection(settings.DBAAS_PUBLIC_HOST, settings.DBAAS_PGBOUNCER_PORT)
     try:
         conn.login(
-            db["user"], database, db["password"],
-            statement_timeout="300", idle_in_transaction_session_timeout="1500",
-        )  # fmt: skip
+            database["user"],
+            name,
+            database["password"],
+            statement_timeout="300",
+            idle_in_transaction_session_timeout="1500",
+        )
         assert conn.simple_query(
             "SELECT current_setting('statement_timeout'),"
             " current_setting('idle_in_transaction_session_timeout')"
@@ -248,25 +255,25 @@ def test_timeouts_given_at_connect_time_apply(db, pooled):
         assert conn.execute("SHOW statement_timeout").fetchone() == ("0",)
 
 
-def test_the_plans_session_connections_are_served_and_the_next_is_refused_quickly(db):
+def test_the_plans_session_connections_are_served_and_the_next_is_refused_quickly(database):
     limit = Plan.objects.get(name="free").connection_limit
-    held = [connect(db["connection_string"], autocommit=True) for _ in range(limit)]
+    held = [connect(database["connection_string"], autocommit=True) for _ in range(limit)]
     try:
         for conn in held:  # each has a server connection of its own, at once
             assert conn.execute("SELECT 1").fetchone() == (1,)
         started = time.monotonic()
         with pytest.raises(psycopg.OperationalError, match="max_db_client_connections"):
-            connect(db["connection_string"])
+            connect(database["connection_string"])
         assert time.monotonic() - started < 5
         # The transaction-mode string still takes clients.
-        with connect(db["pooled_connection_string"]) as conn:
+        with connect(database["pooled_connection_string"]) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         for conn in held:
             conn.close()
 
 
-def test_create_database_waits_for_a_registrar_that_is_restarting(db, platform):
+def test_create_database_waits_for_a_registrar_that_is_restarting(database, platform):
     """The registrar runs in the activator's process; while that is down (killed,
     restarting) CREATE DATABASE waits for it instead of failing."""
     activator: Service = platform["activator"]
@@ -275,7 +282,7 @@ def test_create_database_waits_for_a_registrar_that_is_restarting(db, platform):
 
     def create_database() -> None:
         try:
-            with connect(db["connection_string"], autocommit=True) as conn:
+            with connect(database["connection_string"], autocommit=True) as conn:
                 conn.execute("CREATE DATABASE while_restarting")
             outcome.append("created")
         except Exception as exc:  # asserted below
@@ -290,5 +297,5 @@ def test_create_database_waits_for_a_registrar_that_is_restarting(db, platform):
     replacement.wait_for(lambda: replacement.log_contains("listening"))
     thread.join(30)
     assert outcome == ["created"]
-    with connect(_url(db, "while_restarting")) as conn:
+    with connect(_url(database, "while_restarting")) as conn:
         assert conn.execute("SELECT current_database()").fetchone() == ("while_restarting",)

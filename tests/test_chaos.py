@@ -22,12 +22,11 @@ import pytest
 import redis
 from django.conf import settings
 
-from dbaas.env import BASE_DIR, services_dir
+from dbaas.env import services_dir
 from dbaas.localservices import LocalRedis
 from tenants.models import Backup, Tenant
 from tests.conftest import Service, connect, wait_until, worker_service
-from tests.test_api_databases import create
-from tests.test_backups import wait_for
+from tests.helpers import create, run_django, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -35,10 +34,11 @@ pytestmark = pytest.mark.timeout(240)
 def http(base: str, method: str, path: str, token: str | None = None, body=None):
     """(status, JSON answer) from the live server, as any HTTP client sees it."""
     request = urllib.request.Request(  # noqa: S310 - the test's own http server
-        f"{base}/api/v1{path}", method=method,
+        f"{base}/api/v1{path}",
+        method=method,
         data=json.dumps(body).encode() if body is not None else None,
         headers={"Authorization": f"Bearer {token}"} if token else {},
-    )  # fmt: skip
+    )
     try:
         with urllib.request.urlopen(request, timeout=90) as response:  # noqa: S310
             return response.status, json.load(response)
@@ -52,8 +52,9 @@ def kill_service(platform: dict, name: str) -> None:
     service.proc.wait()
 
 
-def test_a_worker_killed_while_databases_are_created_strands_none(live, alice, platform,
-                                                                    live_server):  # fmt: skip
+def test_a_worker_killed_while_databases_are_created_strands_none(
+    live, alice, platform, live_server
+):
     """Creates accepted while the worker dies are finished by its replacement: the
     sweep queues again what nobody is doing (the dead worker's messages would come
     back only after Redis's visibility timeout, an hour)."""
@@ -109,9 +110,10 @@ def test_with_redis_down_requests_get_503_and_leave_nothing_half_made(live, alic
             assert conn.execute("SELECT 1").fetchone() == (1,)
         # A sign-up needs Redis too (its rate limit): 503, JSON.
         response = client.post(
-            "/api/v1/accounts", {"email": "late@example.com", "password": "a long passphrase"},
+            "/api/v1/accounts",
+            {"email": "late@example.com", "password": "a long passphrase"},
             content_type="application/json",
-        )  # fmt: skip
+        )
         assert response.status_code == 503 and "error" in response.json()
         # What only reads the control plane goes on.
         assert alice.call("GET", "/databases").status_code == 200
@@ -171,19 +173,14 @@ def test_without_the_control_plane_the_api_answers_503_in_json(tmp_path):
         "print(json.dumps([r.status_code, r.json(), r['Retry-After']]))\n"
     )
     nowhere = urllib.parse.quote(str(tmp_path), safe="")  # a socket directory nobody serves
-    env = os.environ | {
-        "DJANGO_SETTINGS_MODULE": "dbaas.settings",
-        "DATABASE_URL": f"postgres://dbaas@{nowhere}/dbaas",
-    }
-    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=BASE_DIR,
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = run_django(probe, {"DATABASE_URL": f"postgres://dbaas@{nowhere}/dbaas"})
     assert out.returncode == 0, out.stderr
     status, body, retry_after = json.loads(out.stdout.strip().splitlines()[-1])
     assert status == 503 and "unavailable" in body["error"] and retry_after
 
 
 def test_a_wake_racing_a_delete_is_answered_at_once(live, alice, live_server):
-    from tests.test_scale_to_zero import put_to_sleep
+    from tests.helpers import put_to_sleep
 
     db = create(alice, "racer")
     put_to_sleep(alice, db)
@@ -205,11 +202,12 @@ def test_a_wake_racing_a_delete_is_answered_at_once(live, alice, live_server):
         assert "cannot be woken" in body["error"]
 
 
-def test_a_sleeping_database_wakes_while_the_control_plane_is_unreachable(live, alice, platform,
-                                                                          tmp_path):  # fmt: skip
+def test_a_sleeping_database_wakes_while_the_control_plane_is_unreachable(
+    live, alice, platform, tmp_path
+):
     """The host decides alone: the activator starts the instance as it was last
     started, and the wake is recorded once the control plane answers again."""
-    from tests.test_scale_to_zero import put_to_sleep
+    from tests.helpers import put_to_sleep
 
     db = create(alice, "independent")
     with connect(db["connection_string"], autocommit=True) as conn:
@@ -217,8 +215,11 @@ def test_a_sleeping_database_wakes_while_the_control_plane_is_unreachable(live, 
     put_to_sleep(alice, db)
     kill_service(platform, "activator")
     nowhere = urllib.parse.quote(str(tmp_path), safe="")  # a socket directory nobody serves
-    cut_off = Service("activator", [sys.executable, "manage.py", "run_activator"],
-                      env={"DATABASE_URL": f"postgres://dbaas@{nowhere}/dbaas"})  # fmt: skip
+    cut_off = Service(
+        "activator",
+        [sys.executable, "manage.py", "run_activator"],
+        env={"DATABASE_URL": f"postgres://dbaas@{nowhere}/dbaas"},
+    )
     platform["activator"] = cut_off
     cut_off.wait_for(lambda: cut_off.log_contains("listening"))
     started = time.monotonic()
@@ -240,10 +241,23 @@ def _on_a_small_filesystem(runtime, iid: str, tmp_path, spare_mb: int) -> None:
     instance_dir = runtime.instance_dir(iid)
     copy = tmp_path / "copy"
     subprocess.run(["cp", "-a", "--sparse=never", str(instance_dir), str(copy)], check=True)
-    used_mb = int(subprocess.run(["du", "-sm", str(copy)], capture_output=True, text=True,
-                                 check=True).stdout.split()[0])  # fmt: skip
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={used_mb + spare_mb}m,mode=0711",
-                    "tmpfs", str(instance_dir)], check=True)  # fmt: skip
+    used_mb = int(
+        subprocess.run(
+            ["du", "-sm", str(copy)], capture_output=True, text=True, check=True
+        ).stdout.split()[0]
+    )
+    subprocess.run(
+        [
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            f"size={used_mb + spare_mb}m,mode=0711",
+            "tmpfs",
+            str(instance_dir),
+        ],
+        check=True,
+    )
     subprocess.run(["cp", "-a", "--sparse=never", f"{copy}/.", str(instance_dir)], check=True)
 
 
@@ -257,7 +271,7 @@ def test_a_sleeping_database_wakes_on_a_disk_someone_else_filled(live, alice, tm
     and tries again, so the client's connection still goes through."""
     from tenants import host_agent
     from tenants.models import Event
-    from tests.test_scale_to_zero import put_to_sleep
+    from tests.helpers import put_to_sleep
 
     db = create(alice, "squeezed")
     tenant = Tenant.objects.get(pk=db["id"])
@@ -284,7 +298,7 @@ def test_a_full_disk_is_noticed_and_the_owner_can_free_space(live, alice, tmp_pa
     writes work again."""
     from tenants import host_agent
     from tenants.models import Event
-    from tests.test_scale_to_zero import put_to_sleep
+    from tests.helpers import put_to_sleep
 
     db = create(alice, "hoarder")
     tenant = Tenant.objects.get(pk=db["id"])
@@ -301,14 +315,17 @@ def test_a_full_disk_is_noticed_and_the_owner_can_free_space(live, alice, tmp_pa
         ):
             filling.execute("CREATE TABLE filler (g int, h text)")
             for _ in range(100):
-                filling.execute("INSERT INTO filler SELECT g, md5(g::text) || md5(random()::text)"
-                                " FROM generate_series(1, 100000) g")  # fmt: skip
+                filling.execute(
+                    "INSERT INTO filler SELECT g, md5(g::text) || md5(random()::text)"
+                    " FROM generate_series(1, 100000) g"
+                )
         filling.close()
         noted = wait_until(lambda: Tenant.objects.get(pk=db["id"]).state_reason, timeout=20)
         assert noted.startswith("the disk is full"), noted
         assert Event.objects.filter(tenant_id=db["id"], action="disk_full").exists()
-        assert "the disk is full" in alice.call("GET", f"/databases/{db['id']}").json()[
-            "state_reason"]  # fmt: skip
+        assert (
+            "the disk is full" in alice.call("GET", f"/databases/{db['id']}").json()["state_reason"]
+        )
         assert not runtime.reserve_file(iid).exists()  # given back
 
         def freed() -> bool:
@@ -330,12 +347,13 @@ def test_a_full_disk_is_noticed_and_the_owner_can_free_space(live, alice, tmp_pa
 def test_a_worker_killed_mid_restore_leaves_the_data_as_it_was(live, alice, platform):
     """The restore's lock dies with its worker: the sweep fails the restore, puts
     back whatever it had replaced, and the database runs with its current data."""
-    from tests.test_backups import back_up
+    from tests.helpers import back_up
 
     db = create(alice, "rollback")
     with connect(db["connection_string"], autocommit=True) as conn:  # a restore that takes a while
-        conn.execute("CREATE TABLE big AS SELECT g, md5(g::text) AS h "
-                     "FROM generate_series(1, 1500000) g")  # fmt: skip
+        conn.execute(
+            "CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 1500000) g"
+        )
     backup = back_up(alice, db)
     with connect(db["connection_string"], autocommit=True) as conn:
         conn.execute("CREATE TABLE after_backup AS SELECT 'current' AS v")

@@ -13,7 +13,7 @@ from django.conf import settings
 from dbaas.env import controlplane_user, pooler_user, redis_user, services_dir
 from tenants import host_agent
 from tenants.models import Tenant
-from tests.test_api_databases import create
+from tests.helpers import create
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -57,8 +57,10 @@ def test_only_the_host_agent_logs_in_as_the_platforms_superuser(live, alice):
     # The pooler's account reaches the socket (it must, to serve the tenant) ...
     as_pooler = subprocess.run(
         ["runuser", "-u", pooler_user(), "--", *psql, "SELECT current_user"],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert as_pooler.returncode != 0
     assert "authentication failed" in as_pooler.stderr
     # ... the host agent logs in, by peer authentication, with no password.

@@ -69,8 +69,9 @@ def test_the_served_document_keeps_every_operation_and_status_of_the_snapshot(cl
     import json
     from pathlib import Path
 
-    snapshot = json.loads((Path(__file__).parent / "snapshots" / "openapi_operations.json")
-                          .read_text())  # fmt: skip
+    snapshot = json.loads(
+        (Path(__file__).parent / "snapshots" / "openapi_operations.json").read_text()
+    )
     served = client.get("/api/v1/openapi.json").json()
     now = {
         f"{method.upper()} {path}": set(op["responses"])

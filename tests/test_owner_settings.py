@@ -11,8 +11,7 @@ from tenants import host_agent
 from tenants.errors import for_tenant
 from tenants.models import Tenant
 from tests.conftest import connect
-from tests.test_api_databases import create
-from tests.test_backups import back_up, restore, wait_for
+from tests.helpers import back_up, create, restore, wait_for
 from unikernel_images import postgres_admin
 from unikernel_images.image import SUPERUSER
 

@@ -13,7 +13,7 @@ import pytest
 from django.conf import settings
 
 from tests.conftest import connect, wait_until
-from tests.test_api_databases import create
+from tests.helpers import create
 
 pytestmark = pytest.mark.timeout(120)
 

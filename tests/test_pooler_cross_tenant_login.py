@@ -20,7 +20,7 @@ from tenants import host_agent
 from tenants.models import Tenant
 from tests import pgwire
 from tests.conftest import connect
-from tests.test_api_databases import create
+from tests.helpers import create
 from unikernel_images.runtimes.base import InstanceState
 
 pytestmark = pytest.mark.timeout(300)
@@ -205,7 +205,7 @@ def test_it_warns_about_an_affected_pgbouncer_without_the_mitigation(tmp_path: P
 
 
 def test_another_tenants_valid_login_neither_opens_nor_wakes_a_database(live, alice, bob):
-    from tests.test_scale_to_zero import instance_state, put_to_sleep
+    from tests.helpers import instance_state, put_to_sleep
 
     mine = create(alice, "prowler")
     theirs = create(bob, "sleeper")

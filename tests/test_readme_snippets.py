@@ -14,7 +14,7 @@ import pytest
 from dbaas.env import BASE_DIR
 from tenants.models import TenantDatabase
 from tests.conftest import connect
-from tests.test_api_databases import create
+from tests.helpers import create
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -27,12 +27,12 @@ def snippets() -> dict[str, str]:
 
 
 @pytest.fixture
-def db(live, alice):
+def database(live, alice):
     return create(alice, "snippets")
 
 
 @pytest.fixture
-def env(db, live_server, tmp_path) -> dict[str, str]:
+def env(database, live_server, tmp_path) -> dict[str, str]:
     """A user's shell on a fresh machine that has run the README's "trust" snippet
     (against this test's web server): nothing else tells libpq about the CA."""
     home = tmp_path / "home"
@@ -42,8 +42,8 @@ def env(db, live_server, tmp_path) -> dict[str, str]:
     run(["sh", "-c", trust], base)
     assert (home / ".postgresql" / "root.crt").read_text().startswith("-----BEGIN CERTIFICATE")
     return base | {
-        "DATABASE_URL": db["connection_string"],
-        "POOLED_DATABASE_URL": db["pooled_connection_string"],
+        "DATABASE_URL": database["connection_string"],
+        "POOLED_DATABASE_URL": database["pooled_connection_string"],
     }
 
 
@@ -58,9 +58,9 @@ def test_the_readme_has_every_snippet_these_tests_run():
     assert set(snippets()) == expected
 
 
-def test_psql(db, env):
+def test_psql(database, env):
     out = run(["sh", "-c", snippets()["psql"]], env)
-    assert db["database"] in out
+    assert database["database"] in out
 
 
 def test_psycopg_on_the_pooled_string(env):
@@ -88,7 +88,7 @@ class NoteTests(TestCase):
 """
 
 
-def test_djangos_test_runner_creates_and_drops_its_test_database(db, env, tmp_path):
+def test_djangos_test_runner_creates_and_drops_its_test_database(database, env, tmp_path):
     (tmp_path / "manage.py").write_text(
         "import os, sys\n"
         'os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")\n'
@@ -114,11 +114,11 @@ def test_djangos_test_runner_creates_and_drops_its_test_database(db, env, tmp_pa
     (app / "tests.py").write_text(DJANGO_TESTS)
     django_env = env | {"DJANGO_SETTINGS_MODULE": "settings"}  # not the platform's own
     out = run([sys.executable, "manage.py", "test", "-v", "2"], django_env, cwd=tmp_path)
-    test_database = f"test_{db['database']}"
+    test_database = f"test_{database['database']}"
     assert f"TEST DATABASE {test_database}" in out
     assert "OK" in out
     # Made on the tenant's server, routed, then dropped and forgotten.
-    with connect(db["connection_string"]) as conn:
+    with connect(database["connection_string"]) as conn:
         names = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
     assert test_database not in names
     assert not TenantDatabase.objects.filter(name=test_database).exists()

@@ -12,7 +12,7 @@ from django.conf import settings
 from tenants import host_agent
 from tenants.models import Event, Tenant
 from tests.conftest import connect
-from tests.test_api_databases import create
+from tests.helpers import create
 from unikernel_images.runtimes.base import InstanceState
 
 pytestmark = pytest.mark.timeout(120)

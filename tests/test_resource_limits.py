@@ -13,7 +13,7 @@ import pytest
 from tenants import host_agent
 from tenants.models import Account, Plan, Tenant
 from tests.conftest import connect
-from tests.test_api_databases import create
+from tests.helpers import create
 from unikernel_images import cgroups
 
 pytestmark = pytest.mark.timeout(240)
@@ -22,9 +22,12 @@ pytestmark = pytest.mark.timeout(240)
 @pytest.fixture
 def small_plan(live):
     plan = Plan.objects.create(
-        name="small", memory_limit_mb=256, cpu_limit=0.25, temp_file_limit_mb=8,
+        name="small",
+        memory_limit_mb=256,
+        cpu_limit=0.25,
+        temp_file_limit_mb=8,
         work_mem_max_mb=16,
-    )  # fmt: skip
+    )
     return plan
 
 

@@ -10,27 +10,14 @@ import time
 import psycopg
 import pytest
 from django.conf import settings
-from django.contrib.auth import get_user_model
 
 from tenants import host_agent
 from tenants.models import Event, Plan, Tenant
 from tests.conftest import Service, connect, wait_until
-from tests.test_api_databases import create, wait_for_state
+from tests.helpers import create, instance_state, put_to_sleep, wait_for_state
 from unikernel_images.runtimes.base import InstanceState
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def instance_state(tenant_id: int) -> InstanceState:
-    tenant = Tenant.objects.get(pk=tenant_id)
-    return host_agent.runtime_for(tenant).status(tenant.instance_id).state
-
-
-def put_to_sleep(api, db: dict) -> None:
-    response = api.call("POST", f"/databases/{db['id']}/sleep")
-    assert response.status_code == 200, response.content
-    assert response.json()["state"] == "sleeping"
-    assert instance_state(db["id"]) is InstanceState.STOPPED
 
 
 def starts_of(tenant_id: int) -> int:
@@ -53,9 +40,9 @@ def test_an_idle_tenant_sleeps_and_wakes_on_connect(napper, alice):
     tenant = Tenant.objects.get(pk=napper["id"])
     assert instance_state(tenant.pk) is InstanceState.STOPPED
     if os.geteuid() == 0:
-        from tests.test_api_databases import _processes_of_uid
+        from tests.helpers import processes_of_uid
 
-        assert _processes_of_uid(settings.DBAAS_TENANT_UID_BASE + tenant.pk) == []
+        assert processes_of_uid(settings.DBAAS_TENANT_UID_BASE + tenant.pk) == []
     assert Event.objects.filter(tenant=tenant, action="sleep", actor="idle").exists()
     Plan.objects.filter(name="free").update(idle_timeout_seconds=300)
 
@@ -157,22 +144,6 @@ def test_explicit_wake_and_errors(napper, alice, bob):
     assert response.status_code == 200
     assert response.json()["state"] == "running"
     assert instance_state(napper["id"]) is InstanceState.RUNNING
-    # /metrics names every tenant: operators only.
-    assert alice.client.get("/metrics").status_code == 401
-    staff = get_user_model().objects.create_user("ops", "ops@example.com", "x", is_staff=True)
-    alice.client.force_login(staff)
-    metrics = alice.client.get("/metrics").content.decode()
-    assert f'dbaas_tenant_wakes_total{{tenant="{napper["database"]}"' in metrics
-    alice.client.logout()
-    settings.DBAAS_METRICS_TOKEN = "a-token-for-prometheus"
-    try:
-        assert alice.client.get("/metrics").status_code == 401
-        bearer = {"HTTP_AUTHORIZATION": "Bearer a-token-for-prometheus"}
-        assert alice.client.get("/metrics", **bearer).status_code == 200
-        wrong = {"HTTP_AUTHORIZATION": "Bearer not-it"}
-        assert alice.client.get("/metrics", **wrong).status_code == 401
-    finally:
-        settings.DBAAS_METRICS_TOKEN = ""
 
 
 def _wait_consistent(tenant_id: int, timeout: float) -> str:

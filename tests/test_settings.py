@@ -1,23 +1,15 @@
 """Settings are read and checked at start-up: a bad value stops the program with the
 variable's name; secrets may come from files (NAME_FILE)."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from dbaas.env import BASE_DIR
+from tests.helpers import run_django
 
 PRINT = "import django; django.setup(); from django.conf import settings; print(settings.{name})"
 
 
 def start(env: dict[str, str], name: str = "DBAAS_RECONCILE_INTERVAL"):
-    return subprocess.run(
-        [sys.executable, "-c", PRINT.format(name=name)],
-        env=os.environ | {"DJANGO_SETTINGS_MODULE": "dbaas.settings"} | env,
-        cwd=BASE_DIR, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    return run_django(PRINT.format(name=name), env)
 
 
 @pytest.mark.parametrize(
@@ -40,8 +32,12 @@ def test_a_bad_value_stops_start_up_naming_the_variable(variable, value, said):
 
 
 def test_floats_and_secrets_from_files(tmp_path):
-    assert start({"DBAAS_ACTIVATOR_HANDOFF_DELAY": "0.25"},
-                 "DBAAS_ACTIVATOR_HANDOFF_DELAY").stdout.strip() == "0.25"  # fmt: skip
+    assert (
+        start(
+            {"DBAAS_ACTIVATOR_HANDOFF_DELAY": "0.25"}, "DBAAS_ACTIVATOR_HANDOFF_DELAY"
+        ).stdout.strip()
+        == "0.25"
+    )
     token = tmp_path / "token"
     token.write_text("s3cret-from-a-file\n")
     out = start({"DBAAS_METRICS_TOKEN_FILE": str(token)}, "DBAAS_METRICS_TOKEN")

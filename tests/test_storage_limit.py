@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from tenants.models import Event, Plan, Tenant
 from tenants.usage import record
 from tests.conftest import connect
-from tests.test_api_databases import create
+from tests.helpers import create
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -82,7 +82,7 @@ def test_over_the_limit_writes_are_refused_and_freeing_space_lifts_it(live, clie
 
 
 def test_a_sleeping_database_over_the_limit_wakes_up_refusing_writes(live, alice):
-    from tests.test_scale_to_zero import put_to_sleep
+    from tests.helpers import put_to_sleep
 
     db = create(alice, "sleeper")
     tenant = Tenant.objects.get(pk=db["id"])

@@ -1,19 +1,18 @@
 """What a tenant's credentials can and cannot do (issue: tenant safety)."""
 
-import subprocess
-
 import psycopg
 import pytest
 from django.conf import settings
 
+from poolers import tls
 from tests.conftest import connect
-from tests.test_api_databases import create
+from tests.helpers import create
 
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture
-def db(live, alice):
+def database(live, alice):
     return create(alice, "safe")
 
 
@@ -23,8 +22,8 @@ def _refused(conn, statement: str) -> str:
     return str(info.value)
 
 
-def test_the_tenant_owns_its_database_but_is_no_superuser(db):
-    with connect(db["connection_string"]) as conn:
+def test_the_tenant_owns_its_database_but_is_no_superuser(database):
+    with connect(database["connection_string"]) as conn:
         row = conn.execute(
             "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls "
             "FROM pg_roles WHERE rolname = current_user"
@@ -34,16 +33,16 @@ def test_the_tenant_owns_its_database_but_is_no_superuser(db):
         owner = conn.execute(
             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
         ).fetchone()[0]
-        assert owner == db["user"]
+        assert owner == database["user"]
         conn.execute("CREATE SCHEMA app")
         conn.execute("CREATE EXTENSION pgcrypto")  # trusted extensions are allowed
         assert conn.execute("SELECT length(gen_random_uuid()::text)").fetchone()[0] == 36
 
 
-def test_the_tenant_cannot_escape_to_the_server(db):
+def test_the_tenant_cannot_escape_to_the_server(database):
     # Autocommit: ALTER SYSTEM and CREATE DATABASE refuse a transaction block
     # before they check privileges.
-    with connect(db["connection_string"], autocommit=True) as conn:
+    with connect(database["connection_string"], autocommit=True) as conn:
         _refused(conn, "CREATE ROLE intruder")
         _refused(conn, "CREATE ROLE intruder SUPERUSER")
         _refused(conn, "ALTER SYSTEM SET shared_buffers = '1GB'")
@@ -59,35 +58,29 @@ def test_the_tenant_cannot_escape_to_the_server(db):
         _refused(conn, "ALTER ROLE CURRENT_USER SUPERUSER")
 
 
-def test_wrong_passwords_are_refused_by_the_pooler(db):
-    bad = db["connection_string"].replace(db["password"], "not-the-password")
+def test_wrong_passwords_are_refused_by_the_pooler(database):
+    bad = database["connection_string"].replace(database["password"], "not-the-password")
     with pytest.raises(psycopg.OperationalError, match="authentication failed"):
         connect(bad)
 
 
-def test_plaintext_connections_are_refused(db):
-    plain = db["connection_string"].replace("sslmode=verify-full", "sslmode=disable")
+def test_plaintext_connections_are_refused(database):
+    plain = database["connection_string"].replace("sslmode=verify-full", "sslmode=disable")
     with pytest.raises(psycopg.OperationalError):
         connect(plain)
 
 
-def test_clients_verify_the_pooler_with_the_platforms_ca(db, client, tmp_path):
+def test_clients_verify_the_pooler_with_the_platforms_ca(database, client, tmp_path):
     """The string says verify-full: the pooler's certificate must chain to the CA
     the platform hands out and name the host the client asked for."""
     ca = tmp_path / "dbaas-ca.pem"
     ca.write_bytes(client.get("/api/v1/ca.pem").content)
-    url = db["connection_string"]
+    url = database["connection_string"]
     assert url.endswith("?sslmode=verify-full")
     with connect(f"{url}&sslrootcert={ca}") as conn:
         assert conn.pgconn.ssl_in_use
-    # Another CA (an impostor's): refused.
-    other = tmp_path / "other-ca.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-days", "1", "-subj", "/CN=impostor", "-keyout", str(tmp_path / "k"),
-         "-out", str(other)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    # Another CA (an impostor's, made the same way): refused.
+    other, _key = tls.ensure_ca(tmp_path / "impostor")
     with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
         connect(f"{url}&sslrootcert={other}")
     # The right CA, but not the name the certificate was made for: refused.
@@ -111,12 +104,12 @@ def test_one_tenants_credentials_do_not_open_another(live, alice, bob):
             connect(url)
     # `postgres` is each owner's own server's maintenance database (tools create
     # databases from there): one name in the pooler, each user to its own server.
-    for db in (mine, theirs):
-        url = db["connection_string"].replace(f"/{db['database']}?", "/postgres?")
+    for database in (mine, theirs):
+        url = database["connection_string"].replace(f"/{database['database']}?", "/postgres?")
         with connect(url) as conn:
             names = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
             assert conn.execute("SELECT current_database()").fetchone()[0] == "postgres"
-        assert {mine["database"], theirs["database"]} & names == {db["database"]}
+        assert {mine["database"], theirs["database"]} & names == {database["database"]}
     # The platform's own superuser cannot log in through the pooler.
     platform = mine["connection_string"].replace(f"//{mine['user']}:", "//platform:")
     with pytest.raises(psycopg.OperationalError):

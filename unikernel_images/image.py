@@ -428,10 +428,23 @@ def _build_template(template: Path, name: str, major: str, build_user: str | Non
 
             def psql(database: str, *args: str) -> None:
                 _run(
-                    [pg_tool(major, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
-                     "-h", str(sockdir), "-U", SUPERUSER, "-d", database, *args],
-                    user=build_user, env=env,
-                )  # fmt: skip
+                    [
+                        pg_tool(major, "psql"),
+                        "-X",
+                        "-q",
+                        "-v",
+                        "ON_ERROR_STOP=1",
+                        "-h",
+                        str(sockdir),
+                        "-U",
+                        SUPERUSER,
+                        "-d",
+                        database,
+                        *args,
+                    ],
+                    user=build_user,
+                    env=env,
+                )
 
             # The platform's objects first, so that every database copied from the
             # templates has them: template1 (CREATE DATABASE's default) and template0

@@ -130,20 +130,45 @@ def dump(socket_dir: Path, database: str, *, major: str) -> ExportStream:
     """pg_dump -Fc of one database, as a stream (the user's logical export), with the
     pg_dump of the server's major."""
     proc = subprocess.Popen(
-        [pg_tool(major, "pg_dump"), "-h", str(socket_dir), "-U", SUPERUSER,
-         "-d", database, "-Fc", "-w"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/", env=tool_env(),
-    )  # fmt: skip
+        [
+            pg_tool(major, "pg_dump"),
+            "-h",
+            str(socket_dir),
+            "-U",
+            SUPERUSER,
+            "-d",
+            database,
+            "-Fc",
+            "-w",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd="/",
+        env=tool_env(),
+    )
     return ExportStream(proc, "pg_dump")
 
 
 def amcheck(socket_dir: Path, *, major: str) -> str:
     """pg_amcheck of every database (heap and btree indexes); raises on corruption."""
     proc = subprocess.run(
-        [pg_tool(major, "pg_amcheck"), "-h", str(socket_dir), "-U", SUPERUSER,
-         "--all", "--install-missing", "--heapallindexed", "-w"],
-        capture_output=True, text=True, timeout=3600, cwd="/", env=tool_env(),
-    )  # fmt: skip
+        [
+            pg_tool(major, "pg_amcheck"),
+            "-h",
+            str(socket_dir),
+            "-U",
+            SUPERUSER,
+            "--all",
+            "--install-missing",
+            "--heapallindexed",
+            "-w",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        cwd="/",
+        env=tool_env(),
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"pg_amcheck found problems: {(proc.stdout + proc.stderr)[-2000:]}")
     return "pg_amcheck: no corruption found"

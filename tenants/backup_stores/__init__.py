@@ -15,8 +15,10 @@ def get_store(kind: str, data_dir: Path) -> BackupStore:
         from tenants.backup_stores.s3 import S3Store
 
         return S3Store(
-            endpoint=settings.DBAAS_S3_ENDPOINT, bucket=settings.DBAAS_S3_BUCKET,
-            access_key=settings.DBAAS_S3_ACCESS_KEY, secret_key=settings.DBAAS_S3_SECRET_KEY,
+            endpoint=settings.DBAAS_S3_ENDPOINT,
+            bucket=settings.DBAAS_S3_BUCKET,
+            access_key=settings.DBAAS_S3_ACCESS_KEY,
+            secret_key=settings.DBAAS_S3_SECRET_KEY,
             region=settings.DBAAS_S3_REGION,
-        )  # fmt: skip
+        )
     raise ValueError(f"unknown backup store {kind!r}")

@@ -19,9 +19,12 @@ class S3Store(BackupStore):
     ) -> None:
         self.bucket = bucket
         self.client = boto3.client(
-            "s3", endpoint_url=endpoint or None, aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key, region_name=region,
-        )  # fmt: skip
+            "s3",
+            endpoint_url=endpoint or None,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            region_name=region,
+        )
 
     def ensure_bucket(self) -> None:
         try:

@@ -172,15 +172,16 @@ class Runtime(ABC):
         return InstanceSpec(
             **values
             | {
-                "image": Image(name=image["name"], path=Path(image["path"]),
-                               manifest=image["manifest"]),
+                "image": Image(
+                    name=image["name"], path=Path(image["path"]), manifest=image["manifest"]
+                ),
                 "limits": Limits(**limits) if limits else None,
                 "registrar_dir": Path(registrar) if registrar else None,
                 "logins": tuple(tuple(pair) for pair in values["logins"]),
                 "allowed_extensions": tuple(values["allowed_extensions"]),
                 "platform_accounts": tuple(values["platform_accounts"]),
             }
-        )  # fmt: skip
+        )
 
     @abstractmethod
     def create(self, spec: InstanceSpec) -> None:

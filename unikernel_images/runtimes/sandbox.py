@@ -190,7 +190,7 @@ class SandboxRuntime(Runtime):
                     "-f",
                     *self._bwrap_args(spec, info_w),
                     *self._command(spec),
-                ],  # fmt: skip
+                ],
                 pass_fds=(info_w, lock_fd),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -336,9 +336,11 @@ class SandboxRuntime(Runtime):
         status = self.status(instance_id)
         # A start under way holds the lock a moment before it records the pid.
         recorded_by = time.monotonic() + min(timeout, 5)
-        while status.pid is None and status.state not in (
-            InstanceState.STOPPED, InstanceState.MISSING
-        ) and time.monotonic() < recorded_by:  # fmt: skip
+        while (
+            status.pid is None
+            and status.state not in (InstanceState.STOPPED, InstanceState.MISSING)
+            and time.monotonic() < recorded_by
+        ):
             time.sleep(POLL)
             status = self.status(instance_id)
         if status.state in (InstanceState.STOPPED, InstanceState.MISSING):

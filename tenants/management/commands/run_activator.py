@@ -47,9 +47,11 @@ def wake(instance_id: str, ready: Callable[[Path], None]) -> Path:
         # The client hears it at once (the activator refuses its connection); the
         # operators see why in the tenant's events.
         event_record(
-            tenant=tenant, action="wake_failed", actor="activator",
+            tenant=tenant,
+            action="wake_failed",
+            actor="activator",
             message=f"could not start for a connecting client: {str(exc)[:1000]}",
-        )  # fmt: skip
+        )
         raise
 
 
@@ -76,10 +78,13 @@ class Command(BaseCommand):
         routes = host_agent.routes()
         routes.prepare()
         activator = Activator(
-            routes, wake, socket_group=pooler_user() if os.geteuid() == 0 else None,
-            handoff=hand_off, handoff_delay=settings.DBAAS_ACTIVATOR_HANDOFF_DELAY,
+            routes,
+            wake,
+            socket_group=pooler_user() if os.geteuid() == 0 else None,
+            handoff=hand_off,
+            handoff_delay=settings.DBAAS_ACTIVATOR_HANDOFF_DELAY,
             instance_for_role=instance_for_role,
-        )  # fmt: skip
+        )
         registrar = Registrar(routes, decide)
         self._start_login_guard()
         threading.Thread(target=self._restart_crashed, name="crash-watch", daemon=True).start()

@@ -1,0 +1,89 @@
+"""Helpers the tests share: making databases and waiting for what the platform does
+with them, through the API as a client would. Fixtures live in conftest.py."""
+
+import os
+import subprocess
+import sys
+
+from dbaas.env import BASE_DIR
+from tenants import host_agent
+from tenants.models import Tenant
+from tests.conftest import wait_until
+from unikernel_images.runtimes.base import InstanceState
+
+
+def create(api, name: str) -> dict:
+    response = api.call("POST", "/databases", {"name": name})
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+def wait_for_state(tenant_id: int, state: str, timeout: float = 30) -> None:
+    wait_until(lambda: Tenant.objects.get(pk=tenant_id).state == state, timeout=timeout)
+
+
+def processes_of_uid(uid: int) -> list[int]:
+    from pathlib import Path
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if proc.stat().st_uid == uid:
+                    pids.append(int(proc.name))
+            except FileNotFoundError:
+                continue
+    return pids
+
+
+def instance_state(tenant_id: int) -> InstanceState:
+    tenant = Tenant.objects.get(pk=tenant_id)
+    return host_agent.runtime_for(tenant).status(tenant.instance_id).state
+
+
+def put_to_sleep(api, db: dict) -> None:
+    response = api.call("POST", f"/databases/{db['id']}/sleep")
+    assert response.status_code == 200, response.content
+    assert response.json()["state"] == "sleeping"
+    assert instance_state(db["id"]) is InstanceState.STOPPED
+
+
+def wait_for(api, path: str, states: tuple[str, ...], timeout: float = 60) -> dict:
+    """The object at `path` once its state is one of `states` (fails after timeout)."""
+
+    def settled() -> dict | None:
+        body = api.call("GET", path).json()
+        return body if body["state"] in states else None
+
+    return wait_until(settled, timeout=timeout)
+
+
+def back_up(api, database: dict) -> dict:
+    response = api.call("POST", f"/databases/{database['id']}/backups")
+    assert response.status_code == 202, response.content
+    backup = wait_for(
+        api, f"/databases/{database['id']}/backups/{response.json()['id']}", ("done", "failed")
+    )
+    assert backup["state"] == "done", backup
+    return backup
+
+
+def restore(api, database: dict, backup: dict) -> dict:
+    response = api.call("POST", f"/databases/{database['id']}/backups/{backup['id']}/restore")
+    assert response.status_code == 202, response.content
+    return wait_for(
+        api, f"/databases/{database['id']}/restores/{response.json()['id']}", ("done", "failed")
+    )
+
+
+def run_django(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`code` run in a fresh Python process with `env` added to this one's: for what
+    settings decide when a process starts (it imports Django itself)."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=os.environ | {"DJANGO_SETTINGS_MODULE": "dbaas.settings"} | env,
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
