@@ -23,7 +23,9 @@ from tenants.models import Plan
 from unikernel_images.paths import instances_dir
 
 if not settings.DATA_DIR.name.startswith("test"):
-    raise pytest.UsageError("run the tests with `make test` (it sets DBAAS_DATA_DIR and friends)")
+    raise pytest.UsageError(
+        "run the tests with `make test` (tests/settings.py gives them their own)"
+    )
 
 LOGS = settings.DATA_DIR / "log"
 
