@@ -749,7 +749,8 @@ def instances_watch(log_offsets: dict[str, int]) -> list[str]:
             continue  # not routed to a server that should be up
         runtime = runtime_for(tenant)
         full = _new_log_line(runtime.log_file(iid), log_offsets, iid, DISK_FULL_WORDS)
-        if full is not None:
+        # Once per episode: a client that keeps writing keeps logging the same.
+        if full is not None and not tenant.state_reason.startswith(DISK_FULL_NOTE):
             freed = runtime.release_reserve(iid)
             _note(
                 tenant,

@@ -334,6 +334,29 @@ def _sweep_lost_work(host: Host) -> int:
             tenant__host=host, state__in=["pending", "running"]
         ).select_related("tenant__host", "tenant__plan")
         swept += _sweep_unfinished(unfinished, kind, task, abandon, host.bulk_queue, requeue, now)
+    return swept + _sweep_import_leftovers(host)
+
+
+def _sweep_import_leftovers(host: Host) -> int:
+    """What a restore cut short may still have left beside an instance after it was
+    abandoned (the last writes of its killed worker's processes): removed, or the
+    data it replaced put back, once no restore of that tenant is under way."""
+    from tenants.models import Restore
+
+    restoring = Restore.objects.filter(tenant__host=host, state__in=["pending", "running"])
+    tenants = Tenant.objects.filter(host=host, state__in=[State.RUNNING, State.SLEEPING]).exclude(
+        pk__in=restoring.values("tenant_id")
+    )
+    swept = 0
+    for tenant in tenants.select_related("host", "plan"):
+        runtime = host_agent.runtime_for(tenant)
+        if not runtime.import_leftovers(tenant.instance_id):
+            continue
+        with host_agent.instance_lock(tenant, timeout=0) as mine:
+            if mine:
+                runtime.abandon_import(host_agent.instance_spec(tenant))
+                swept += 1
+        host_agent.instance_repair(tenant)  # running again if it should
     return swept
 
 

@@ -240,6 +240,10 @@ class Runtime(ABC):
         """Forget the data kept by swap_in_imported, and any unused import."""
 
     @abstractmethod
+    def import_leftovers(self, instance_id: str) -> bool:
+        """Whether an import or swap left anything beside the instance's data."""
+
+    @abstractmethod
     def abandon_import(self, spec: InstanceSpec) -> bool:
         """After an import or swap cut short (its worker died, wherever it was): the
         data swap_in_imported kept becomes current again, what was imported goes.

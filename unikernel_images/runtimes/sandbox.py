@@ -501,18 +501,21 @@ class SandboxRuntime(Runtime):
         shutil.rmtree(self._previous(instance_id), ignore_errors=True)
         shutil.rmtree(self._incoming(instance_id), ignore_errors=True)
 
+    def import_leftovers(self, instance_id: str) -> bool:
+        return self._incoming(instance_id).exists() or self._previous(instance_id).exists()
+
     def abandon_import(self, spec: InstanceSpec) -> bool:
         iid = spec.instance_id
         previous, incoming = self._previous(iid), self._incoming(iid)
         if not previous.exists():  # the swap never began: the data is the current one
-            shutil.rmtree(incoming, ignore_errors=True)
+            _remove_tree(incoming)
             return False
         self.stop(iid)
-        shutil.rmtree(incoming, ignore_errors=True)
+        _remove_tree(incoming)
         if self.data_dir(iid).exists():  # swapped in already (it may not have started)
             self.data_dir(iid).rename(incoming)
         previous.rename(self.data_dir(iid))
-        shutil.rmtree(incoming, ignore_errors=True)
+        _remove_tree(incoming)
         return True
 
     def _lock_held(self, instance_id: str) -> bool:
@@ -552,6 +555,17 @@ def _lock_unless_held(fd: int, patience: float = 0.5) -> bool:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.002)
+
+
+def _remove_tree(path: Path, patience: float = 10.0) -> None:
+    """Remove `path` even while the last writes of a process killed meanwhile (an
+    unpacking tar) still land in it: removal is tried again until it is gone."""
+    deadline = time.monotonic() + patience
+    while True:
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists() or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
 
 
 def _read_child_pid(fd: int, timeout: float, log: Path) -> int:
