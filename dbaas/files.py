@@ -88,3 +88,39 @@ def grant_traversal(path: Path, user: str) -> None:
             continue
         subprocess.run(["setfacl", "-m", f"u:{user}:--x", str(ancestor)], check=True)
         print(f"note: gave {user} search permission on {ancestor} (ACL)", file=sys.stderr)
+
+
+class LogFollower:
+    """The lines appended to a file since the last call (like `tail -F`): from its
+    end when first opened, from the start again when it was cut or replaced. With
+    `cut_at`, the file is cut back to nothing once read past that many bytes (for
+    a writer that appends, O_APPEND: it goes on at the new end)."""
+
+    def __init__(self, path: Path, cut_at: int | None = None) -> None:
+        self.path = path
+        self.cut_at = cut_at
+        self._inode: int | None = None
+        self._offset = 0
+        self._partial = b""
+
+    def new_lines(self) -> list[str]:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return []
+        if self._inode is None:
+            self._inode, self._offset = stat.st_ino, stat.st_size
+            return []
+        if stat.st_ino != self._inode or stat.st_size < self._offset:
+            self._inode, self._offset, self._partial = stat.st_ino, 0, b""
+        if stat.st_size == self._offset:
+            return []
+        with self.path.open("rb") as file:
+            file.seek(self._offset)
+            data = self._partial + file.read(stat.st_size - self._offset)
+        self._offset = stat.st_size
+        *lines, self._partial = data.split(b"\n")
+        if self.cut_at is not None and self._offset > self.cut_at:
+            os.truncate(self.path, 0)
+            self._offset = 0
+        return [line.decode(errors="replace") for line in lines]

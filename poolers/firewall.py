@@ -40,18 +40,20 @@ def install(port: int, connections_per_address: int) -> None:
 
 def ban(port: int, address: str, seconds: int) -> None:
     """Refuse new connections from `address` to the pooler for `seconds`."""
-    ip = ipaddress.ip_address(address)
-    family = "v4" if ip.version == 4 else "v6"
-    _nft(
-        ["-f", "-"],
-        f"add element inet {table_name(port)} banned_{family} {{ {ip} timeout {int(seconds)}s }}\n",
-    )
+    ip, ban_set = _ban_set(port, address)
+    _nft(["-f", "-"], f"add element {ban_set} {{ {ip} timeout {int(seconds)}s }}\n")
 
 
 def unban(port: int, address: str) -> None:
+    ip, ban_set = _ban_set(port, address)
+    _nft(["-f", "-"], f"delete element {ban_set} {{ {ip} }}\n")
+
+
+def _ban_set(port: int, address: str) -> tuple[str, str]:
+    """The address, checked, and the ban set of its family."""
     ip = ipaddress.ip_address(address)
     family = "v4" if ip.version == 4 else "v6"
-    _nft(["-f", "-"], f"delete element inet {table_name(port)} banned_{family} {{ {ip} }}\n")
+    return str(ip), f"inet {table_name(port)} banned_{family}"
 
 
 def banned(port: int) -> set[str]:

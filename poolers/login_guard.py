@@ -9,13 +9,14 @@ What the ban stops is one address trying names and passwords at full speed.
 """
 
 import logging
-import os
 import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+
+from dbaas import files
 
 log = logging.getLogger(__name__)
 
@@ -76,38 +77,12 @@ class FailureCounter:
             del self._connections[key]
 
 
-class LogFollower:
-    """The lines appended to a file since the last call (like `tail -F`): from its
-    end when first opened, from the start again when it was cut or replaced."""
+class LogFollower(files.LogFollower):
+    """PgBouncer's log, followed, and cut back once read past MAX_LOG_BYTES
+    (PgBouncer appends: it goes on writing at the new end)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._inode: int | None = None
-        self._offset = 0
-        self._partial = b""
-
-    def new_lines(self) -> list[str]:
-        try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            return []
-        if self._inode is None:
-            self._inode, self._offset = stat.st_ino, stat.st_size
-            return []
-        if stat.st_ino != self._inode or stat.st_size < self._offset:
-            self._inode, self._offset, self._partial = stat.st_ino, 0, b""
-        if stat.st_size == self._offset:
-            return []
-        with self.path.open("rb") as file:
-            file.seek(self._offset)
-            data = self._partial + file.read(stat.st_size - self._offset)
-        self._offset = stat.st_size
-        *lines, self._partial = data.split(b"\n")
-        if self._offset > MAX_LOG_BYTES:
-            # PgBouncer appends (O_APPEND): it goes on writing at the new end.
-            os.truncate(self.path, 0)
-            self._offset = 0
-        return [line.decode(errors="replace") for line in lines]
+        super().__init__(path, cut_at=MAX_LOG_BYTES)
 
 
 def guard(

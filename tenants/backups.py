@@ -301,24 +301,19 @@ def backup_abandon(backup: Backup, why: str) -> None:
 
 
 def restore_abandon(restore: Restore, why: str) -> None:
-    """A restore whose worker died: failed, and the data it was replacing current
-    again (wherever it stopped), the instance back as its state says."""
+    """A restore whose worker died: failed. What it left beside the instance, and
+    the data it was replacing, are the sweep of import leftovers' (it runs next:
+    tenants/tasks.py), wherever the restore stopped."""
     if not Restore.objects.filter(pk=restore.pk, state=Restore.State.RUNNING).update(
         state=Restore.State.FAILED, error=why, finished_at=timezone.now()
     ):
         return
-    tenant = restore.tenant
-    with host_agent.instance_lock(tenant):
-        put_back = host_agent.runtime_for(tenant).abandon_import(host_agent.instance_spec(tenant))
     event_record(
-        tenant=tenant,
+        tenant=restore.tenant,
         action="restore",
         actor="sweep",
-        message=f"#{restore.pk} failed: {why}"
-        + ("; the data it replaced is back" if put_back else ""),
+        message=f"#{restore.pk} failed: {why}",
     )
-    tenant.refresh_from_db()
-    host_agent.instance_repair(tenant)  # started again if it should run
 
 
 def restore_run(restore: Restore) -> None:

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from dbaas import locks
 from dbaas.env import data_dir, pooler_user
+from dbaas.files import LogFollower
 from poolers.pgbouncer import DatabaseEntry, PgBouncer, UserEntry
 from poolers.routes import Routes
 from tenants.models import Host, Tenant, TenantDatabase
@@ -127,9 +128,7 @@ def instance_provision(tenant: Tenant) -> None:
     # is worth keeping, since the tenant never served a query.
     runtime.destroy(spec.instance_id)
     runtime.create(spec)
-    runtime.remember(spec)
-    runtime.keep_reserve(spec.instance_id, settings.DBAAS_DISK_RESERVE_MB << 20)
-    runtime.start(spec)
+    _start(runtime, spec)
     postgres_admin.bootstrap_owner(
         runtime.socket_dir(spec.instance_id),
         role=tenant.role_name,
@@ -155,8 +154,7 @@ def instance_provision_from_backup(tenant: Tenant) -> None:
     runtime.import_data(spec, backup_chunks_verified(backup))
     runtime.swap_in_imported(spec)
     runtime.drop_previous(spec.instance_id)
-    runtime.remember(spec)
-    runtime.start(spec)
+    _start(runtime, spec)
     socket_dir = runtime.socket_dir(spec.instance_id)
     if source.pk != tenant.pk:
         postgres_admin.rename_owner(
@@ -205,9 +203,7 @@ def instance_start(tenant: Tenant) -> str:
 
     def start() -> None:
         runtime.configure(spec)
-        runtime.remember(spec)
-        runtime.keep_reserve(spec.instance_id, settings.DBAAS_DISK_RESERVE_MB << 20)
-        runtime.start(spec)
+        _start(runtime, spec)
 
     try:
         start()
@@ -220,14 +216,19 @@ def instance_start(tenant: Tenant) -> str:
         freed = runtime.release_reserve(spec.instance_id) if full else 0
         if not freed:
             raise
-        note = (
-            f"{DISK_FULL_NOTE}; {freed >> 20} MB were set free so that it could start: "
-            "DELETE, TRUNCATE or DROP data"
-        )
+        note = _disk_full_note(freed, "it could not start")
         _note(tenant, note)
         _event(tenant, "disk_full", "host", f"could not start: {exc}", 0)
         start()
         return note
+
+
+def _start(runtime: Runtime, spec: InstanceSpec) -> None:
+    """Every start: the spec kept beside the instance (for a start without the
+    control plane), its disk reserve set aside (for a full disk), then the start."""
+    runtime.remember(spec)
+    runtime.keep_reserve(spec.instance_id, settings.DBAAS_DISK_RESERVE_MB << 20)
+    runtime.start(spec)
 
 
 def instance_apply_secret(tenant: Tenant, secret: str) -> None:
@@ -679,8 +680,6 @@ def instance_repair(tenant: Tenant, actor: str = "reconcile") -> str | None:
             if status is InstanceState.STOPPED:
                 # Why, from its log, before the start adds to it.
                 why = stop_reason(runtime.log_file(iid))
-                if why.startswith("disk full"):
-                    runtime.release_reserve(iid)  # room to start, and to free space
                 started = time.monotonic()
                 try:
                     note = instance_start(tenant)
@@ -728,7 +727,7 @@ DISK_FULL_NOTE = "the disk is full"
 DISK_FULL_WORDS = ("No space left on device", "Check free disk space")
 
 
-def instances_watch(log_offsets: dict[str, int]) -> list[str]:
+def instances_watch(logs: dict[str, LogFollower]) -> list[str]:
     """This host's running tenants, looked at closely (twice a second, by the
     activator), what the reconcile loop would find only at its next tick:
 
@@ -737,7 +736,7 @@ def instances_watch(log_offsets: dict[str, int]) -> list[str]:
       or let anyone log in) gets its reserve back, so that it can go on and its
       owner can connect and free space; its state reason says so.
 
-    `log_offsets` keeps how far each server's log has been read, between calls.
+    `logs` keeps each server's log follower (how far it was read), between calls.
     Returns what was done, as "<instance id>: <what>"."""
     route, done = routes(), []
     running = Tenant.objects.filter(
@@ -748,15 +747,13 @@ def instances_watch(log_offsets: dict[str, int]) -> list[str]:
         if route.target(iid) is None or route.points_to_activator(iid):
             continue  # not routed to a server that should be up
         runtime = runtime_for(tenant)
-        full = _new_log_line(runtime.log_file(iid), log_offsets, iid, DISK_FULL_WORDS)
+        log_file = runtime.log_file(iid)
+        follower = logs.setdefault(iid, LogFollower(log_file))
+        full = _new_log_line(follower, DISK_FULL_WORDS)
         # Once per episode: a client that keeps writing keeps logging the same.
         if full is not None and not tenant.state_reason.startswith(DISK_FULL_NOTE):
             freed = runtime.release_reserve(iid)
-            _note(
-                tenant,
-                f"{DISK_FULL_NOTE} ({full[:200]}); {freed >> 20} MB were set free "
-                "so that you can connect and DELETE, TRUNCATE or DROP data",
-            )
+            _note(tenant, _disk_full_note(freed, full[:200]))
             _event(tenant, "disk_full", "crash-watch", full, 0)
             done.append(f"{iid}: disk full, {freed >> 20} MB freed")
         if runtime.status(iid).state is not InstanceState.STOPPED:
@@ -766,36 +763,37 @@ def instances_watch(log_offsets: dict[str, int]) -> list[str]:
     return done
 
 
-def _new_log_line(
-    log_file: Path, offsets: dict[str, int], key: str, needles: tuple[str, ...]
-) -> str | None:
-    """The last line with one of `needles` written to the log since the last look
-    (None if none; the first look only notes where the log ends)."""
-    try:
-        size = log_file.stat().st_size
-    except FileNotFoundError:
-        return None
-    seen = offsets.get(key)
-    offsets[key] = size
-    if seen is None or size <= seen:
-        return None
-    with log_file.open("rb") as file:
-        file.seek(max(seen, size - _LOG_TAIL_BYTES))
-        lines = file.read().decode(errors="replace").splitlines()
-    found = [line for line in lines if any(needle in line for needle in needles)]
+def _disk_full_note(freed: int, detail: str) -> str:
+    """The state reason of a tenant whose disk is full and which got its reserve."""
+    return (
+        f"{DISK_FULL_NOTE} ({detail}); {freed >> 20} MB were set free so that you can "
+        "connect and DELETE, TRUNCATE or DROP data"
+    )
+
+
+def _new_log_line(follower: LogFollower, needles: tuple[str, ...]) -> str | None:
+    """The last line with one of `needles` the log got since the last look (None
+    if none; the first look only notes where the log ends)."""
+    found = [line for line in follower.new_lines() if any(n in line for n in needles)]
     return found[-1].split(" ", 3)[-1] if found else None
 
 
-# Why a server stopped, from the last part of its log: the first of these found.
+# How much of a server's log is read at most: its end, where the news is.
 _LOG_TAIL_BYTES = 64 << 10
 
 
+def _log_lines(log_file: Path) -> list[str]:
+    """The lines of the log's last _LOG_TAIL_BYTES."""
+    with log_file.open("rb") as file:
+        file.seek(max(0, os.fstat(file.fileno()).st_size - _LOG_TAIL_BYTES))
+        return file.read().decode(errors="replace").splitlines()
+
+
 def stop_reason(log_file: Path) -> str:
-    """Why the server whose log this is stopped, in a few words and its own line."""
+    """Why the server whose log this is stopped, in a few words and its own line:
+    the first of these found in what it said since its last start."""
     try:
-        with log_file.open("rb") as file:
-            file.seek(max(0, log_file.stat().st_size - _LOG_TAIL_BYTES))
-            lines = file.read().decode(errors="replace").splitlines()
+        lines = _log_lines(log_file)
     except FileNotFoundError:
         return "no log"
     # Only what this run of the server said: from its last start on.

@@ -299,8 +299,9 @@ def _sweep_lost_work(host: Host) -> int:
 
     - provisioning, its lock free for REQUEUE_AFTER: queued again (the tenant
       never served anything; provisioning starts from scratch), until GIVE_UP_AFTER;
-    - a backup or restore `running` with its lock free: failed now, its partial
-      object removed, the data a cut-short restore replaced put back;
+    - a backup or restore `running` with its lock free: failed now, a backup's
+      partial object removed; then what a cut-short restore left beside the
+      instance goes and the data it replaced is put back (_sweep_import_leftovers);
     - a backup or restore `pending` for REQUEUE_AFTER while its queue is empty
       (its message was lost): queued again.
     """
@@ -338,9 +339,10 @@ def _sweep_lost_work(host: Host) -> int:
 
 
 def _sweep_import_leftovers(host: Host) -> int:
-    """What a restore cut short may still have left beside an instance after it was
-    abandoned (the last writes of its killed worker's processes): removed, or the
-    data it replaced put back, once no restore of that tenant is under way."""
+    """What a restore cut short left beside an instance (what it unpacked, the data
+    it was replacing, even the last writes of its killed worker's processes):
+    removed, the data put back, once no restore of that tenant is under way; the
+    instance then as its state says."""
     from tenants.models import Restore
 
     restoring = Restore.objects.filter(tenant__host=host, state__in=["pending", "running"])
@@ -353,8 +355,14 @@ def _sweep_import_leftovers(host: Host) -> int:
         if not runtime.import_leftovers(tenant.instance_id):
             continue
         with host_agent.instance_lock(tenant, timeout=0) as mine:
-            if mine:
-                runtime.abandon_import(host_agent.instance_spec(tenant))
+            if mine:  # else a wake or sleep is on it: the next sweep
+                if runtime.abandon_import(host_agent.instance_spec(tenant)):
+                    event_record(
+                        tenant=tenant,
+                        action="restore",
+                        actor="sweep",
+                        message="the data a cut-short restore replaced is back",
+                    )
                 swept += 1
         host_agent.instance_repair(tenant)  # running again if it should
     return swept

@@ -21,6 +21,7 @@ from django.core.management.base import BaseCommand
 from django.db import InterfaceError, OperationalError, close_old_connections
 
 from dbaas.env import pooler_user
+from dbaas.files import LogFollower
 from poolers import firewall, login_guard
 from poolers.activator import Activator
 from poolers.registrar import Registrar
@@ -95,12 +96,12 @@ class Command(BaseCommand):
     def _restart_crashed(self) -> None:
         """Twice a second: a running tenant whose server has exited is started again
         at once, one whose disk is full gets room (host_agent.instances_watch)."""
-        failing, log_offsets = False, dict[str, int]()
+        failing, logs = False, dict[str, LogFollower]()
         while True:
             time.sleep(CRASH_WATCH_INTERVAL)
             close_old_connections()
             try:
-                for what in host_agent.instances_watch(log_offsets):
+                for what in host_agent.instances_watch(logs):
                     log.warning("crash watch: %s", what)
             except Exception:
                 if not failing:  # once per outage, not twice a second
