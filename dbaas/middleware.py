@@ -36,6 +36,26 @@ class ContentSecurityPolicyMiddleware:
         return response
 
 
+class ApiMethodNotAllowedMiddleware:
+    """A method an API route does not have is answered 405 in JSON, like every other
+    API error, with the `Allow` header django-ninja sets."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if response.status_code != 405 or not is_api(request.path):
+            return response
+        answer = JsonResponse({"error": f"method {request.method} not allowed"}, status=405)
+        answer["Allow"] = response.get("Allow", "")
+        return answer
+
+
+def is_api(path: str) -> bool:
+    return path.startswith("/api/") or path == "/healthz"
+
+
 class DependencyUnavailableMiddleware:
     """A request that fails because the control-plane database or Redis is down is
     answered 503 with a clear message (JSON for the API), not 500: the client may
@@ -52,7 +72,7 @@ class DependencyUnavailableMiddleware:
             return None
         log.warning("%s %s: a dependency is down: %s", request.method, request.path, exception)
         message = "the service is briefly unavailable; try again in a few seconds"
-        if request.path.startswith("/api/"):
+        if is_api(request.path):
             response = JsonResponse({"error": message}, status=503)
         else:
             # Plain text: a page with the site's layout would need the database too.

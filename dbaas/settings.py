@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "ninja",  # its templates and static files: the API docs page works offline
     "dbaas",
     "tenants",
     "poolers",
@@ -87,6 +88,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "dbaas.middleware.ContentSecurityPolicyMiddleware",
+    "dbaas.middleware.ApiMethodNotAllowedMiddleware",
     "dbaas.middleware.DependencyUnavailableMiddleware",
 ]
 

@@ -5,10 +5,11 @@ from dbaas import views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("healthz", views.healthz, name="healthz"),
     path("metrics", views.metrics, name="metrics"),
-    path("", include("tenants.urls")),
+    # The pages first: the API's routes (tenants.urls, /healthz among them) carry
+    # their full paths, and django-ninja adds a root route of its own after them.
     path("", include("tenants.web_urls")),
+    path("", include("tenants.urls")),
 ]
 
 handler404 = "dbaas.views.not_found"

@@ -1,10 +1,12 @@
-"""Domain errors; each carries the HTTP status the API answers with."""
+"""Domain errors: what the services refuse, and why. They know nothing of HTTP; the API
+and the web pages map them to statuses in one place (tenants/api/errors.py)."""
 
 import re
 
 
 class ServiceError(Exception):
-    status = 400
+    """Something the caller asked for that the platform refuses, with a message
+    the caller may read."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -12,33 +14,31 @@ class ServiceError(Exception):
 
 
 class InvalidInput(ServiceError):
-    status = 400
+    """A bad name, a malformed body, a value out of range."""
 
 
 class AuthenticationFailed(ServiceError):
-    status = 401
+    """No credentials, or wrong ones."""
 
 
 class QuotaExceeded(ServiceError):
-    status = 403
+    """The plan's limit is reached."""
 
 
 class NotFound(ServiceError):
-    status = 404
+    """No such object, or another account's (the two are never told apart)."""
 
 
 class Conflict(ServiceError):
     """A name already in use, or a state change refused because of the current state."""
 
-    status = 409
-
 
 class TooManyRequests(ServiceError):
-    status = 429
+    """Too many of these from this client lately; try again later."""
 
 
 class Unavailable(ServiceError):
-    status = 503
+    """The platform cannot do it now (no room, a host that does not answer)."""
 
 
 # An absolute path with at least two parts, not a URL's path.

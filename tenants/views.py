@@ -21,6 +21,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from tenants import backups, downloads, ratelimit, selectors, services
+from tenants.api.errors import status_for
 from tenants.errors import NotFound, ServiceError
 from tenants.models import Account, Backup, Tenant
 from unikernel_images.image import default_image_name, major_of
@@ -57,7 +58,7 @@ class LoginView(auth_views.LoginView):
             form = self.get_form()
             form.errors.clear()
             form.add_error(None, exc.message[:1].upper() + exc.message[1:])
-            return self.render_to_response(self.get_context_data(form=form), status=exc.status)
+            return self.render_to_response(self.get_context_data(form=form), status=status_for(exc))
         return super().post(request, *args, **kwargs)
 
     def form_invalid(self, form):
@@ -89,7 +90,7 @@ def signup(request: HttpRequest) -> HttpResponse:
             )
         except ServiceError as exc:
             form.add_error(None, exc.message[:1].upper() + exc.message[1:])
-            return render(request, "tenants/signup.html", {"form": form}, status=exc.status)
+            return render(request, "tenants/signup.html", {"form": form}, status=status_for(exc))
         else:
             login(request, account.user, backend="django.contrib.auth.backends.ModelBackend")
             messages.success(request, "Welcome! Create your first database below.")
@@ -154,7 +155,10 @@ def database_create(request: HttpRequest, account: Account) -> HttpResponse:
     except ServiceError as exc:
         messages.error(request, exc.message)
         return render(
-            request, "tenants/create.html", {"plan": account.plan, "name": name}, status=exc.status
+            request,
+            "tenants/create.html",
+            {"plan": account.plan, "name": name},
+            status=status_for(exc),
         )
     if tenant.state == State.FAILED:
         messages.error(request, f"The database could not be created: {tenant.state_reason}")

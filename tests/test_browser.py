@@ -223,3 +223,21 @@ def test_the_core_flow_works_without_javascript(live, browser, live_server):
         assert "plain is running" in page.locator(".messages").inner_text()
     finally:
         context.close()
+
+
+def test_the_api_docs_page_shows_every_operation(db, page):
+    """GET /api/docs: Swagger UI from this server's static files, under the page CSP
+    (the `page` fixture fails on anything it blocks), listing every operation."""
+    document = page.request.get("/api/v1/openapi.json").json()
+    operations = {
+        (method.upper(), path) for path, item in document["paths"].items() for method in item
+    }
+    page.goto("/api/docs")
+    page.wait_for_selector(".opblock")
+    shown = set()
+    for block in page.locator(".opblock").all():
+        method = block.locator(".opblock-summary-method").inner_text().strip()
+        path = block.locator(".opblock-summary-path").get_attribute("data-path")
+        shown.add((method, path))
+    assert shown == operations
+    screenshot(page, "api-docs")
