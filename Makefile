@@ -21,7 +21,7 @@ test: setup-test lint services
 
 # Seconds, not minutes: the tests that need no pooler, worker or tenant server.
 test-fast: setup-test lint services
-	DBAAS_TEST_SLOT=$(TEST_SLOT) $(PY) -m pytest -m "not platform" -q $(PYTEST_ARGS)
+	DBAAS_TEST_SLOT=$(TEST_SLOT) $(PY) -m pytest -m "not platform and not browser" -q $(PYTEST_ARGS)
 
 setup:
 	@./scripts/setup.sh

@@ -343,10 +343,13 @@ def connect(url: str, **kwargs) -> psycopg.Connection:
 
 def pytest_collection_modifyitems(items):
     """Mark every test that uses the running platform (directly or through `live`),
-    so that `make test-fast` can leave them out."""
+    or a browser, so that `make test-fast` can leave them out."""
     for item in items:
-        if "platform" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "platform" in fixtures:
             item.add_marker(pytest.mark.platform)
+        if "browser" in fixtures:
+            item.add_marker(pytest.mark.browser)
 
 
 def pytest_configure(config):
