@@ -3,7 +3,7 @@ checks the answer against, and what the status means in the OpenAPI document."""
 
 from typing import Any
 
-from tenants.api.schemas import Error
+from tenants.api.schemas import CreateFailed, DatabaseWithCredentials, Error
 
 BAD_JSON = "The body is not valid JSON, or not a JSON object"
 UNAUTHORIZED = (Error, "Missing or invalid bearer token")
@@ -48,8 +48,6 @@ def operation(
 def created_database(what: str) -> Answers:
     """The answers of everything that makes a database (POST /databases and restores
     into a new one)."""
-    from tenants.api.schemas import CreateFailed, DatabaseWithCredentials
-
     return {
         201: (DatabaseWithCredentials, f"{what}; it accepts connections now"),
         202: (

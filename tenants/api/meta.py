@@ -50,7 +50,7 @@ def get_ca_certificate(request: HttpRequest):
     ),
 )
 def get_openapi(request: HttpRequest):
-    from tenants.api import api
+    from tenants.api import api  # the API this router is part of (it imports us)
 
     return HttpResponse(api.document_json(), content_type="application/json")
 
@@ -65,7 +65,7 @@ def get_openapi(request: HttpRequest):
     ),
 )
 def get_docs(request: HttpRequest):
-    from tenants.api import api
+    from tenants.api import api  # the API this router is part of (it imports us)
 
     return api.docs.render_page(request, api)
 
