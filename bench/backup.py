@@ -31,7 +31,7 @@ django.setup()
 from django.conf import settings  # noqa: E402
 
 from bench.provision import api, trust_platform_ca  # noqa: E402
-from tenants import backups, host_agent  # noqa: E402
+from tenants.host import agent, backups  # noqa: E402
 from tenants.models import Backup, Restore, Tenant  # noqa: E402
 
 
@@ -95,7 +95,7 @@ def main() -> None:
     status, db = api(args.url, "POST", "/databases", {"name": "pgbench"}, token)
     assert status == 201, db
     tenant = Tenant.objects.select_related("host", "plan").get(pk=db["id"])
-    runtime = host_agent.runtime_for(tenant)
+    runtime = agent.runtime_for(tenant)
     work = Path(tempfile.mkdtemp(prefix="dbaas-bench-", dir=settings.DATA_DIR))
     s3 = None
     results: list[tuple[str, float]] = []

@@ -39,7 +39,7 @@ import psycopg  # noqa: E402
 from bench.provision import api, sign_up, trust_platform_ca  # noqa: E402
 from dbaas.env import services_dir  # noqa: E402
 from dbaas.localservices import ControlPlanePostgres, LocalRedis  # noqa: E402
-from tenants import host_agent  # noqa: E402
+from tenants.host import agent  # noqa: E402
 from tenants.models import Tenant  # noqa: E402
 
 TIMEOUT = 120
@@ -91,7 +91,7 @@ def main() -> None:
     assert status == 201, db
     url = db["connection_string"]
     tenant = Tenant.objects.get(pk=db["id"])
-    runtime = host_agent.runtime_for(tenant)
+    runtime = agent.runtime_for(tenant)
     results: dict[str, list[float]] = {"tenant postmaster": [], "Redis": [], "control plane": []}
     try:
         for _ in range(args.repeat):

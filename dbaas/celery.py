@@ -13,7 +13,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dbaas.settings")
 
 app = Celery("dbaas")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+# tenants/tasks.py (the control plane's) and tenants/host/tasks.py (each host's).
 app.autodiscover_tasks()
+app.autodiscover_tasks(["tenants.host"])
 
 
 def host_queue(host_name: str) -> str:

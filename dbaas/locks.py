@@ -2,7 +2,7 @@
 under <data>/locks. A lock dies with the process that holds it, so a killed worker
 never leaves one taken, and whether a lock is held says whether anyone is still
 doing the work it guards (the reconcile loop asks that of backups and
-provisionings: see tenants/tasks.py).
+provisionings: see tenants/host/tasks.py).
 """
 
 import fcntl

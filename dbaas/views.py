@@ -14,7 +14,7 @@ def redis_client() -> redis.Redis:
 
 def health_checks() -> dict[str, str]:
     """What GET /healthz reports (tenants/api/meta.py): each dependency, `ok` or why not."""
-    from tenants.host_agent import pooler
+    from tenants.host.agent import pooler
 
     checks: dict[str, str] = {}
     try:

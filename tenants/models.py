@@ -238,7 +238,7 @@ class Tenant(models.Model):
 
 class TenantDatabase(models.Model):
     """A database the tenant made on its own server with CREATE DATABASE, routed by
-    its host's pooler like the one the platform made (see tenants/databases.py).
+    its host's pooler like the one the platform made (see tenants/host/databases.py).
 
     Names are one namespace per host in the pooler; kept unique platform-wide here.
     """

@@ -8,7 +8,6 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Iterable
 
 from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
@@ -16,7 +15,6 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from poolers.scram import new_password, scram_secret
 from tenants import selectors
@@ -27,9 +25,10 @@ from tenants.errors import (
     InvalidInput,
     QuotaExceeded,
     Unavailable,
-    for_tenant,
 )
-from tenants.models import Account, ApiToken, Event, Host, Plan, Tenant
+from tenants.host import tasks as host_tasks
+from tenants.lifecycle import event_record, tenant_transition
+from tenants.models import Account, ApiToken, Plan, Tenant
 from unikernel_images.image import default_image_name
 
 State = Tenant.State
@@ -40,69 +39,6 @@ NAME_RULE = (
     "a database name is 1 to 40 characters: lowercase letters, digits and underscores, "
     "starting with a letter"
 )
-
-
-# -- events and transitions ----------------------------------------------------------
-
-
-def event_record(
-    *,
-    action: str,
-    tenant: Tenant | None = None,
-    host: Host | None = None,
-    message: str = "",
-    from_state: str = "",
-    to_state: str = "",
-    actor: str = "system",
-    duration_ms: int | None = None,
-) -> Event:
-    return Event.objects.create(
-        tenant=tenant,
-        host=host if host is not None else getattr(tenant, "host", None),
-        action=action,
-        message=message[:5000],
-        from_state=from_state,
-        to_state=to_state,
-        actor=actor,
-        duration_ms=duration_ms,
-    )
-
-
-def tenant_transition(
-    *,
-    tenant: Tenant,
-    from_states: Iterable[str],
-    to_state: str,
-    reason: str = "",
-    actor: str = "system",
-    action: str = "state",
-    duration_ms: int | None = None,
-    **fields: object,
-) -> bool:
-    """Move `tenant` to `to_state` if it is in one of `from_states`; False if it was not."""
-    now = timezone.now()
-    shown = for_tenant(reason)  # the event keeps the whole reason, for operators
-    with transaction.atomic():
-        for from_state in from_states:
-            claimed = Tenant.objects.filter(pk=tenant.pk, state=from_state).update(
-                state=to_state, state_reason=shown, state_changed_at=now, **fields
-            )
-            if claimed:
-                event_record(
-                    tenant=tenant,
-                    action=action,
-                    from_state=from_state,
-                    to_state=to_state,
-                    message=reason,
-                    actor=actor,
-                    duration_ms=duration_ms,
-                )
-                tenant.state, tenant.state_reason, tenant.state_changed_at = to_state, shown, now
-                for name, value in fields.items():
-                    if not hasattr(value, "resolve_expression"):  # F() + 1: not a value
-                        setattr(tenant, name, value)
-                return True
-    return False
 
 
 # -- accounts and tokens ---------------------------------------------------------------
@@ -167,8 +103,6 @@ def tenant_create(
 
     Returns the tenant and its password, which is not stored anywhere.
     """
-    from tenants.tasks import provision_tenant
-
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidInput(NAME_RULE)
     if restored_from is not None:
@@ -217,7 +151,7 @@ def tenant_create(
         )
         # Not queued: the row goes again, as if the request had never come.
         send_after_commit(
-            provision_tenant,
+            host_tasks.instance_provision,
             (tenant.pk,),
             queue=host.queue,
             undo=lambda: Tenant.objects.filter(pk=tenant.pk, state=State.PROVISIONING).delete(),
@@ -234,8 +168,6 @@ def _unique_slug() -> str:
 
 
 def tenant_delete(*, tenant: Tenant, actor: str) -> None:
-    from tenants.tasks import delete_tenant
-
     if tenant.state == State.PROVISIONING:
         raise Conflict("the database is still being created; delete it in a moment")
     claimed = tenant_transition(
@@ -248,13 +180,13 @@ def tenant_delete(*, tenant: Tenant, actor: str) -> None:
     if not claimed and tenant.state not in (State.DELETING,):
         raise Conflict(f"the database cannot be deleted while {tenant.state}")
     # The reconcile loop finishes a deletion whose task was lost.
-    send_after_commit(delete_tenant, (tenant.pk,), queue=tenant.host.queue, swept=True)
+    send_after_commit(
+        host_tasks.instance_destroy, (tenant.pk,), queue=tenant.host.queue, swept=True
+    )
 
 
 def tenant_reset_password(*, tenant: Tenant, actor: str) -> str:
     """Queue a new owner password for the host to apply; returns it (shown once)."""
-    from tenants.tasks import apply_password
-
     if tenant.state != State.RUNNING:
         raise Conflict(
             f"the password can be reset only while the database is running, not {tenant.state}"
@@ -279,7 +211,7 @@ def tenant_reset_password(*, tenant: Tenant, actor: str) -> str:
             raise Conflict("the database changed state; try again")
         event_record(tenant=tenant, action="password_reset", actor=actor)
         send_after_commit(
-            apply_password,
+            host_tasks.instance_apply_secret,
             (tenant.pk,),
             queue=tenant.host.queue,
             undo=lambda: Tenant.objects.filter(pk=tenant.pk, pending_scram_secret=secret).update(
@@ -299,19 +231,15 @@ def _on_host(tenant: Tenant, task, actor: str, requested: str | None) -> None:
 
 def tenant_sleep(*, tenant: Tenant, actor: str) -> None:
     """Queue putting the tenant to sleep on its host (refused later if in use)."""
-    from tenants.tasks import sleep_tenant
-
     if tenant.state != State.RUNNING:
         raise Conflict(f"only a running database can be put to sleep, not a {tenant.state} one")
-    _on_host(tenant, sleep_tenant, actor, "sleep_requested")
+    _on_host(tenant, host_tasks.instance_sleep, actor, "sleep_requested")
 
 
 def tenant_wake(*, tenant: Tenant, actor: str) -> None:
-    from tenants.tasks import wake_tenant
-
     if tenant.state not in (State.RUNNING, State.SLEEPING):
         raise Conflict(f"a {tenant.state} database cannot be woken")
-    _on_host(tenant, wake_tenant, actor, None)
+    _on_host(tenant, host_tasks.instance_wake, actor, None)
 
 
 def tenant_sleep_settled(*, tenant: Tenant, actor: str) -> Tenant:
@@ -337,28 +265,22 @@ def tenant_wake_settled(*, tenant: Tenant, actor: str) -> Tenant:
 
 
 def tenant_restart(*, tenant: Tenant, actor: str) -> None:
-    from tenants.tasks import restart_tenant
-
     if tenant.state != State.RUNNING:
         raise Conflict(f"only a running database can be restarted, not a {tenant.state} one")
-    _on_host(tenant, restart_tenant, actor, "restart_requested")
+    _on_host(tenant, host_tasks.instance_restart, actor, "restart_requested")
 
 
 def tenant_suspend(*, tenant: Tenant, actor: str) -> None:
     """Queue refusing the tenant's connections and stopping it, keeping its data."""
-    from tenants.tasks import suspend_tenant
-
     if tenant.state not in (State.RUNNING, State.SLEEPING):
         raise Conflict(f"a {tenant.state} database cannot be suspended")
-    _on_host(tenant, suspend_tenant, actor, "suspend_requested")
+    _on_host(tenant, host_tasks.instance_suspend, actor, "suspend_requested")
 
 
 def tenant_unsuspend(*, tenant: Tenant, actor: str) -> None:
-    from tenants.tasks import unsuspend_tenant
-
     if tenant.state != State.SUSPENDED:
         raise Conflict(f"the database is {tenant.state}, not suspended")
-    _on_host(tenant, unsuspend_tenant, actor, "unsuspend_requested")
+    _on_host(tenant, host_tasks.instance_unsuspend, actor, "unsuspend_requested")
 
 
 def tenant_create_ready(
@@ -399,16 +321,3 @@ def tenant_wait(*, tenant: Tenant, until, timeout: float) -> Tenant:
         if until(fresh) or time.monotonic() >= deadline:
             return fresh
         time.sleep(0.01)  # the host agent usually needs tens of milliseconds
-
-
-def host_register(*, name: str, public_host: str, pooler_port: int) -> Host:
-    """Create or update this machine's Host row (run at start-up by the host agent)."""
-    host, created = Host.objects.get_or_create(
-        name=name, defaults={"public_host": public_host, "pooler_port": pooler_port}
-    )
-    if not created and (host.public_host, host.pooler_port) != (public_host, pooler_port):
-        Host.objects.filter(pk=host.pk).update(public_host=public_host, pooler_port=pooler_port)
-        host.refresh_from_db()
-    if created:
-        event_record(host=host, action="host_register", message=f"{public_host}:{pooler_port}")
-    return host

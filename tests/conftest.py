@@ -18,7 +18,8 @@ from django.conf import settings
 from django.core.management import call_command
 
 from dbaas.env import BASE_DIR
-from tenants import host_agent, services
+from tenants import lifecycle
+from tenants.host import agent
 from tenants.models import Plan
 from unikernel_images.paths import instances_dir
 
@@ -114,7 +115,7 @@ def ensure_platform_rows():
         name="free",
         defaults={"max_databases": 3, "is_default": True, "connection_limit": 20},
     )
-    return services.host_register(
+    return lifecycle.host_register(
         name=settings.DBAAS_HOST_NAME,
         public_host=settings.DBAAS_PUBLIC_HOST,
         pooler_port=settings.DBAAS_PGBOUNCER_PORT,
@@ -204,7 +205,7 @@ def platform(django_db_setup, django_db_blocker, s3_server):
     try:
         pooler = Service("pooler", [sys.executable, "manage.py", "run_pooler"])
         started["pooler"] = pooler
-        pooler.wait_for(host_agent.pooler().is_up)
+        pooler.wait_for(agent.pooler().is_up)
         # Connection strings say sslmode=verify-full: the tests' clients (and every
         # process started from here) trust the platform's CA, as a user does once.
         os.environ["PGSSLROOTCERT"] = str(settings.DATA_DIR / "pki" / "ca.crt")
@@ -291,7 +292,7 @@ def live(platform, transactional_db):
     while Tenant.objects.filter(state__in=busy).exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     for tenant in Tenant.objects.all():
-        host_agent.runtime_for(tenant).destroy(tenant.instance_id)
+        agent.runtime_for(tenant).destroy(tenant.instance_id)
 
 
 # -- API helpers ---------------------------------------------------------------------

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from dbaas.env import BASE_DIR
-from tenants import host_agent
+from tenants.host import agent
 from tenants.models import Tenant
 from tests.conftest import wait_until
 from unikernel_images.runtimes.base import InstanceState
@@ -38,7 +38,7 @@ def processes_of_uid(uid: int) -> list[int]:
 
 def instance_state(tenant_id: int) -> InstanceState:
     tenant = Tenant.objects.get(pk=tenant_id)
-    return host_agent.runtime_for(tenant).status(tenant.instance_id).state
+    return agent.runtime_for(tenant).status(tenant.instance_id).state
 
 
 def put_to_sleep(api, db: dict) -> None:

@@ -45,9 +45,9 @@ def test_non_staff_users_get_no_admin(live, client, alice):
 
 
 def test_admin_dashboard_and_actions_restart_suspend_unsuspend(live, client, alice):
-    from tenants.host_agent import runtime_for
+    from tenants.host.agent import runtime_for
+    from tenants.host.usage import record
     from tenants.models import Event
-    from tenants.usage import record
     from unikernel_images.runtimes.base import InstanceState
 
     db = create(alice, "opsdb")

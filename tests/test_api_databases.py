@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from django.conf import settings
 
-from tenants import host_agent
+from tenants.host import agent
 from tenants.models import Event, Tenant
 from tests.conftest import connect
 from tests.helpers import create, processes_of_uid, wait_for_state
@@ -202,15 +202,15 @@ def test_concurrent_password_resets_give_one_working_password(live, alice, live_
 def test_it_deletes_everything(live, alice):
     db = create(alice, "doomed")
     tenant = Tenant.objects.get(pk=db["id"])
-    runtime = host_agent.runtime_for(tenant)
+    runtime = agent.runtime_for(tenant)
     assert runtime.instance_dir(tenant.instance_id).exists()
     response = alice.call("DELETE", f"/databases/{db['id']}")
     assert response.status_code == 202
     assert response.json()["state"] == "deleting"
     wait_for_state(db["id"], "deleted")
     assert not runtime.instance_dir(tenant.instance_id).exists()
-    assert db["database"] not in host_agent.pooler().database_names()
-    assert db["user"] not in host_agent.pooler().auth_file.read_text()
+    assert db["database"] not in agent.pooler().database_names()
+    assert db["user"] not in agent.pooler().auth_file.read_text()
     assert alice.call("GET", f"/databases/{db['id']}").status_code == 404
     assert alice.call("GET", "/databases").json() == {"databases": []}
     with pytest.raises(psycopg.OperationalError):
@@ -231,10 +231,10 @@ def test_a_failed_provisioning_leaves_nothing_behind(live, alice):
     tenant = Tenant.objects.get(pk=body["database"]["id"])
     assert tenant.state == "failed"
     assert "max_connections" in tenant.state_reason
-    runtime = host_agent.runtime_for(tenant)
+    runtime = agent.runtime_for(tenant)
     assert not runtime.instance_dir(tenant.instance_id).exists()
-    assert tenant.database_name not in host_agent.pooler().database_names()
-    assert tenant.role_name not in host_agent.pooler().auth_file.read_text()
+    assert tenant.database_name not in agent.pooler().database_names()
+    assert tenant.role_name not in agent.pooler().auth_file.read_text()
     assert not processes_of_uid(settings.DBAAS_TENANT_UID_BASE + tenant.pk)
     # The user sees why, and can delete it.
     got = alice.call("GET", f"/databases/{tenant.pk}").json()

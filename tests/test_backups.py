@@ -274,7 +274,7 @@ def test_killing_the_worker_mid_backup_fails_it_at_once_and_leaves_nothing(
 
 
 def test_verification_restores_and_amchecks_and_reports_corruption(database, alice):
-    from tenants.backups import backup_verify, backups_verify
+    from tenants.host.backups import backup_verify, backups_verify
 
     good = back_up(alice, database)
     counts = backups_verify(host_name=settings.DBAAS_HOST_NAME, sample=5)
@@ -295,8 +295,8 @@ def test_uploads_cut_short_are_aborted_in_s3(database, s3_server):
 
     from django.utils import timezone
 
-    from tenants import backups
     from tenants.backup_stores import get_store
+    from tenants.host import backups
 
     store = get_store("s3", settings.DATA_DIR)
     upload = store.client.create_multipart_upload(Bucket=store.bucket, Key="x/1-cut.tar.zst")

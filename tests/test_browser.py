@@ -167,7 +167,7 @@ def test_sign_up_create_copy_connect_reset_quota_delete(live, page):
 
 
 def test_operator_sees_hosts_restarts_a_tenant_and_reads_its_timeline(live, page, alice):
-    from tenants.usage import record
+    from tenants.host.usage import record
     from tests.helpers import create
 
     db = create(alice, "opsview")

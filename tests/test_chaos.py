@@ -271,13 +271,13 @@ def _off_the_small_filesystem(runtime, iid: str) -> None:
 def test_a_sleeping_database_wakes_on_a_disk_someone_else_filled(live, alice, tmp_path):
     """Its server cannot even start on a full disk: the start gives it its reserve
     and tries again, so the client's connection still goes through."""
-    from tenants import host_agent
+    from tenants.host import agent
     from tenants.models import Event
     from tests.helpers import put_to_sleep
 
     db = create(alice, "squeezed")
     tenant = Tenant.objects.get(pk=db["id"])
-    runtime, iid = host_agent.runtime_for(tenant), tenant.instance_id
+    runtime, iid = agent.runtime_for(tenant), tenant.instance_id
     put_to_sleep(alice, db)
     _on_a_small_filesystem(runtime, iid, tmp_path, spare_mb=24)
     try:
@@ -298,13 +298,13 @@ def test_a_full_disk_is_noticed_and_the_owner_can_free_space(live, alice, tmp_pa
     the crash watch reads `No space left on device` in its server's log, gives the
     instance its reserve back and says so; the owner connects, drops data, and
     writes work again."""
-    from tenants import host_agent
+    from tenants.host import agent
     from tenants.models import Event
     from tests.helpers import put_to_sleep
 
     db = create(alice, "hoarder")
     tenant = Tenant.objects.get(pk=db["id"])
-    runtime = host_agent.runtime_for(tenant)
+    runtime = agent.runtime_for(tenant)
     iid = tenant.instance_id
     reserve = runtime.reserve_file(iid).stat().st_size
     assert reserve == settings.DBAAS_DISK_RESERVE_MB << 20
@@ -376,7 +376,7 @@ def test_a_worker_killed_mid_restore_leaves_the_data_as_it_was(live, alice, plat
 
 
 def _restore_was_abandoned(db: dict, restore_id: int) -> None:
-    from tenants import host_agent
+    from tenants.host import agent
     from tenants.models import Restore
 
     wait_until(lambda: Restore.objects.get(pk=restore_id).state != "running", timeout=30)
@@ -393,6 +393,6 @@ def _restore_was_abandoned(db: dict, restore_id: int) -> None:
 
     wait_until(current, timeout=30)
     tenant = Tenant.objects.get(pk=db["id"])
-    instance_dir = host_agent.runtime_for(tenant).instance_dir(tenant.instance_id)
+    instance_dir = agent.runtime_for(tenant).instance_dir(tenant.instance_id)
     # What it unpacked goes (by the next sweep at the latest); nothing was kept aside.
     wait_until(lambda: not list(instance_dir.glob("data.*")), timeout=15)

@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 
 from dbaas.env import controlplane_user, pooler_user, redis_user, services_dir
-from tenants import host_agent
+from tenants.host import agent
 from tenants.models import Tenant
 from tests.helpers import create
 
@@ -52,7 +52,7 @@ def test_each_service_runs_as_its_own_account(platform):
 def test_only_the_host_agent_logs_in_as_the_platforms_superuser(live, alice):
     db = create(alice, "guarded")
     tenant = Tenant.objects.get(pk=db["id"])
-    socket_dir = host_agent.runtime_for(tenant).socket_dir(tenant.instance_id)
+    socket_dir = agent.runtime_for(tenant).socket_dir(tenant.instance_id)
     psql = ["psql", "-X", "-h", str(socket_dir), "-U", "platform", "-d", "postgres", "-tAc"]
     # The pooler's account reaches the socket (it must, to serve the tenant) ...
     as_pooler = subprocess.run(

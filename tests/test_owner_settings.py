@@ -7,8 +7,8 @@ import psycopg
 import pytest
 from django.conf import settings
 
-from tenants import host_agent
 from tenants.errors import for_tenant
+from tenants.host import agent
 from tenants.models import Tenant
 from tests.conftest import connect
 from tests.helpers import back_up, create, restore, wait_for
@@ -41,7 +41,7 @@ def test_the_owners_database_settings_do_not_bind_the_platform(live, alice):
     # A new session that obeys them cannot even log in (the pooler still holds
     # the owner's earlier server connection, so this asks the server directly) ...
     tenant = Tenant.objects.get(pk=db["id"])
-    socket_dir = host_agent.runtime_for(tenant).socket_dir(tenant.instance_id)
+    socket_dir = agent.runtime_for(tenant).socket_dir(tenant.instance_id)
     with pytest.raises(psycopg.OperationalError, match="plpgsql"):
         psycopg.connect(host=str(socket_dir), user=SUPERUSER, dbname=db["database"]).close()
     # ... but the platform's do not: a logical export, a backup, a restore (whose

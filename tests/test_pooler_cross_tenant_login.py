@@ -16,7 +16,7 @@ from django.conf import settings
 
 from poolers import advisories
 from poolers.pgbouncer import ADMIN_USER
-from tenants import host_agent
+from tenants.host import agent
 from tenants.models import Tenant
 from tests import pgwire
 from tests.conftest import connect
@@ -140,7 +140,7 @@ def test_it_refuses_every_variant_of_the_second_startup_message(live, alice, bob
     assert len(first_answers) == 1, first_answers
 
     # Neither side's own logins are disturbed, through fresh server connections too.
-    host_agent.pooler_reconnect(Tenant.objects.get(pk=theirs["id"]))
+    agent.pooler_reconnect(Tenant.objects.get(pk=theirs["id"]))
     for db in (mine, theirs):
         for url in (db["connection_string"], db["pooled_connection_string"]):
             with connect(url) as conn:
@@ -151,7 +151,7 @@ def test_it_refuses_every_variant_of_the_second_startup_message(live, alice, bob
 
 
 def test_the_admin_console_is_not_reachable_over_tcp_even_with_its_password(platform):
-    password = host_agent.pooler().admin_password
+    password = agent.pooler().admin_password
     url = (
         f"host={settings.DBAAS_PUBLIC_HOST} port={settings.DBAAS_PGBOUNCER_PORT} "
         f"dbname=pgbouncer user={ADMIN_USER} sslmode=require"
@@ -159,11 +159,11 @@ def test_the_admin_console_is_not_reachable_over_tcp_even_with_its_password(plat
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(url, password=password, connect_timeout=10)
     # ... while the host agent's way in, the unix socket, works.
-    assert host_agent.pooler().is_up()
+    assert agent.pooler().is_up()
 
 
 def test_the_pooler_reports_the_advisory_as_mitigated(platform):
-    bouncer = host_agent.pooler()
+    bouncer = agent.pooler()
     exposure = bouncer.exposure()
     assert exposure.mitigated
     assert not exposure.exposed

@@ -9,7 +9,7 @@ import time
 import pytest
 from django.conf import settings
 
-from tenants import host_agent
+from tenants.host import agent
 from tenants.models import Event, Tenant
 from tests.conftest import connect
 from tests.helpers import create
@@ -25,7 +25,7 @@ def test_a_killed_instance_is_restarted_with_its_data(live, alice):
         conn.execute("INSERT INTO kept VALUES ('committed before the crash')")
         conn.commit()
     tenant = Tenant.objects.get(pk=db["id"])
-    runtime = host_agent.runtime_for(tenant)
+    runtime = agent.runtime_for(tenant)
     status = runtime.status(tenant.instance_id)
     assert status.state is InstanceState.RUNNING and status.pid
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tenants import host_agent
+from tenants.host import agent
 from tenants.models import Account, Plan, Tenant
 from tests.conftest import connect
 from tests.helpers import create
@@ -71,7 +71,7 @@ def test_the_instance_runs_in_cgroups_with_its_plans_limits(small_plan, alice):
     _on_plan("alice@example.com", small_plan)
     db = create(alice, "limited")
     tenant = Tenant.objects.get(pk=db["id"])
-    pid = host_agent.runtime_for(tenant).status(tenant.instance_id).pid
+    pid = agent.runtime_for(tenant).status(tenant.instance_id).pid
     membership = Path(f"/proc/{pid}/cgroup").read_text()
     assert f"/dbaas/{tenant.instance_id}" in membership
     before = groups.cpu_throttled(tenant.instance_id)

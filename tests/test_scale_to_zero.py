@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from django.conf import settings
 
-from tenants import host_agent
+from tenants.host import agent
 from tenants.models import Event, Plan, Tenant
 from tests.conftest import Service, connect, wait_until
 from tests.helpers import create, instance_state, put_to_sleep, wait_for_state
@@ -97,7 +97,7 @@ def test_connections_during_the_sleep_transition_are_served(napper):
     tenant = Tenant.objects.select_related("host", "plan").get(pk=napper["id"])
     outcome: list[str] = []
     sleeper = threading.Thread(
-        target=lambda: outcome.append(host_agent.instance_sleep(tenant, actor="test"))
+        target=lambda: outcome.append(agent.instance_sleep(tenant, actor="test"))
     )
     sleeper.start()
     served = 0
@@ -152,7 +152,7 @@ def _wait_consistent(tenant_id: int, timeout: float) -> str:
     while time.monotonic() < deadline:
         tenant = Tenant.objects.get(pk=tenant_id)
         status = instance_state(tenant_id)
-        points_to_activator = host_agent.routes().points_to_activator(tenant.instance_id)
+        points_to_activator = agent.routes().points_to_activator(tenant.instance_id)
         if (
             tenant.state == "running"
             and status is InstanceState.RUNNING
@@ -169,9 +169,9 @@ def test_a_worker_dying_after_the_stop_heals(napper):
     """Crash point: the instance is stopped and routed to the activator, but the
     worker died before recording `sleeping`."""
     tenant = Tenant.objects.get(pk=napper["id"])
-    route = host_agent.routes()
+    route = agent.routes()
     route.point(tenant.instance_id, route.activator_dir(tenant.instance_id))
-    host_agent.runtime_for(tenant).stop(tenant.instance_id)
+    agent.runtime_for(tenant).stop(tenant.instance_id)
     healed = _wait_consistent(tenant.pk, settings.DBAAS_RECONCILE_INTERVAL + 5)
     assert healed == "running"
     with connect(napper["connection_string"]) as conn:
@@ -183,7 +183,7 @@ def test_a_wake_dying_after_the_start_heals(napper, alice):
     before routing to it and recording `running`."""
     put_to_sleep(alice, napper)
     tenant = Tenant.objects.select_related("plan").get(pk=napper["id"])
-    host_agent.runtime_for(tenant).start(host_agent.instance_spec(tenant))
+    agent.runtime_for(tenant).start(agent.instance_spec(tenant))
     assert _wait_consistent(tenant.pk, settings.DBAAS_RECONCILE_INTERVAL + 5) == "running"
     with connect(napper["connection_string"]) as conn:
         assert conn.execute("SELECT count(*) FROM notes").fetchone() == (1,)
@@ -254,7 +254,7 @@ def test_after_a_wake_the_activator_hands_its_connections_over(napper, alice, pl
 def test_a_database_that_cannot_start_is_refused_at_once_and_the_operators_see_why(napper, alice):
     put_to_sleep(alice, napper)
     tenant = Tenant.objects.get(pk=napper["id"])
-    control = host_agent.runtime_for(tenant).data_dir(tenant.instance_id) / "global" / "pg_control"
+    control = agent.runtime_for(tenant).data_dir(tenant.instance_id) / "global" / "pg_control"
     hidden = control.with_name("pg_control.hidden")
     control.rename(hidden)  # postgres cannot start without it
     try:

@@ -7,8 +7,8 @@ import psycopg
 import pytest
 from django.contrib.auth import get_user_model
 
+from tenants.host.usage import record
 from tenants.models import Event, Plan, Tenant
-from tenants.usage import record
 from tests.conftest import connect
 from tests.helpers import create
 

@@ -75,7 +75,7 @@ def test_password_reset_by_email(db, client, mailoutbox):
 
 
 def test_the_database_page_and_its_actions(live, client):
-    from tenants.usage import record
+    from tenants.host.usage import record
 
     web_login(client, "page@example.com")
     created = client.post("/databases/new", {"name": "pagedb"}, follow=True)

@@ -52,22 +52,22 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         call_command("build_image")
-        from tenants import services
-        from tenants.tasks import reconcile_host
+        from tenants import lifecycle
+        from tenants.host.tasks import host_reconcile
 
-        host = services.host_register(
+        host = lifecycle.host_register(
             name=settings.DBAAS_HOST_NAME,
             public_host=settings.DBAAS_PUBLIC_HOST,
             pooler_port=settings.DBAAS_PGBOUNCER_PORT,
         )
         # Rendered now so that the banner can tell whether they keep the pooler's
         # known flaws closed; run_pooler renders them again as it starts.
-        from tenants.host_agent import pooler_render
+        from tenants.host.agent import pooler_render
 
         self.pooler_exposure = pooler_render(host).exposure()
         # The tenants stopped by the last Ctrl-C come back as soon as the host
         # agent is up, not one reconcile interval later.
-        reconcile_host.apply_async((host.name,), queue=host.queue, expires=300)
+        host_reconcile.apply_async((host.name,), queue=host.queue, expires=300)
 
     def _banner(self) -> None:
         url = f"http://{self._web_bind()}:{self._web_port()}/"
@@ -136,13 +136,13 @@ class Command(BaseCommand):
                 signal.signal(sig, handler)
 
     def _stop_instances(self) -> None:
-        from tenants import host_agent
+        from tenants.host import agent
         from tenants.models import Tenant
 
         for tenant in Tenant.objects.filter(host__name=settings.DBAAS_HOST_NAME).exclude(
             state=Tenant.State.DELETED
         ):
             try:
-                host_agent.runtime_for(tenant).stop(tenant.instance_id)
+                agent.runtime_for(tenant).stop(tenant.instance_id)
             except Exception as exc:
                 self.stderr.write(f"up: could not stop {tenant.instance_id}: {exc}")

@@ -25,9 +25,9 @@ from dbaas.files import LogFollower
 from poolers import firewall, login_guard
 from poolers.activator import Activator
 from poolers.registrar import Registrar
-from tenants import databases, host_agent
+from tenants.host import agent, databases
+from tenants.lifecycle import event_record
 from tenants.models import Tenant
-from tenants.services import event_record
 
 log = logging.getLogger(__name__)
 CRASH_WATCH_INTERVAL = 0.5
@@ -36,14 +36,14 @@ CRASH_WATCH_INTERVAL = 0.5
 def wake(instance_id: str, ready: Callable[[Path], None]) -> Path:
     close_old_connections()
     # Only the pk: instance_wake loads the row itself, once, under the lock.
-    tenant = Tenant(pk=host_agent.tenant_pk_for_instance(instance_id))
+    tenant = Tenant(pk=agent.tenant_pk_for_instance(instance_id))
     try:
-        return host_agent.instance_wake(tenant, actor="activator", ready=ready)
+        return agent.instance_wake(tenant, actor="activator", ready=ready)
     except (OperationalError, InterfaceError) as exc:
         # The control plane is down: the host decides alone, the reconcile loop
         # records it later. The client is not kept waiting for the database.
         log.warning("control plane unreachable (%s); waking %s on its own", exc, instance_id)
-        return host_agent.instance_wake_offline(instance_id, ready)
+        return agent.instance_wake_offline(instance_id, ready)
     except Exception as exc:
         # The client hears it at once (the activator refuses its connection); the
         # operators see why in the tenant's events.
@@ -63,20 +63,20 @@ def decide(instance_id: str, verb: str, name: str) -> str | None:
 
 def instance_for_role(role: str) -> str | None:
     close_old_connections()
-    return host_agent.instance_for_role(role)
+    return agent.instance_for_role(role)
 
 
 def hand_off(instance_id: str) -> None:
     close_old_connections()
-    tenant = Tenant.objects.get(pk=host_agent.tenant_pk_for_instance(instance_id))
-    host_agent.pooler_reconnect(tenant)
+    tenant = Tenant.objects.get(pk=agent.tenant_pk_for_instance(instance_id))
+    agent.pooler_reconnect(tenant)
 
 
 class Command(BaseCommand):
     help = "Run this host's activator: hold connections to sleeping tenants and wake them."
 
     def handle(self, *args, **options):
-        routes = host_agent.routes()
+        routes = agent.routes()
         routes.prepare()
         activator = Activator(
             routes,
@@ -95,13 +95,13 @@ class Command(BaseCommand):
 
     def _restart_crashed(self) -> None:
         """Twice a second: a running tenant whose server has exited is started again
-        at once, one whose disk is full gets room (host_agent.instances_watch)."""
+        at once, one whose disk is full gets room (agent.instances_watch)."""
         failing, logs = False, dict[str, LogFollower]()
         while True:
             time.sleep(CRASH_WATCH_INTERVAL)
             close_old_connections()
             try:
-                for what in host_agent.instances_watch(logs):
+                for what in agent.instances_watch(logs):
                     log.warning("crash watch: %s", what)
             except Exception:
                 if not failing:  # once per outage, not twice a second
@@ -120,7 +120,7 @@ class Command(BaseCommand):
         port, seconds = settings.DBAAS_PGBOUNCER_PORT, settings.DBAAS_POOLER_BAN_SECONDS
         thread = threading.Thread(
             target=login_guard.guard,
-            args=(host_agent.pooler().log_file,),
+            args=(agent.pooler().log_file,),
             kwargs={
                 "limit": limit,
                 "window": settings.DBAAS_POOLER_LOGIN_FAILURE_WINDOW,

@@ -7,19 +7,20 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from poolers import firewall
-from tenants import host_agent, services
+from tenants import lifecycle
+from tenants.host import agent
 
 
 class Command(BaseCommand):
     help = "Run this host's PgBouncer with configuration rendered from the control plane."
 
     def handle(self, *args, **options):
-        host = services.host_register(
+        host = lifecycle.host_register(
             name=settings.DBAAS_HOST_NAME,
             public_host=settings.DBAAS_PUBLIC_HOST,
             pooler_port=settings.DBAAS_PGBOUNCER_PORT,
         )
-        bouncer = host_agent.pooler_render(host)
+        bouncer = agent.pooler_render(host)
         self._install_firewall()
         exposure = bouncer.exposure()
         (self.stderr if exposure.exposed else self.stdout).write(

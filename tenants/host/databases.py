@@ -12,13 +12,13 @@ import re
 
 from django.db import IntegrityError, transaction
 
-from tenants import host_agent
+from tenants.host import agent
 from tenants.models import Tenant, TenantDatabase
 
 log = logging.getLogger(__name__)
 
 # Routed names: the pooler's name rule (poolers/pgbouncer.py, at most 62 bytes).
-# Names of up to 55 have a `_pooled` alias too (host_agent.pooled_alias).
+# Names of up to 55 have a `_pooled` alias too (agent.pooled_alias).
 NAME = re.compile(r"[a-z_][a-z0-9_-]{0,61}")
 NAME_RULE = (
     "databases here are reached through the host's pooler, so their names are "
@@ -31,9 +31,9 @@ RESERVED = {"postgres", "template0", "template1", "pgbouncer"}
 def decide(instance_id: str, verb: str, name: str) -> str | None:
     """Do what the instance's server asks; None when done, else why not."""
     tenant = Tenant.objects.select_related("plan", "host").get(
-        pk=host_agent.tenant_pk_for_instance(instance_id)
+        pk=agent.tenant_pk_for_instance(instance_id)
     )
-    if tenant.state not in host_agent.ROUTED_STATES:
+    if tenant.state not in agent.ROUTED_STATES:
         return f"this database is {tenant.state}"
     action = {
         "reserve": database_reserve,
@@ -69,7 +69,7 @@ def database_reserve(*, tenant: Tenant, name: str) -> str | None:
 
 
 def database_created(*, tenant: Tenant, name: str) -> str | None:
-    with host_agent.routing_change(tenant.host):
+    with agent.routing_change(tenant.host):
         updated = TenantDatabase.objects.filter(tenant=tenant, name=name).update(
             state=TenantDatabase.State.ACTIVE
         )
@@ -102,11 +102,11 @@ def database_dropping(*, tenant: Tenant, name: str) -> str | None:
         return None  # not routed: nothing to undo
     # Close the pooler's connections to it, so that DROP DATABASE finds no other
     # session, then forget its entries.
-    bouncer = host_agent.pooler()
-    aliases = [database.name, *filter(None, [host_agent.pooled_alias(database.name)])]
+    bouncer = agent.pooler()
+    aliases = [database.name, *filter(None, [agent.pooled_alias(database.name)])]
     for alias in aliases:
         bouncer.kill(alias)
-    with host_agent.routing_change(tenant.host):
+    with agent.routing_change(tenant.host):
         database.delete()
     for alias in aliases:
         bouncer.resume(alias)  # a killed database stays paused in PgBouncer otherwise

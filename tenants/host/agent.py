@@ -22,6 +22,9 @@ from dbaas.env import data_dir, pooler_user
 from dbaas.files import LogFollower
 from poolers.pgbouncer import DatabaseEntry, PgBouncer, UserEntry
 from poolers.routes import Routes
+from tenants.errors import for_tenant
+from tenants.host.backup_stream import chunks_verified
+from tenants.lifecycle import event_record, tenant_transition
 from tenants.models import Host, Tenant, TenantDatabase
 from unikernel_images import postgres_admin
 from unikernel_images.cgroups import Limits
@@ -143,7 +146,6 @@ def instance_provision(tenant: Tenant) -> None:
 def instance_provision_from_backup(tenant: Tenant) -> None:
     """Like instance_provision, with the data of `tenant.restored_from` (checked
     against its sha256 while unpacking) instead of the image's template."""
-    from tenants.backups import backup_chunks_verified
 
     backup = tenant.restored_from
     assert backup is not None, "only for a tenant made from a backup"
@@ -151,7 +153,7 @@ def instance_provision_from_backup(tenant: Tenant) -> None:
     runtime = runtime_for(tenant)
     spec = instance_spec(tenant)
     runtime.destroy(spec.instance_id)
-    runtime.import_data(spec, backup_chunks_verified(backup))
+    runtime.import_data(spec, chunks_verified(backup))
     runtime.swap_in_imported(spec)
     runtime.drop_previous(spec.instance_id)
     _start(runtime, spec)
@@ -814,20 +816,14 @@ def stop_reason(log_file: Path) -> str:
 def _note(tenant: Tenant, text: str) -> None:
     """What the owner and the operators should know about the tenant now (its state
     reason; the API, the web page and the admin show it), the state unchanged."""
-    from tenants.errors import for_tenant
-
     Tenant.objects.filter(pk=tenant.pk).update(state_reason=for_tenant(text))
 
 
 def _transition(tenant: Tenant, from_state: str, to_state: str, **kwargs) -> bool:
-    from tenants.services import tenant_transition
-
     return tenant_transition(tenant=tenant, from_states=[from_state], to_state=to_state, **kwargs)
 
 
 def _event(tenant: Tenant, action: str, actor: str, message: str, duration_ms: int) -> None:
-    from tenants.services import event_record
-
     event_record(
         tenant=tenant, action=action, actor=actor, message=message, duration_ms=duration_ms
     )

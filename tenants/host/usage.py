@@ -7,7 +7,7 @@ import shutil
 from django.utils import timezone
 
 from dbaas.env import data_dir
-from tenants import host_agent
+from tenants.host import agent
 from tenants.models import Host, Tenant
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def record(host: Host) -> int:
     clients: int | None
     servers: int | None
     try:
-        clients, servers = pooler_connections(host_agent.pooler().pools())
+        clients, servers = pooler_connections(agent.pooler().pools())
     except Exception:  # a pooler that is down is shown as unknown, not as zero
         log.warning("pooler of %s did not answer; its connections are unknown", host)
         clients = servers = None
@@ -64,11 +64,11 @@ def record(host: Host) -> int:
     for tenant in tenants:
         # What the plan's limit counts: the tenant's databases, not the WAL,
         # temporary files or templates (Runtime.data_usage).
-        tenant.size_bytes = host_agent.runtime_for(tenant).data_usage(tenant.instance_id)
+        tenant.size_bytes = agent.runtime_for(tenant).data_usage(tenant.instance_id)
         over = tenant.size_bytes > tenant.plan.storage_limit_bytes
         if tenant.state in LIMITED_STATES and tenant.storage_read_only is not over:
             try:
-                host_agent.storage_limit_apply(tenant, read_only=over)
+                agent.storage_limit_apply(tenant, read_only=over)
             except Exception:
                 log.exception("storage limit of %s not applied; next time", tenant)
     # Only this field: the rows may have changed state meanwhile.

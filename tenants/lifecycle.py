@@ -1,0 +1,84 @@
+"""The writes every layer makes, next to the models: a tenant's state change,
+claimed atomically (only from the states named), an event in its timeline, and a
+host's registration."""
+
+from collections.abc import Iterable
+
+from django.db import transaction
+from django.utils import timezone
+
+from tenants.errors import for_tenant
+from tenants.models import Event, Host, Tenant
+
+
+def event_record(
+    *,
+    action: str,
+    tenant: Tenant | None = None,
+    host: Host | None = None,
+    message: str = "",
+    from_state: str = "",
+    to_state: str = "",
+    actor: str = "system",
+    duration_ms: int | None = None,
+) -> Event:
+    return Event.objects.create(
+        tenant=tenant,
+        host=host if host is not None else getattr(tenant, "host", None),
+        action=action,
+        message=message[:5000],
+        from_state=from_state,
+        to_state=to_state,
+        actor=actor,
+        duration_ms=duration_ms,
+    )
+
+
+def tenant_transition(
+    *,
+    tenant: Tenant,
+    from_states: Iterable[str],
+    to_state: str,
+    reason: str = "",
+    actor: str = "system",
+    action: str = "state",
+    duration_ms: int | None = None,
+    **fields: object,
+) -> bool:
+    """Move `tenant` to `to_state` if it is in one of `from_states`; False if it was not."""
+    now = timezone.now()
+    shown = for_tenant(reason)  # the event keeps the whole reason, for operators
+    with transaction.atomic():
+        for from_state in from_states:
+            claimed = Tenant.objects.filter(pk=tenant.pk, state=from_state).update(
+                state=to_state, state_reason=shown, state_changed_at=now, **fields
+            )
+            if claimed:
+                event_record(
+                    tenant=tenant,
+                    action=action,
+                    from_state=from_state,
+                    to_state=to_state,
+                    message=reason,
+                    actor=actor,
+                    duration_ms=duration_ms,
+                )
+                tenant.state, tenant.state_reason, tenant.state_changed_at = to_state, shown, now
+                for name, value in fields.items():
+                    if not hasattr(value, "resolve_expression"):  # F() + 1: not a value
+                        setattr(tenant, name, value)
+                return True
+    return False
+
+
+def host_register(*, name: str, public_host: str, pooler_port: int) -> Host:
+    """Create or update this machine's Host row (run at start-up by the host agent)."""
+    host, created = Host.objects.get_or_create(
+        name=name, defaults={"public_host": public_host, "pooler_port": pooler_port}
+    )
+    if not created and (host.public_host, host.pooler_port) != (public_host, pooler_port):
+        Host.objects.filter(pk=host.pk).update(public_host=public_host, pooler_port=pooler_port)
+        host.refresh_from_db()
+    if created:
+        event_record(host=host, action="host_register", message=f"{public_host}:{pooler_port}")
+    return host
