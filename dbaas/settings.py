@@ -252,6 +252,10 @@ DBAAS_POOLER_LOGIN_GUARD_EXEMPT = [
 # /metrics names every tenant's database: staff sessions, or this bearer token.
 DBAAS_METRICS_TOKEN = env_secret("DBAAS_METRICS_TOKEN")
 DBAAS_RECONCILE_INTERVAL = env_int("DBAAS_RECONCILE_INTERVAL", 10, minimum=1)
+# Every host answers a heartbeat this often; one silent for DBAAS_HOST_DOWN_AFTER
+# seconds is marked down (its databases shown unavailable) until it answers again.
+DBAAS_HEARTBEAT_INTERVAL = env_float("DBAAS_HEARTBEAT_INTERVAL", 10.0, minimum=1.0)
+DBAAS_HOST_DOWN_AFTER = env_float("DBAAS_HOST_DOWN_AFTER", 30.0, minimum=2.0)
 # Seconds after a wake before the pooler replaces the server connections it opened
 # through the activator by direct ones (see poolers/activator.py).
 DBAAS_ACTIVATOR_HANDOFF_DELAY = env_float("DBAAS_ACTIVATOR_HANDOFF_DELAY", 5.0)
@@ -292,6 +296,10 @@ CELERY_BEAT_SCHEDULE = {
     "record-usage": {
         "task": "tenants.tasks.record_usage_all_hosts",
         "schedule": env_float("DBAAS_USAGE_INTERVAL", 60.0, minimum=1.0),
+    },
+    "heartbeats": {
+        "task": "tenants.tasks.heartbeat_all_hosts",
+        "schedule": DBAAS_HEARTBEAT_INTERVAL,
     },
     "reconcile-all-hosts": {
         "task": "tenants.tasks.reconcile_all_hosts",

@@ -12,8 +12,20 @@ from tenants.models import Account, ApiToken, Backup, Event, Host, Plan, Restore
 
 @admin.register(Host)
 class HostAdmin(admin.ModelAdmin):
-    list_display = ("name", "public_host", "pooler_port", "accepting", "max_tenants", "usage_at")
+    list_display = (
+        "name",
+        "status",
+        "public_host",
+        "pooler_port",
+        "accepting",
+        "max_tenants",
+        "heartbeat_at",
+        "usage_at",
+    )
     readonly_fields = (
+        "heartbeat_at",
+        "health",
+        "down_since",
         "memory_total_bytes",
         "memory_used_bytes",
         "disk_total_bytes",
@@ -24,6 +36,16 @@ class HostAdmin(admin.ModelAdmin):
     )
     list_filter = ("accepting",)
     search_fields = ("name", "public_host")
+
+    @admin.display(description="status")
+    def status(self, host: Host) -> str:
+        """From its heartbeats: up (with any part that reports an error), or down."""
+        if host.down_since is not None:
+            return f"down since {host.down_since:%Y-%m-%d %H:%M:%S}"
+        if host.heartbeat_at is None:
+            return "no heartbeat yet"
+        errors = [f"{part}: {text}" for part, text in host.health.items() if text != "ok"]
+        return "up" + (f" ({'; '.join(errors)})" if errors else "")
 
 
 @admin.register(Plan)

@@ -13,7 +13,7 @@ from django.utils import timezone
 from tenants.backup_stores import get_store
 from tenants.dispatch import send_after_commit
 from tenants.errors import Conflict, TooManyRequests
-from tenants.host.tasks import backup_run, restore_run
+from tenants.host.tasks import backup_delete, backup_run, restore_run
 from tenants.lifecycle import event_record
 from tenants.models import Account, Backup, Restore, Tenant
 
@@ -153,8 +153,21 @@ def backups_on_delete(*, tenant: Tenant, purge: bool) -> int:
 
 
 def _expire(backup: Backup, reason: str) -> None:
-    get_store(backup.store, settings.DATA_DIR).delete(backup.location)
-    Backup.objects.filter(pk=backup.pk, state=Backup.State.DONE).update(state=Backup.State.EXPIRED)
+    if not Backup.objects.filter(pk=backup.pk, state=Backup.State.DONE).update(
+        state=Backup.State.EXPIRED
+    ):
+        return  # expired already, by another beat
+    if backup.store == "local":
+        # The object is on the disk of the database's host: deleted there. If it
+        # cannot be queued now, that host's daily store sweep deletes it.
+        send_after_commit(
+            backup_delete,
+            (backup.store, backup.location),
+            queue=backup.tenant.host.bulk_queue,
+            swept=True,
+        )
+    else:
+        get_store(backup.store, settings.DATA_DIR).delete(backup.location)
     event_record(tenant=backup.tenant, action="backup_expired", message=f"#{backup.pk}: {reason}")
 
 

@@ -27,9 +27,22 @@ class Host(models.Model):
     pooler_clients = models.PositiveIntegerField(null=True, blank=True)
     pooler_servers = models.PositiveIntegerField(null=True, blank=True)
     usage_at = models.DateTimeField(null=True, blank=True)
+    # Liveness, from the host's own heartbeats (tenants.tasks.heartbeat_received):
+    # the last one, what the host reported of its parts, and since when it has been
+    # silent for longer than DBAAS_HOST_DOWN_AFTER (null while it answers).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    health = models.JSONField(default=dict, blank=True)
+    down_since = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def down_reason(self) -> str:
+        """Why its databases cannot be reached now ("" while the host answers)."""
+        if self.down_since is None:
+            return ""
+        return f"its host {self.name} has not answered since {self.down_since:%Y-%m-%d %H:%M} UTC"
 
     @property
     def queue(self) -> str:

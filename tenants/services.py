@@ -8,6 +8,7 @@ import hashlib
 import re
 import secrets
 import time
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
@@ -15,6 +16,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from poolers.scram import new_password, scram_secret
 from tenants import selectors
@@ -28,7 +30,7 @@ from tenants.errors import (
 )
 from tenants.host import tasks as host_tasks
 from tenants.lifecycle import event_record, tenant_transition
-from tenants.models import Account, ApiToken, Plan, Tenant
+from tenants.models import Account, ApiToken, Host, Plan, Tenant
 from unikernel_images.image import default_image_name
 
 State = Tenant.State
@@ -321,3 +323,38 @@ def tenant_wait(*, tenant: Tenant, until, timeout: float) -> Tenant:
         if until(fresh) or time.monotonic() >= deadline:
             return fresh
         time.sleep(0.01)  # the host agent usually needs tens of milliseconds
+
+
+# -- hosts -------------------------------------------------------------------------------
+
+
+def host_heartbeat_record(*, name: str, checks: dict[str, str]) -> None:
+    """A heartbeat from a host: alive now, with what it says of its parts; a host that
+    was down is up again."""
+    now = timezone.now()
+    host = Host.objects.filter(name=name).first()
+    if host is None:
+        return
+    Host.objects.filter(pk=host.pk).update(heartbeat_at=now, health=checks, down_since=None)
+    if host.down_since is not None:
+        event_record(host=host, action="host_up", message=f"down since {host.down_since:%H:%M:%S}")
+
+
+def hosts_mark_down(*, now=None) -> int:
+    """Hosts silent for longer than DBAAS_HOST_DOWN_AFTER: down since their last
+    heartbeat (since they registered, if they never sent one). Nothing else changes:
+    their databases keep their states and come back with the host."""
+    now = now or timezone.now()
+    silent_since = now - timedelta(seconds=settings.DBAAS_HOST_DOWN_AFTER)
+    marked = 0
+    for host in Host.objects.filter(down_since__isnull=True):
+        last = host.heartbeat_at or host.created_at
+        if last >= silent_since:
+            continue
+        # Claimed: two beats at once mark it (and say so) once.
+        if Host.objects.filter(pk=host.pk, down_since__isnull=True).update(down_since=last):
+            event_record(
+                host=host, action="host_down", message=f"no heartbeat since {last:%H:%M:%S}"
+            )
+            marked += 1
+    return marked

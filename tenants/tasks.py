@@ -2,12 +2,14 @@
 work out to every host's queue, and the backups schedule and retention."""
 
 from celery import shared_task
+from django.conf import settings
 
 from dbaas.celery import host_bulk_queue, host_queue
-from tenants import backups
+from tenants import backups, services
 from tenants.host import backups as host_backups
 from tenants.host.tasks import (
     backups_verify,
+    host_heartbeat,
     host_reconcile,
     instances_sleep_idle,
     partials_discard,
@@ -16,7 +18,7 @@ from tenants.host.tasks import (
 from tenants.models import Backup, Host
 
 
-def _on_every_host(*tasks, expires: int, queue=host_queue) -> int:
+def _on_every_host(*tasks, expires: float, queue=host_queue) -> int:
     """Queue each task (taking the host's name) on every host's own queue (`queue`
     names it from the host's name); a task not picked up within `expires` seconds
     is dropped (the next beat sends another)."""
@@ -57,3 +59,17 @@ def schedule_backups() -> dict[str, int]:
         "abandoned": backups.backups_fail_abandoned(),
         "partials": host_backups.partials_discard(shared),
     }
+
+
+@shared_task
+def heartbeat_all_hosts() -> int:
+    """Beat: every host is asked for a heartbeat (one not picked up before the next
+    beat is dropped); hosts silent for too long are marked down."""
+    services.hosts_mark_down()
+    return _on_every_host(host_heartbeat, expires=settings.DBAAS_HEARTBEAT_INTERVAL)
+
+
+@shared_task
+def heartbeat_received(host_name: str, checks: dict[str, str]) -> None:
+    """A host's answer (sent by name from tenants/host/tasks.py::host_heartbeat)."""
+    services.host_heartbeat_record(name=host_name, checks=checks)

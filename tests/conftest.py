@@ -76,11 +76,13 @@ def _venv_bin(name: str) -> str:
 
 
 def worker_service(kind: str, generation: int = 1) -> "Service":
-    """A Celery worker as the Procfile runs it: "worker" for the host's short work
-    and the control queue, "bulk" for its backups and restores."""
+    """A Celery worker as the Procfile runs it: "control" for the control plane's
+    queue, "worker" for the host's short work (the host agent), "bulk" for its
+    backups and restores."""
     host = settings.DBAAS_HOST_NAME
     queues, concurrency = {
-        "worker": (f"host.{host},control", "2"),
+        "control": ("control", "2"),
+        "worker": (f"host.{host}", "2"),
         "bulk": (f"host.{host}.bulk", "1"),
     }[kind]
     # Under the supervisor, as the Procfile runs it: Celery's worker exits when it
@@ -212,7 +214,7 @@ def platform(django_db_setup, django_db_blocker, s3_server):
         activator = Service("activator", [sys.executable, "manage.py", "run_activator"])
         started["activator"] = activator
         activator.wait_for(lambda: activator.log_contains("listening"))
-        for worker in (worker_service("worker"), worker_service("bulk")):
+        for worker in (worker_service("control"), worker_service("worker"), worker_service("bulk")):
             started[worker.name] = worker
             worker.wait_for(lambda w=worker: w.log_contains(" ready."))
         beat = Service(

@@ -2,6 +2,7 @@
 with them, through the API as a client would. Fixtures live in conftest.py."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -87,3 +88,10 @@ def run_django(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
         text=True,
         timeout=60,
     )
+
+
+def kill_service(platform: dict, name: str) -> None:
+    """SIGKILL one of the platform's processes (and its children), as a crash would."""
+    service = platform[name]
+    os.killpg(service.proc.pid, signal.SIGKILL)
+    service.proc.wait()

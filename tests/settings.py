@@ -26,6 +26,10 @@ def session_environment(slot: int, base: Path) -> dict[str, str]:
         "DBAAS_TEST_DB_NAME": f"test_dbaas{suffix}",
         # Quick enough to watch in a test.
         "DBAAS_RECONCILE_INTERVAL": "2",
+        # A host whose agent is killed is down within seconds (tests/test_hosts.py);
+        # not so soon that a worker busy for a moment looks down.
+        "DBAAS_HEARTBEAT_INTERVAL": "1",
+        "DBAAS_HOST_DOWN_AFTER": "8",
         # Every request of the session comes from 127.0.0.1.
         "DBAAS_SIGNUPS_PER_IP_HOUR": "100000",
         "DBAAS_LOGIN_FAILURES_PER_IP": "100000",

@@ -26,7 +26,7 @@ from dbaas.env import services_dir
 from dbaas.localservices import LocalRedis
 from tenants.models import Backup, Tenant
 from tests.conftest import Service, connect, wait_until, worker_service
-from tests.helpers import create, run_django, wait_for
+from tests.helpers import create, kill_service, run_django, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -44,12 +44,6 @@ def http(base: str, method: str, path: str, token: str | None = None, body=None)
             return response.status, json.load(response)
     except urllib.error.HTTPError as exc:
         return exc.code, json.load(exc)
-
-
-def kill_service(platform: dict, name: str) -> None:
-    service: Service = platform[name]
-    os.killpg(service.proc.pid, signal.SIGKILL)
-    service.proc.wait()
 
 
 def test_a_worker_killed_while_databases_are_created_strands_none(

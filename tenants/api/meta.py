@@ -74,7 +74,7 @@ def get_docs(request: HttpRequest):
     "healthz",
     **operation(
         "health",
-        "Health of the control plane, Redis and the pooler",
+        "Health of the control plane: its database and Redis",
         {200: (Health, "All answer"), 503: (Health, "Something does not answer")},
         auth=False,
     ),

@@ -65,6 +65,10 @@ class Database(Schema):
         description="Over the plan's storage limit: writes are refused until data is deleted "
         "(reads, DELETE, TRUNCATE and DROP work)"
     )
+    available: bool = Field(
+        description="False while its host does not answer (`state_reason` says since when); "
+        "nothing is lost, it serves again when the host is back"
+    )
 
     @classmethod
     def of(cls, tenant: models.Tenant) -> "Database":
@@ -72,7 +76,7 @@ class Database(Schema):
             id=tenant.pk,
             name=tenant.name,
             state=tenant.state,
-            state_reason=tenant.state_reason,
+            state_reason=tenant.host.down_reason or tenant.state_reason,
             host=tenant.host.public_host,
             port=tenant.host.pooler_port,
             database=tenant.database_name,
@@ -84,6 +88,7 @@ class Database(Schema):
             wake_count=tenant.wake_count,
             size_bytes=tenant.size_bytes,
             read_only=tenant.storage_read_only is True,
+            available=tenant.host.down_since is None,
         )
 
 
@@ -220,7 +225,6 @@ class Restore(Schema):
 class HealthChecks(Schema):
     controlplane: str = Field(description="`ok`, or `error: ...`")
     redis: str = Field(description="`ok`, or `error: ...`")
-    pooler: str = Field(description="`ok`, or `error: ...`")
 
 
 class Health(Schema):

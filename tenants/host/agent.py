@@ -7,6 +7,7 @@ Turns tenant rows into plain values for `unikernel_images` and `poolers`.
 import errno
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -82,6 +83,18 @@ def tenant_pk_for_instance(instance_id: str) -> int:
 
 def routes() -> Routes:
     return Routes(data_dir() / "pgbouncer" / "routes", pooler_user())
+
+
+# Below this much free space on the data disk the host reports its disk unhealthy.
+DISK_LOW_BYTES = 1 << 30
+
+
+def host_health() -> dict[str, str]:
+    """How this host's parts are, as its heartbeat reports them: `ok`, or `error: ...`."""
+    checks = {"pooler": "ok" if pooler().is_up() else "error: pgbouncer does not answer"}
+    free = shutil.disk_usage(data_dir()).free
+    checks["disk"] = "ok" if free >= DISK_LOW_BYTES else f"error: {free >> 20} MB free"
+    return checks
 
 
 def runtime_for(tenant: Tenant) -> Runtime:

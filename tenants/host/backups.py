@@ -36,6 +36,18 @@ def partials_discard(kinds: Iterable[str], *, now=None) -> int:
     return sum(get_store(k, settings.DATA_DIR).discard_partials(started_before) for k in kinds)
 
 
+def expired_discard(host_name: str) -> int:
+    """Objects of this host's expired local backups still in the store: removed."""
+    store = get_store("local", settings.DATA_DIR)
+    expired = Backup.objects.filter(
+        tenant__host__name=host_name, store="local", state=Backup.State.EXPIRED
+    ).exclude(location="")
+    found = [backup.location for backup in expired if store.exists(backup.location)]
+    for location in found:
+        store.delete(location)
+    return len(found)
+
+
 def backup_run(backup: Backup) -> None:
     """Make the backup; the row ends `done` with sizes and hash, or `failed` with why."""
     tenant = backup.tenant

@@ -11,16 +11,20 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, cast
 
-from celery import shared_task
+from celery import current_app, shared_task
 from django.conf import settings
 from django.utils import timezone
 
 from dbaas import locks
+from tenants.backup_stores import get_store
 from tenants.host import agent, backups, usage
 from tenants.lifecycle import event_record, tenant_transition
 from tenants.models import Backup, Host, Restore, Tenant
 
 log = logging.getLogger(__name__)
+# What the host reports goes back by task name on the control queue: the host side
+# never imports the control plane (tests/test_host_boundary.py).
+HEARTBEAT_RECEIVED = "tenants.tasks.heartbeat_received"
 State = Tenant.State
 WORKER = "worker"
 # A provisioning or deleting tenant older than this was abandoned by a dead worker.
@@ -413,4 +417,22 @@ def backups_verify(host_name: str) -> dict[str, int]:
 
 @shared_task
 def partials_discard(host_name: str) -> int:
-    return backups.partials_discard(["local"])
+    """Daily: what uploads cut short left in this host's local store, and objects of
+    expired backups whose delete never reached this host."""
+    return backups.partials_discard(["local"]) + backups.expired_discard(host_name)
+
+
+@shared_task(acks_late=True)
+def backup_delete(store: str, location: str) -> str:
+    """An expired backup's object, from the store on this host's disk."""
+    get_store(store, settings.DATA_DIR).delete(location)
+    return "deleted"
+
+
+@shared_task
+def host_heartbeat(host_name: str) -> dict[str, str]:
+    """Tell the control plane this host is alive, and how its parts are."""
+    checks = agent.host_health()
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    current_app.send_task(HEARTBEAT_RECEIVED, (host_name, checks), queue=queue)
+    return checks

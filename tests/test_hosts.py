@@ -1,0 +1,53 @@
+"""Hosts as the control plane knows them: from their heartbeats (the host's agent
+answers one every DBAAS_HEARTBEAT_INTERVAL; silent for DBAAS_HOST_DOWN_AFTER, it is
+down), shown in the admin and on their databases; /healthz speaks for the control
+plane alone."""
+
+import time
+
+from django.conf import settings
+
+from tenants.admin import HostAdmin
+from tenants.models import Event, Host
+from tests.conftest import connect, wait_until, worker_service
+from tests.helpers import create, kill_service
+
+
+def this_host() -> Host:
+    return Host.objects.get(name=settings.DBAAS_HOST_NAME)
+
+
+def test_a_host_whose_agent_dies_is_down_in_time_and_serves_again(live, alice, platform):
+    db = create(alice, "beating")
+    wait_until(lambda: this_host().heartbeat_at is not None, timeout=30)
+    assert this_host().health == {"pooler": "ok", "disk": "ok"}
+    assert HostAdmin.status(None, this_host()) == "up"  # type: ignore[arg-type]
+    kill_service(platform, "worker")
+    killed = time.monotonic()
+    try:
+        wait_until(lambda: this_host().down_since is not None, timeout=60)
+        noticed = time.monotonic() - killed
+        limit = settings.DBAAS_HOST_DOWN_AFTER + 2 * settings.DBAAS_HEARTBEAT_INTERVAL + 2
+        assert noticed < limit, noticed
+        shown = alice.call("GET", f"/databases/{db['id']}").json()
+        assert shown["available"] is False
+        assert "has not answered since" in shown["state_reason"], shown
+        assert shown["state"] == "running"  # nothing changed but what is shown
+        assert HostAdmin.status(None, this_host()).startswith("down since")  # type: ignore[arg-type]
+        assert Event.objects.filter(host=this_host(), action="host_down").count() == 1
+    finally:  # its supervisor would start it again
+        replacement = worker_service("worker", generation=5)
+        platform["worker"] = replacement
+        replacement.wait_for(lambda: replacement.log_contains(" ready."))
+    wait_until(lambda: this_host().down_since is None, timeout=30)
+    shown = alice.call("GET", f"/databases/{db['id']}").json()
+    assert shown["available"] is True and shown["state_reason"] == ""
+    assert Event.objects.filter(host=this_host(), action="host_up").count() == 1
+    with connect(db["connection_string"]) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_healthz_speaks_for_the_control_plane(live, client):
+    response = client.get("/healthz")
+    assert response.status_code == 200, response.content
+    assert response.json() == {"status": "ok", "checks": {"controlplane": "ok", "redis": "ok"}}
