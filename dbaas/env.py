@@ -75,6 +75,12 @@ def data_dir() -> Path:
     return Path(env_str("DBAAS_DATA_DIR", str(BASE_DIR / "var"))).resolve()
 
 
+def pki_dir() -> Path:
+    """The platform's CA, which signs every host's pooler certificate. Hosts on one
+    machine (`DBAAS_HOSTS=3 make run`) share the control plane's."""
+    return Path(env_str("DBAAS_PKI_DIR", str(data_dir() / "pki"))).resolve()
+
+
 def services_dir() -> Path:
     """Home of the control-plane cluster and Redis that `make run` starts itself."""
     return Path(env_str("DBAAS_SERVICES_DIR", str(data_dir()))).resolve()

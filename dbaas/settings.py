@@ -230,6 +230,12 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 DBAAS_HOST_NAME = env_str("DBAAS_HOST_NAME", socket.gethostname().split(".")[0])
 DBAAS_PUBLIC_HOST = env_str("DBAAS_PUBLIC_HOST", "127.0.0.1")
 DBAAS_PGBOUNCER_LISTEN = env_str("DBAAS_PGBOUNCER_LISTEN", "127.0.0.1")
+# How many databases this host takes (it registers this as it starts); new ones go
+# to the host with the most room.
+DBAAS_HOST_CAPACITY = env_int("DBAAS_HOST_CAPACITY", 1000, minimum=1)
+# `make run` with DBAAS_HOSTS=N > 1: N hosts on this machine, each in a network
+# namespace of its own (dbaas/netns.py), beside the control plane.
+DBAAS_HOSTS = env_int("DBAAS_HOSTS", 1, minimum=1)
 DBAAS_PGBOUNCER_PORT = env_int("DBAAS_PGBOUNCER_PORT", 6432, minimum=1)
 DBAAS_PGBOUNCER_BIN = pgbouncer_binary()
 # What connection strings ask of the client's TLS: verify-full checks the pooler's

@@ -82,6 +82,7 @@ class PgBouncer:
         service_user: str,
         max_client_conn: int = 10000,
         binary: str = "pgbouncer",
+        pki: Path | None = None,
     ) -> None:
         self.root = root  # <data>/pgbouncer
         self.binary = binary
@@ -94,7 +95,7 @@ class PgBouncer:
         self.hba_file = root / "pgbouncer_hba.conf"
         self.tls_cert = root / "server.crt"
         self.tls_key = root / "server.key"
-        self.pki = root.parent / "pki"  # the platform's CA
+        self.pki = pki or root.parent / "pki"  # the platform's CA
         self.socket_dir = root.parent / "run" / "pgbouncer"
         # Its log, as a file too: poolers/login_guard.py reads the failed logins there.
         self.log_file = root / "log" / "pgbouncer.log"

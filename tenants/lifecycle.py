@@ -71,13 +71,17 @@ def tenant_transition(
     return False
 
 
-def host_register(*, name: str, public_host: str, pooler_port: int) -> Host:
-    """Create or update this machine's Host row (run at start-up by the host agent)."""
-    host, created = Host.objects.get_or_create(
-        name=name, defaults={"public_host": public_host, "pooler_port": pooler_port}
-    )
-    if not created and (host.public_host, host.pooler_port) != (public_host, pooler_port):
-        Host.objects.filter(pk=host.pk).update(public_host=public_host, pooler_port=pooler_port)
+def host_register(
+    *, name: str, public_host: str, pooler_port: int, max_tenants: int | None = None
+) -> Host:
+    """Create or update a host's row (run by the host as it starts): where clients
+    reach its pooler, and how many databases it takes (`max_tenants`, if given)."""
+    values: dict[str, object] = {"public_host": public_host, "pooler_port": pooler_port}
+    if max_tenants is not None:
+        values["max_tenants"] = max_tenants
+    host, created = Host.objects.get_or_create(name=name, defaults=values)
+    if not created and any(getattr(host, field) != value for field, value in values.items()):
+        Host.objects.filter(pk=host.pk).update(**values)
         host.refresh_from_db()
     if created:
         event_record(host=host, action="host_register", message=f"{public_host}:{pooler_port}")

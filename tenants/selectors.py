@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from dbaas.env import data_dir
+from dbaas.env import pki_dir
 from poolers import tls
 from tenants.errors import NotFound
 from tenants.models import Account, ApiToken, Host, Tenant
@@ -111,5 +111,5 @@ def credentials_json(tenant: Tenant, password: str) -> dict:
 
 def tls_ca_pem() -> str:
     """The platform's CA certificate, which signs its hosts' pooler certificates."""
-    cert, _key = tls.ensure_ca(data_dir() / "pki")
+    cert, _key = tls.ensure_ca(pki_dir())
     return cert.read_text()

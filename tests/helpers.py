@@ -95,3 +95,34 @@ def kill_service(platform: dict, name: str) -> None:
     service = platform[name]
     os.killpg(service.proc.pid, signal.SIGKILL)
     service.proc.wait()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process started from `pid`, however deep (honcho puts each of its
+    processes in a session of its own, so a process group does not hold them)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                # The command may hold spaces and parentheses: the fields after it.
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(entry))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything it started, as a machine that stops would."""
+    for target in [pid, *descendants(pid)]:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

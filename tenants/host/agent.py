@@ -19,7 +19,7 @@ from django.db.models import F, Prefetch
 from django.utils import timezone
 
 from dbaas import locks
-from dbaas.env import data_dir, pooler_user
+from dbaas.env import data_dir, pki_dir, pooler_user
 from dbaas.files import LogFollower
 from poolers.pgbouncer import DatabaseEntry, PgBouncer, UserEntry
 from poolers.routes import Routes
@@ -60,6 +60,7 @@ def pooler() -> PgBouncer:
         listen_port=settings.DBAAS_PGBOUNCER_PORT,
         service_user=pooler_user(),
         binary=settings.DBAAS_PGBOUNCER_BIN,
+        pki=pki_dir(),
     )
 
 

@@ -1,14 +1,15 @@
 """`manage.py up` (what `make run` runs): bring the whole platform up on this machine.
 
 Starts the control-plane PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL point
-elsewhere), migrates, builds the image if missing, then runs the web server, the host
-agent (Celery worker), Celery beat and PgBouncer under honcho. Ctrl-C stops all of it,
+elsewhere), migrates, then runs the control plane (web server, its Celery worker,
+beat: Procfile) under honcho, and the hosts: this machine as one host (`run_host`:
+Procfile.host), or with DBAAS_HOSTS=N > 1, N hosts each in a network namespace of
+its own (dbaas/netns.py, root only), removed again on exit. Ctrl-C stops all of it,
 tenant instances included; the next `up` brings the same tenants back.
 """
 
 import fcntl
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from dbaas import localservices
-from dbaas.env import BASE_DIR, env_int, env_str
+from dbaas import localservices, netns
+from dbaas.env import BASE_DIR, env_int, env_str, pki_dir, services_dir
+from dbaas.foreground import wait_all
 
 
 class Command(BaseCommand):
@@ -39,11 +41,13 @@ class Command(BaseCommand):
             service.start()
         try:
             self._prepare()
-            self._banner()
-            self._run_processes()
+            hosts = self._hosts()
+            self._banner(hosts)
+            self._run_processes(hosts)
         finally:
             self.stdout.write("up: stopping tenant instances and local services")
-            self._stop_instances()
+            if settings.DBAAS_HOSTS > 1:
+                netns.fleet_down()
             for service in reversed(started):
                 service.stop()
             lock.close()
@@ -51,28 +55,46 @@ class Command(BaseCommand):
     def _prepare(self) -> None:
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
-        call_command("build_image")
-        from tenants import lifecycle
-        from tenants.host.tasks import host_reconcile
+        self.pooler_exposure = None
+        if settings.DBAAS_HOSTS == 1:
+            # This machine is the host: its pooler's files rendered now so that the
+            # banner can tell whether they keep the pooler's known flaws closed.
+            from tenants import lifecycle
+            from tenants.host.agent import pooler_render
 
-        host = lifecycle.host_register(
-            name=settings.DBAAS_HOST_NAME,
-            public_host=settings.DBAAS_PUBLIC_HOST,
-            pooler_port=settings.DBAAS_PGBOUNCER_PORT,
-        )
-        # Rendered now so that the banner can tell whether they keep the pooler's
-        # known flaws closed; run_pooler renders them again as it starts.
-        from tenants.host.agent import pooler_render
+            host = lifecycle.host_register(
+                name=settings.DBAAS_HOST_NAME,
+                public_host=settings.DBAAS_PUBLIC_HOST,
+                pooler_port=settings.DBAAS_PGBOUNCER_PORT,
+            )
+            self.pooler_exposure = pooler_render(host).exposure()
 
-        self.pooler_exposure = pooler_render(host).exposure()
-        # The tenants stopped by the last Ctrl-C come back as soon as the host
-        # agent is up, not one reconcile interval later.
-        host_reconcile.apply_async((host.name,), queue=host.queue, expires=300)
+    def _hosts(self) -> list[tuple[list[str], dict[str, str]]]:
+        """How to start each host: its command prefix and its environment."""
+        if settings.DBAAS_HOSTS == 1:
+            return [([], {})]
+        if os.geteuid() != 0:
+            raise CommandError("DBAAS_HOSTS > 1 makes network namespaces: run it as root")
+        names = [f"{settings.DBAAS_HOST_NAME}-{n}" for n in range(1, settings.DBAAS_HOSTS + 1)]
+        hosts = []
+        for local in netns.fleet_up(names):
+            env = {
+                "DBAAS_HOST_NAME": local.name,
+                "DBAAS_DATA_DIR": str(settings.DATA_DIR / "hosts" / local.name),
+                "DBAAS_SERVICES_DIR": str(services_dir()),
+                "DBAAS_PKI_DIR": str(pki_dir()),
+                "DBAAS_PUBLIC_HOST": local.address,
+                "DBAAS_PGBOUNCER_LISTEN": local.address,
+            }
+            hosts.append((local.enter(), env))
+        return hosts
 
-    def _banner(self) -> None:
+    def _banner(self, hosts: list[tuple[list[str], dict[str, str]]]) -> None:
         url = f"http://{self._web_bind()}:{self._web_port()}/"
         signup_body = '{"email": "you@example.com", "password": "a long passphrase"}'
-        pooler = f"{settings.DBAAS_PUBLIC_HOST}:{settings.DBAAS_PGBOUNCER_PORT}"
+        port = settings.DBAAS_PGBOUNCER_PORT
+        addresses = [env.get("DBAAS_PUBLIC_HOST", settings.DBAAS_PUBLIC_HOST) for _, env in hosts]
+        pooler = f"{addresses[0]}:{port}" if len(hosts) == 1 else f"HOST:{port}"
         lines = [
             "",
             "dbaas is starting.",
@@ -85,13 +107,19 @@ class Command(BaseCommand):
             f"{settings.DBAAS_CONNECTION_TLS}",
             f"  trust its CA: mkdir -p ~/.postgresql && curl -fsS {url}api/v1/ca.pem"
             " >> ~/.postgresql/root.crt",
-            f"  pooler:       {self.pooler_exposure.message()}",
+            *(
+                [f"  pooler:       {self.pooler_exposure.message()}"]
+                if self.pooler_exposure
+                else [
+                    f"  hosts:        {len(hosts)}, at {', '.join(addresses)} (one per namespace)"
+                ]
+            ),
             "Press Ctrl-C to stop everything.",
             "",
         ]
         self.stdout.write(self.style.SUCCESS("\n".join(lines)))
         self.stdout.flush()  # before honcho's output, also when it goes to a file
-        if self.pooler_exposure.exposed:
+        if self.pooler_exposure and self.pooler_exposure.exposed:
             self.stderr.write(self.style.ERROR(self.pooler_exposure.message()))
 
     def _web_bind(self) -> str:
@@ -100,7 +128,7 @@ class Command(BaseCommand):
     def _web_port(self) -> int:
         return env_int("DBAAS_WEB_PORT", 8000, minimum=1)
 
-    def _run_processes(self) -> None:
+    def _run_processes(self, hosts: list[tuple[list[str], dict[str, str]]]) -> None:
         venv_bin = Path(sys.executable).parent
         env = os.environ | {
             "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
@@ -110,39 +138,13 @@ class Command(BaseCommand):
             "DBAAS_WEB_PORT": str(self._web_port()),
             "PYTHONUNBUFFERED": "1",
         }
-        honcho = subprocess.Popen(
+        control = subprocess.Popen(
             [str(venv_bin / "honcho"), "start", "-f", str(BASE_DIR / "Procfile")],
             cwd=BASE_DIR,
             env=env,
         )
-
-        # Ctrl-C from a terminal reaches honcho too (same process group); a signal
-        # sent to this process alone is passed on. Either way honcho stops its
-        # children, and we wait for that before stopping what they depend on.
-        def forward(signum, frame):
-            if honcho.poll() is None:
-                honcho.send_signal(signal.SIGTERM)
-
-        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            while True:
-                try:
-                    honcho.wait()
-                    break
-                except InterruptedError:
-                    continue
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _stop_instances(self) -> None:
-        from tenants.host import agent
-        from tenants.models import Tenant
-
-        for tenant in Tenant.objects.filter(host__name=settings.DBAAS_HOST_NAME).exclude(
-            state=Tenant.State.DELETED
-        ):
-            try:
-                agent.runtime_for(tenant).stop(tenant.instance_id)
-            except Exception as exc:
-                self.stderr.write(f"up: could not stop {tenant.instance_id}: {exc}")
+        children = [control]
+        for prefix, host_env in hosts:
+            command = [*prefix, sys.executable, "manage.py", "run_host"]
+            children.append(subprocess.Popen(command, cwd=BASE_DIR, env=env | host_env))
+        wait_all(children)

@@ -19,6 +19,7 @@ class Command(BaseCommand):
             name=settings.DBAAS_HOST_NAME,
             public_host=settings.DBAAS_PUBLIC_HOST,
             pooler_port=settings.DBAAS_PGBOUNCER_PORT,
+            max_tenants=settings.DBAAS_HOST_CAPACITY,
         )
         bouncer = agent.pooler_render(host)
         self._install_firewall()

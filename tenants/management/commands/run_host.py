@@ -1,0 +1,80 @@
+"""`manage.py run_host`: run this machine as one host of the platform: its agent
+(the Celery workers of its queues), its PgBouncer and its activator, under honcho
+(Procfile.host), in the foreground. Point it at the control plane's PostgreSQL and
+Redis (DATABASE_URL, REDIS_URL); it registers itself with its address
+(DBAAS_PUBLIC_HOST, where DBAAS_PGBOUNCER_LISTEN is reached) and capacity
+(DBAAS_HOST_CAPACITY). Ctrl-C stops its processes and its tenants' instances; the
+next start brings them back.
+"""
+
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from dbaas.celery import host_queue
+from dbaas.env import BASE_DIR
+from dbaas.foreground import wait_all
+from tenants import lifecycle
+from tenants.host.tasks import host_reconcile
+from unikernel_images.paths import instances_dir
+from unikernel_images.runtimes import get_runtime
+
+
+class Command(BaseCommand):
+    help = "Run this machine as a host of the platform (Ctrl-C stops it)."
+
+    def handle(self, *args, **options):
+        settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+        lock = open(settings.DATA_DIR / "host.lock", "w")  # noqa: SIM115 - held until exit
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CommandError(f"a host already runs from {settings.DATA_DIR}") from None
+        try:
+            call_command("build_image")
+            host = lifecycle.host_register(
+                name=settings.DBAAS_HOST_NAME,
+                public_host=settings.DBAAS_PUBLIC_HOST,
+                pooler_port=settings.DBAAS_PGBOUNCER_PORT,
+                max_tenants=settings.DBAAS_HOST_CAPACITY,
+            )
+            # The tenants stopped by the last Ctrl-C come back as soon as the agent
+            # is up, not one reconcile interval later.
+            host_reconcile.apply_async((host.name,), queue=host_queue(host.name), expires=300)
+            self.stdout.write(
+                f"run_host: host {host.name}, databases at {host.public_host}:{host.pooler_port}"
+            )
+            self.stdout.flush()
+            venv_bin = Path(sys.executable).parent
+            env = os.environ | {
+                "PATH": f"{venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+                "DBAAS_DATA_DIR": str(settings.DATA_DIR),
+                "DBAAS_HOST_NAME": settings.DBAAS_HOST_NAME,
+                "PYTHONUNBUFFERED": "1",
+            }
+            procfile = BASE_DIR / "Procfile.host"
+            honcho = subprocess.Popen(
+                [str(venv_bin / "honcho"), "start", "-f", str(procfile)], cwd=BASE_DIR, env=env
+            )
+            wait_all([honcho])
+        finally:
+            self._stop_instances()
+            lock.close()
+
+    def _stop_instances(self) -> None:
+        """Every instance of this host, from its own files (no control plane needed)."""
+        root = instances_dir()
+        if not root.exists():
+            return
+        runtime = get_runtime(settings.DBAAS_RUNTIME, root)
+        for entry in sorted(root.iterdir()):
+            try:
+                runtime.stop(entry.name)
+            except Exception as exc:
+                self.stderr.write(f"run_host: could not stop {entry.name}: {exc}")

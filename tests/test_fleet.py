@@ -1,0 +1,142 @@
+"""Several hosts behind one control plane, on this machine: besides the session's
+own host, two more, each in a network namespace of its own (dbaas/netns.py) and
+started with `manage.py run_host`, as an operator starts a host on another machine.
+Databases spread over the three, each reached at its host's address; a host that
+stops is shown down, and its databases serve again when it is back."""
+
+import os
+import sys
+import time
+
+import pytest
+from django.conf import settings
+
+from dbaas import netns
+from dbaas.env import services_dir
+from tenants import lifecycle
+from tenants.models import Event, Host, Tenant
+from tests.conftest import Service, connect, wait_until
+from tests.helpers import create, kill_tree
+
+pytestmark = pytest.mark.timeout(300)
+
+# Namespaces, bridge and addresses of their own (make run's fleet uses slot 0).
+SLOT = 100 + int(os.environ.get("DBAAS_TEST_SLOT", "0") or 0)
+
+
+class FleetHost:
+    """One more host: its namespace, and `run_host` running in it."""
+
+    def __init__(self, local: netns.LocalHost) -> None:
+        self.local = local
+        self.name = local.name
+        self.data_dir = settings.DATA_DIR / "fleet" / local.name
+        self.service: Service | None = None
+
+    def start(self, generation: int = 1) -> None:
+        env = {
+            "DBAAS_HOST_NAME": self.name,
+            "DBAAS_DATA_DIR": str(self.data_dir),
+            "DBAAS_SERVICES_DIR": str(services_dir()),
+            "DBAAS_PKI_DIR": str(settings.DATA_DIR / "pki"),  # the platform's one CA
+            "DBAAS_PUBLIC_HOST": self.local.address,
+            "DBAAS_PGBOUNCER_LISTEN": self.local.address,
+        }
+        command = [*self.local.enter(), sys.executable, "manage.py", "run_host"]
+        self.service = Service(f"{self.name}-{generation}", command, env=env)
+        self.service.wait_for(self.ready, timeout=180)
+
+    def ready(self) -> bool:
+        assert self.service is not None
+        log = self.service.log_path.read_text()
+        return log.count(" ready.") >= 2 and "run_activator: listening" in log
+
+    def kill(self) -> None:
+        """Everything of the host at once (agent, pooler, activator, the instances its
+        agent started), as when the machine stops."""
+        assert self.service is not None
+        kill_tree(self.service.proc.pid)
+        self.service.proc.wait()
+
+    def register(self) -> Host:
+        """Its row, as run_host wrote it (each test starts from an empty database)."""
+        return lifecycle.host_register(
+            name=self.name,
+            public_host=self.local.address,
+            pooler_port=settings.DBAAS_PGBOUNCER_PORT,
+        )
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()
+        from unikernel_images.runtimes import get_runtime
+
+        instances = self.data_dir / "instances"
+        if instances.exists():
+            runtime = get_runtime("sandbox", instances)
+            for entry in instances.iterdir():
+                runtime.destroy(entry.name)
+
+
+@pytest.fixture(scope="module")
+def fleet(platform):
+    names = [f"{settings.DBAAS_HOST_NAME}-f{n}" for n in (2, 3)]
+    hosts = [FleetHost(local) for local in netns.fleet_up(names, slot=SLOT)]
+    try:
+        for host in hosts:
+            host.start()
+        yield hosts
+    finally:
+        for host in hosts:
+            host.stop()
+        netns.fleet_down(SLOT)
+
+
+def test_databases_spread_over_three_hosts_each_reached_at_its_address(live, alice, fleet):
+    for host in fleet:
+        host.register()
+    made = [create(alice, f"spread{n}") for n in range(3)]
+    # The host with the most room takes each new one: one each.
+    assert sorted(db["host"] for db in made) == sorted(
+        [settings.DBAAS_PUBLIC_HOST] + [h.local.address for h in fleet]
+    )
+    for db in made:
+        assert f"@{db['host']}:" in db["connection_string"]
+        with connect(db["connection_string"]) as conn:
+            conn.execute("CREATE TABLE t AS SELECT 1 AS x")
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    # Each instance lives on its host's disk.
+    for host in fleet:
+        tenant = Tenant.objects.get(host__name=host.name)
+        assert (host.data_dir / "instances" / tenant.instance_id).is_dir()
+        assert not (settings.DATA_DIR / "instances" / tenant.instance_id).exists()
+
+
+def test_a_host_that_stops_is_down_and_serves_again_when_back(live, alice, fleet):
+    target = fleet[0]
+    for host in fleet:
+        host.register()
+    create(alice, "here")  # the session's own host (first by name)
+    db = create(alice, "there")
+    assert db["host"] == target.local.address
+    with connect(db["connection_string"]) as conn:
+        conn.execute("CREATE TABLE kept AS SELECT 42 AS answer")
+    wait_until(lambda: Host.objects.get(name=target.name).heartbeat_at is not None, timeout=30)
+    target.kill()
+    stopped = time.monotonic()
+    try:
+        wait_until(lambda: Host.objects.get(name=target.name).down_since is not None, timeout=60)
+        noticed = time.monotonic() - stopped
+        limit = settings.DBAAS_HOST_DOWN_AFTER + 2 * settings.DBAAS_HEARTBEAT_INTERVAL + 2
+        assert noticed < limit, noticed
+        shown = alice.call("GET", f"/databases/{db['id']}").json()
+        assert shown["available"] is False and target.name in shown["state_reason"]
+        # The other hosts are not affected.
+        assert all(h.down_since is None for h in Host.objects.exclude(name=target.name))
+    finally:
+        target.start(generation=2)
+    wait_until(lambda: Host.objects.get(name=target.name).down_since is None, timeout=60)
+    assert Event.objects.filter(host__name=target.name, action="host_up").exists()
+    with connect(db["connection_string"]) as conn:
+        assert conn.execute("SELECT answer FROM kept").fetchone() == (42,)
+    assert alice.call("GET", f"/databases/{db['id']}").json()["available"] is True
