@@ -236,6 +236,9 @@ DBAAS_HOST_CAPACITY = env_int("DBAAS_HOST_CAPACITY", 1000, minimum=1)
 # `make run` with DBAAS_HOSTS=N > 1: N hosts on this machine, each in a network
 # namespace of its own (dbaas/netns.py), beside the control plane.
 DBAAS_HOSTS = env_int("DBAAS_HOSTS", 1, minimum=1)
+# Which bridge and addresses (10.87.<slot>.0/24) those namespaces get: two platforms
+# on one machine (a benchmark beside `make run`) need different ones.
+DBAAS_NETNS_SLOT = env_int("DBAAS_NETNS_SLOT", 0, minimum=0)
 DBAAS_PGBOUNCER_PORT = env_int("DBAAS_PGBOUNCER_PORT", 6432, minimum=1)
 DBAAS_PGBOUNCER_BIN = pgbouncer_binary()
 # What connection strings ask of the client's TLS: verify-full checks the pooler's

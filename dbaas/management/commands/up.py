@@ -47,7 +47,7 @@ class Command(BaseCommand):
         finally:
             self.stdout.write("up: stopping tenant instances and local services")
             if settings.DBAAS_HOSTS > 1:
-                netns.fleet_down()
+                netns.fleet_down(settings.DBAAS_NETNS_SLOT)
             for service in reversed(started):
                 service.stop()
             lock.close()
@@ -77,7 +77,7 @@ class Command(BaseCommand):
             raise CommandError("DBAAS_HOSTS > 1 makes network namespaces: run it as root")
         names = [f"{settings.DBAAS_HOST_NAME}-{n}" for n in range(1, settings.DBAAS_HOSTS + 1)]
         hosts = []
-        for local in netns.fleet_up(names):
+        for local in netns.fleet_up(names, settings.DBAAS_NETNS_SLOT):
             env = {
                 "DBAAS_HOST_NAME": local.name,
                 "DBAAS_DATA_DIR": str(settings.DATA_DIR / "hosts" / local.name),
