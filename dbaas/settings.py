@@ -233,6 +233,9 @@ DBAAS_PGBOUNCER_LISTEN = env_str("DBAAS_PGBOUNCER_LISTEN", "127.0.0.1")
 # How many databases this host takes (it registers this as it starts); new ones go
 # to the host with the most room.
 DBAAS_HOST_CAPACITY = env_int("DBAAS_HOST_CAPACITY", 1000, minimum=1)
+# Where each host serves its logical exports to the control plane's web server
+# (TLS, signed URLs: tenants/host/exports.py), on its DBAAS_PGBOUNCER_LISTEN address.
+DBAAS_EXPORTS_PORT = env_int("DBAAS_EXPORTS_PORT", 6434, minimum=1)
 # `make run` with DBAAS_HOSTS=N > 1: N hosts on this machine, each in a network
 # namespace of its own (dbaas/netns.py), beside the control plane.
 DBAAS_HOSTS = env_int("DBAAS_HOSTS", 1, minimum=1)

@@ -294,7 +294,11 @@ def database_download(request, account: Account, tenant_id: int, backup_id: int)
     ).first()
     if backup is None:
         raise Http404("no such export")
-    return downloads.export_response(tenant, backup)
+    try:
+        return downloads.export_response(tenant, backup)
+    except ServiceError as exc:  # its host does not answer
+        messages.error(request, exc.message)
+        return redirect("database", tenant_id=tenant.pk)
 
 
 @account_required

@@ -211,6 +211,9 @@ def platform(django_db_setup, django_db_blocker, s3_server):
         # Connection strings say sslmode=verify-full: the tests' clients (and every
         # process started from here) trust the platform's CA, as a user does once.
         os.environ["PGSSLROOTCERT"] = str(settings.DATA_DIR / "pki" / "ca.crt")
+        exports = Service("exports", [sys.executable, "manage.py", "run_exports"])
+        started["exports"] = exports
+        exports.wait_for(lambda: exports.log_contains("run_exports: serving"))
         activator = Service("activator", [sys.executable, "manage.py", "run_activator"])
         started["activator"] = activator
         activator.wait_for(lambda: activator.log_contains("listening"))

@@ -21,6 +21,7 @@ def session_environment(slot: int, base: Path) -> dict[str, str]:
         "DBAAS_DATA_DIR": str(base / f"test{suffix}"),
         "DBAAS_REDIS_DB": str(15 - slot),
         "DBAAS_PGBOUNCER_PORT": str(6532 + slot),
+        "DBAAS_EXPORTS_PORT": str(6634 + slot),
         "DBAAS_HOST_NAME": f"testhost{suffix}",
         "DBAAS_DB_NAME": f"test_dbaas{suffix}",
         "DBAAS_TEST_DB_NAME": f"test_dbaas{suffix}",

@@ -4,6 +4,7 @@ started with `manage.py run_host`, as an operator starts a host on another machi
 Databases spread over the three, each reached at its host's address; a host that
 stops is shown down, and its databases serve again when it is back."""
 
+import hashlib
 import os
 import sys
 import time
@@ -13,10 +14,10 @@ from django.conf import settings
 
 from dbaas import netns
 from dbaas.env import services_dir
-from tenants import lifecycle
-from tenants.models import Event, Host, Tenant
+from tenants import backups, lifecycle
+from tenants.models import Backup, Event, Host, Plan, Tenant
 from tests.conftest import Service, connect, wait_until
-from tests.helpers import create, kill_tree
+from tests.helpers import create, kill_tree, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,7 +50,11 @@ class FleetHost:
     def ready(self) -> bool:
         assert self.service is not None
         log = self.service.log_path.read_text()
-        return log.count(" ready.") >= 2 and "run_activator: listening" in log
+        return (
+            log.count(" ready.") >= 2
+            and "run_activator: listening" in log
+            and "run_exports: serving" in log
+        )
 
     def kill(self) -> None:
         """Everything of the host at once (agent, pooler, activator, the instances its
@@ -140,3 +145,64 @@ def test_a_host_that_stops_is_down_and_serves_again_when_back(live, alice, fleet
     with connect(db["connection_string"]) as conn:
         assert conn.execute("SELECT answer FROM kept").fetchone() == (42,)
     assert alice.call("GET", f"/databases/{db['id']}").json()["available"] is True
+
+
+def test_an_export_on_another_host_downloads_and_expiry_deletes_there(live, alice, fleet):
+    """Backups kept on the hosts' own disks: an export is served by its host to the
+    web server (signed URL, TLS), and expiry deletes the files on that host."""
+    target = fleet[1]
+    for host in fleet:
+        host.register()
+    create(alice, "first")  # the session's own host, then the fleet's in name order
+    create(alice, "second")
+    db = create(alice, "third")
+    assert db["host"] == target.local.address
+    with connect(db["connection_string"]) as conn:
+        conn.execute("CREATE TABLE exported AS SELECT 7 AS n")
+    export = alice.call("POST", f"/databases/{db['id']}/backups", {"kind": "logical"}).json()
+    done = wait_for(alice, f"/databases/{db['id']}/backups/{export['id']}", ("done", "failed"))
+    assert done["state"] == "done", done
+    row = Backup.objects.get(pk=export["id"])
+    on_target = target.data_dir / "backups" / row.location
+    assert on_target.exists()
+    assert not (settings.DATA_DIR / "backups" / row.location).exists()
+    download = alice.client.get(
+        f"/api/v1/databases/{db['id']}/backups/{export['id']}/download",
+        HTTP_AUTHORIZATION=f"Bearer {alice.token}",
+    )
+    assert download.status_code == 200
+    body = b"".join(download.streaming_content)
+    assert hashlib.sha256(body).hexdigest() == done["sha256"]
+    # Retention: the file goes from the host that has it.
+    Plan.objects.filter(name="free").update(backups_kept=0)
+    assert backups.backups_expire() == 1
+    wait_until(lambda: not on_target.exists(), timeout=30)
+
+
+def test_a_host_serves_only_urls_the_control_plane_signed(live, fleet):
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from dbaas.env import pki_dir
+    from tenants.host import exports
+
+    target = fleet[0]
+    location = "nobody/1-x.dump"
+    context = ssl.create_default_context(cafile=str(pki_dir() / "ca.crt"))
+    base = f"https://{target.local.address}:{settings.DBAAS_EXPORTS_PORT}"
+    key = exports.signing_key(pki_dir())
+    good = exports.signed_path(key, location)
+    for path, status in [
+        (good, 404),  # signed, but no such file: nothing else is said
+        (good.replace("sig=", "sig=0"), 403),
+        (exports.signed_path(b"another key", location), 403),
+        (exports.signed_path(key, location, now=time.time() - 3600), 403),
+        (exports.signed_path(key, "../../pki/ca.key"), 404),
+        ("/exports/x", 403),
+    ]:
+        try:
+            urllib.request.urlopen(base + path, timeout=10, context=context)  # noqa: S310
+            raise AssertionError(f"{path} was served")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == status, (path, exc.code)

@@ -114,6 +114,7 @@ def get_backup(request: HttpRequest, tenant_id: TenantId, backup_id: BackupId):
             400: (Error, "It is a physical backup"),
             404: NO_BACKUP,
             409: (Error, "The export is not done"),
+            503: (Error, "The host that keeps the export does not answer now"),
         },
     ),
 )

@@ -51,6 +51,13 @@ class LocalStore(BackupStore):
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def size(self, key: str) -> int:
+        """Bytes of a complete object; StoreError if there is none (or a bad key)."""
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise StoreError(f"backup object {key!r} is missing from the local store") from None
+
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
 
