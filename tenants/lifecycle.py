@@ -75,14 +75,19 @@ def host_register(
     *, name: str, public_host: str, pooler_port: int, max_tenants: int | None = None
 ) -> Host:
     """Create or update a host's row (run by the host as it starts): where clients
-    reach its pooler, and how many databases it takes (`max_tenants`, if given)."""
+    reach its pooler, and how many databases it takes (`max_tenants`, if given).
+    Starting is a sign of life: it counts as a heartbeat (a host that was down is
+    up again)."""
+    now = timezone.now()
     values: dict[str, object] = {"public_host": public_host, "pooler_port": pooler_port}
     if max_tenants is not None:
         values["max_tenants"] = max_tenants
-    host, created = Host.objects.get_or_create(name=name, defaults=values)
-    if not created and any(getattr(host, field) != value for field, value in values.items()):
-        Host.objects.filter(pk=host.pk).update(**values)
+    host, created = Host.objects.get_or_create(name=name, defaults=values | {"heartbeat_at": now})
+    if not created:
+        Host.objects.filter(pk=host.pk).update(**values, heartbeat_at=now, down_since=None)
+        if host.down_since is not None:
+            event_record(host=host, action="host_up", message="registered as it started")
         host.refresh_from_db()
-    if created:
+    else:
         event_record(host=host, action="host_register", message=f"{public_host}:{pooler_port}")
     return host

@@ -1,6 +1,7 @@
 """Reads: what the API, the web pages and the host agent look up."""
 
 import hashlib
+from datetime import timedelta
 
 from django.conf import settings
 from django.db.models import Count, Q, QuerySet
@@ -45,9 +46,17 @@ def tenant_get(*, account: Account, tenant_id: int | str) -> Tenant:
 
 
 def host_pick() -> Host | None:
-    """The accepting host with the most room left."""
+    """The accepting host with the most room left, among those alive: not marked
+    down, and heard from (a heartbeat, or its registration as it started) within
+    DBAAS_HOST_DOWN_AFTER, so that a host that stopped gets no new databases even
+    before the next beat marks it down."""
+    heard_since = timezone.now() - timedelta(seconds=settings.DBAAS_HOST_DOWN_AFTER)
     hosts = (
-        Host.objects.filter(accepting=True)
+        Host.objects.filter(accepting=True, down_since__isnull=True)
+        .filter(
+            Q(heartbeat_at__gte=heard_since)
+            | Q(heartbeat_at__isnull=True, created_at__gte=heard_since)
+        )
         .annotate(live=Count("tenants", filter=~Q(tenants__state=Tenant.State.DELETED)))
         .order_by("live", "name")
     )

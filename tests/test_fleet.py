@@ -126,7 +126,7 @@ def test_a_host_that_stops_is_down_and_serves_again_when_back(live, alice, fleet
     assert db["host"] == target.local.address
     with connect(db["connection_string"]) as conn:
         conn.execute("CREATE TABLE kept AS SELECT 42 AS answer")
-    wait_until(lambda: Host.objects.get(name=target.name).heartbeat_at is not None, timeout=30)
+    wait_until(lambda: Host.objects.get(name=target.name).health, timeout=30)  # a heartbeat
     target.kill()
     stopped = time.monotonic()
     try:

@@ -19,7 +19,8 @@ def this_host() -> Host:
 
 def test_a_host_whose_agent_dies_is_down_in_time_and_serves_again(live, alice, platform):
     db = create(alice, "beating")
-    wait_until(lambda: this_host().heartbeat_at is not None, timeout=30)
+    # Its first heartbeat (registering set heartbeat_at, not the health).
+    wait_until(lambda: this_host().health, timeout=30)
     assert this_host().health == {"pooler": "ok", "disk": "ok"}
     assert HostAdmin.status(None, this_host()) == "up"  # type: ignore[arg-type]
     kill_service(platform, "worker")
@@ -51,3 +52,22 @@ def test_healthz_speaks_for_the_control_plane(live, client):
     response = client.get("/healthz")
     assert response.status_code == 200, response.content
     assert response.json() == {"status": "ok", "checks": {"controlplane": "ok", "redis": "ok"}}
+
+
+def test_new_databases_go_only_to_hosts_that_are_alive(live, alice):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    long_ago = timezone.now() - timedelta(hours=1)
+    # Empty, first by name, never heard from for an hour; and one marked down.
+    silent = Host.objects.create(name="a-silent", public_host="10.255.0.1")
+    Host.objects.filter(pk=silent.pk).update(created_at=long_ago)
+    Host.objects.create(name="b-down", public_host="10.255.0.2", down_since=long_ago)
+    db = create(alice, "placed")
+    assert db["host"] == settings.DBAAS_PUBLIC_HOST
+    # A host that starts again registers, which counts as a sign of life.
+    from tenants import lifecycle
+
+    lifecycle.host_register(name="a-silent", public_host="10.255.0.1", pooler_port=6432)
+    assert Host.objects.get(name="a-silent").heartbeat_at > long_ago
