@@ -14,6 +14,7 @@ pytestmark = pytest.mark.django_db
     [
         ("POST", "/databases", {"name": 42}, 400, "field 'name' must be a string"),
         ("POST", "/databases", {}, 400, "field 'name' is required"),
+        ("POST", "/databases", None, 400, "a JSON object is required as the request body"),
         ("POST", "/databases", [1], 400, "request body must be a JSON object"),
         ("POST", "/databases", "app", 400, "request body must be a JSON object"),
         ("POST", "/databases/1/backups", {"kind": "tar"}, 400, "field 'kind' must be"),

@@ -78,6 +78,8 @@ def describe(source: str, where: list[Any], error: dict[str, Any]) -> str:
     """A pydantic error as one sentence: `field 'name' must be a string`."""
     if source == "body" and len(where) <= 1:
         # The body as a whole (its parameter's name is django-ninja's, not the caller's).
+        if error["type"] == "missing":
+            return "a JSON object is required as the request body"
         return "request body must be a JSON object"
     path = where[1:] if source == "body" else where
     what = {"body": "field", "query": "query parameter"}.get(source, source)

@@ -8,7 +8,6 @@ its own (dbaas/netns.py, root only), removed again on exit. Ctrl-C stops all of 
 tenant instances included; the next `up` brings the same tenants back.
 """
 
-import fcntl
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from dbaas import localservices, netns
+from dbaas import localservices, locks, netns
 from dbaas.env import BASE_DIR, env_int, env_str, pki_dir, services_dir
 from dbaas.foreground import wait_all
 
@@ -27,14 +26,14 @@ class Command(BaseCommand):
     help = "Run the whole platform in the foreground (Ctrl-C stops it)."
 
     def handle(self, *args, **options):
-        settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
-        lock = open(settings.DATA_DIR / "up.lock", "w")  # noqa: SIM115 - held until exit
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CommandError(
-                f"the platform is already running from {settings.DATA_DIR} (another `make run`)"
-            ) from None
+        with locks.held("up", timeout=0) as mine:
+            if not mine:
+                raise CommandError(
+                    f"the platform is already running from {settings.DATA_DIR} (another `make run`)"
+                )
+            self._up()
+
+    def _up(self) -> None:
         # Stop at exit only what this command started.
         started = [s for s in localservices.managed_services() if not s.is_running()]
         for service in localservices.managed_services():
@@ -50,7 +49,6 @@ class Command(BaseCommand):
                 netns.fleet_down(settings.DBAAS_NETNS_SLOT)
             for service in reversed(started):
                 service.stop()
-            lock.close()
 
     def _prepare(self) -> None:
         call_command("migrate", interactive=False, verbosity=0)

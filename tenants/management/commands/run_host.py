@@ -7,7 +7,6 @@ Redis (DATABASE_URL, REDIS_URL); it registers itself with its address
 next start brings them back.
 """
 
-import fcntl
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from dbaas import locks
 from dbaas.celery import host_queue
 from dbaas.env import BASE_DIR
 from dbaas.foreground import wait_all
@@ -30,12 +30,12 @@ class Command(BaseCommand):
     help = "Run this machine as a host of the platform (Ctrl-C stops it)."
 
     def handle(self, *args, **options):
-        settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
-        lock = open(settings.DATA_DIR / "host.lock", "w")  # noqa: SIM115 - held until exit
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CommandError(f"a host already runs from {settings.DATA_DIR}") from None
+        with locks.held("host", timeout=0) as mine:
+            if not mine:
+                raise CommandError(f"a host already runs from {settings.DATA_DIR}")
+            self._run()
+
+    def _run(self) -> None:
         try:
             call_command("build_image")
             host = lifecycle.host_register(
@@ -65,7 +65,6 @@ class Command(BaseCommand):
             wait_all([honcho])
         finally:
             self._stop_instances()
-            lock.close()
 
     def _stop_instances(self) -> None:
         """Every instance of this host, from its own files (no control plane needed)."""
