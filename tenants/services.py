@@ -342,8 +342,8 @@ def host_heartbeat_record(*, name: str, checks: dict[str, str]) -> None:
 
 def hosts_mark_down(*, now=None) -> int:
     """Hosts silent for longer than DBAAS_HOST_DOWN_AFTER: down since their last
-    heartbeat (since they registered, if they never sent one). Nothing else changes:
-    their databases keep their states and come back with the host."""
+    heartbeat (since they registered, if they never sent one). Their databases keep
+    their states and come back with the host, but those it was still to make fail."""
     now = now or timezone.now()
     silent_since = now - timedelta(seconds=settings.DBAAS_HOST_DOWN_AFTER)
     marked = 0
@@ -356,5 +356,21 @@ def hosts_mark_down(*, now=None) -> int:
             event_record(
                 host=host, action="host_down", message=f"no heartbeat since {last:%H:%M:%S}"
             )
+            _fail_provisionings_on(host)
             marked += 1
     return marked
+
+
+def _fail_provisionings_on(host: Host) -> None:
+    """Databases the stopped host was still to make: failed now, with the reason, not
+    left `provisioning` until it is back (their owners delete them and create them
+    again; the host discards what it made when it returns: its reconcile)."""
+    for tenant in Tenant.objects.filter(host=host, state=State.PROVISIONING):
+        tenant_transition(
+            tenant=tenant,
+            from_states=[State.PROVISIONING],
+            to_state=State.FAILED,
+            reason=f"its host {host.name} stopped before making it; delete it and create it again",
+            actor="heartbeat",
+            action="provision",
+        )

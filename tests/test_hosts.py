@@ -71,3 +71,40 @@ def test_new_databases_go_only_to_hosts_that_are_alive(live, alice):
 
     lifecycle.host_register(name="a-silent", public_host="10.255.0.1", pooler_port=6432)
     assert Host.objects.get(name="a-silent").heartbeat_at > long_ago
+
+
+def test_a_provisioning_on_a_host_that_stops_fails_with_the_reason(live, alice):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tenants import lifecycle, services
+    from tenants.models import Account, Tenant
+
+    lifecycle.host_register(name="a-gone", public_host="10.255.0.3", pooler_port=6432)
+    account = Account.objects.get(user__email="alice@example.com")
+    # Placed there (alive, empty, first by name); its agent never picks the work up.
+    tenant, _password = services.tenant_create(account=account, name="lost", actor="test")
+    assert tenant.host.name == "a-gone" and tenant.state == "provisioning"
+    Host.objects.filter(name="a-gone").update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    assert services.hosts_mark_down() == 1  # this session's host answers: only a-gone
+    tenant.refresh_from_db()
+    assert tenant.state == "failed"
+    assert "its host a-gone stopped before making it" in tenant.state_reason
+    shown = alice.call("GET", f"/databases/{tenant.pk}").json()
+    assert shown["state"] == "failed" and shown["available"] is False
+    assert Tenant.objects.filter(host__name=settings.DBAAS_HOST_NAME).count() == 0
+
+
+def test_a_host_discards_what_it_holds_of_a_failed_database(live, alice):
+    from tenants.host import agent
+    from tenants.models import Tenant
+    from unikernel_images.runtimes.base import InstanceState
+
+    db = create(alice, "leftover")
+    tenant = Tenant.objects.get(pk=db["id"])
+    # Failed by the control plane while this host could not clean up.
+    Tenant.objects.filter(pk=tenant.pk).update(state="failed")
+    runtime = agent.runtime_for(tenant)
+    wait_until(lambda: runtime.status(tenant.instance_id).state is InstanceState.MISSING, 30)
+    assert tenant.database_name not in agent.pooler().database_names()

@@ -20,6 +20,7 @@ from tenants.backup_stores import get_store
 from tenants.host import agent, backups, usage
 from tenants.lifecycle import event_record, tenant_transition
 from tenants.models import Backup, Host, Restore, Tenant
+from unikernel_images.runtimes.base import InstanceState
 
 log = logging.getLogger(__name__)
 # What the host reports goes back by task name on the control queue: the host side
@@ -385,6 +386,14 @@ def _reconcile_tenant(tenant: Tenant, now) -> str | None:
     if tenant.state == State.DELETING and stuck:
         instance_destroy(tenant.pk)
         return "deleted"
+    if (
+        tenant.state == State.FAILED
+        and agent.runtime_for(tenant).status(tenant.instance_id).state is not InstanceState.MISSING
+    ):
+        # Failed while this host could not clean up (the control plane fails a
+        # provisioning whose host stopped): what was made here goes.
+        agent.instance_destroy(tenant)
+        return "discarded"
     return None
 
 
