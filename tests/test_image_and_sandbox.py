@@ -16,7 +16,8 @@ from unikernel_images.paths import images_dir
 from unikernel_images.runtimes import get_runtime
 from unikernel_images.runtimes.base import InstanceError, InstanceSpec, InstanceState
 
-pytestmark = pytest.mark.timeout(120)
+# It builds the image and starts tenant servers: not for the fast tier.
+pytestmark = [pytest.mark.timeout(120), pytest.mark.platform]
 MAJOR = newest_major()
 
 
