@@ -200,9 +200,9 @@ def test_purge_deletes_every_backup_with_the_database(database, alice):
     assert alice.call("DELETE", f"/databases/{database['id']}?purge=maybe").status_code == 400
     assert alice.call("DELETE", f"/databases/{database['id']}?purge=true").status_code == 202
     assert Backup.objects.get(pk=backup["id"]).state == "expired"
-    assert not (
-        settings.DATA_DIR / "backups" / Backup.objects.get(pk=backup["id"]).location
-    ).exists()
+    # The file goes from the database's host, on its bulk queue.
+    stored = settings.DATA_DIR / "backups" / Backup.objects.get(pk=backup["id"]).location
+    wait_until(lambda: not stored.exists(), timeout=30)
     assert alice.call("GET", "/backups").json() == {"backups": []}
 
 
