@@ -14,6 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from dbaas.env import pki_dir, services_dir
+
 NETNS_DIR = Path("/run/netns")
 
 
@@ -26,6 +28,18 @@ class LocalHost:
     def enter(self) -> list[str]:
         """The command prefix that runs a program in this host's network namespace."""
         return ["nsenter", f"--net={NETNS_DIR / self.namespace}", "--"]
+
+    def environment(self, data: Path) -> dict[str, str]:
+        """What `manage.py run_host` needs to be this host: its name, data root and
+        address, and the control plane's services and CA, which it shares."""
+        return {
+            "DBAAS_HOST_NAME": self.name,
+            "DBAAS_DATA_DIR": str(data),
+            "DBAAS_SERVICES_DIR": str(services_dir()),
+            "DBAAS_PKI_DIR": str(pki_dir()),
+            "DBAAS_PUBLIC_HOST": self.address,
+            "DBAAS_PGBOUNCER_LISTEN": self.address,
+        }
 
 
 def bridge_name(slot: int) -> str:

@@ -76,18 +76,26 @@ def host_register(
 ) -> Host:
     """Create or update a host's row (run by the host as it starts): where clients
     reach its pooler, and how many databases it takes (`max_tenants`, if given).
-    Starting is a sign of life: it counts as a heartbeat (a host that was down is
-    up again)."""
-    now = timezone.now()
+    Starting is a sign of life: it counts as a heartbeat."""
     values: dict[str, object] = {"public_host": public_host, "pooler_port": pooler_port}
     if max_tenants is not None:
         values["max_tenants"] = max_tenants
-    host, created = Host.objects.get_or_create(name=name, defaults=values | {"heartbeat_at": now})
-    if not created:
-        Host.objects.filter(pk=host.pk).update(**values, heartbeat_at=now, down_since=None)
-        if host.down_since is not None:
-            event_record(host=host, action="host_up", message="registered as it started")
-        host.refresh_from_db()
-    else:
+    host, created = Host.objects.get_or_create(
+        name=name, defaults=values | {"heartbeat_at": timezone.now()}
+    )
+    if created:
         event_record(host=host, action="host_register", message=f"{public_host}:{pooler_port}")
+    else:
+        host_heard_from(host, "registered as it started", **values)
+        host.refresh_from_db()
     return host
+
+
+def host_heard_from(host: Host, how: str, **fields: object) -> None:
+    """A sign of life from `host` (a heartbeat, its registration): alive now, with
+    `fields` updated; a host that was down is up again, and says so."""
+    Host.objects.filter(pk=host.pk).update(heartbeat_at=timezone.now(), down_since=None, **fields)
+    if host.down_since is not None:
+        event_record(
+            host=host, action="host_up", message=f"{how}; down since {host.down_since:%H:%M:%S}"
+        )

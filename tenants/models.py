@@ -37,6 +37,12 @@ class Host(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @staticmethod
+    def heard_from_since(since) -> Q:
+        """Hosts with a sign of life since `since`: a heartbeat (registering counts as
+        one), or, never having sent one, their creation."""
+        return Q(heartbeat_at__gte=since) | Q(heartbeat_at__isnull=True, created_at__gte=since)
+
     @property
     def down_reason(self) -> str:
         """Why its databases cannot be reached now ("" while the host answers)."""

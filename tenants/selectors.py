@@ -53,10 +53,7 @@ def host_pick() -> Host | None:
     heard_since = timezone.now() - timedelta(seconds=settings.DBAAS_HOST_DOWN_AFTER)
     hosts = (
         Host.objects.filter(accepting=True, down_since__isnull=True)
-        .filter(
-            Q(heartbeat_at__gte=heard_since)
-            | Q(heartbeat_at__isnull=True, created_at__gte=heard_since)
-        )
+        .filter(Host.heard_from_since(heard_since))
         .annotate(live=Count("tenants", filter=~Q(tenants__state=Tenant.State.DELETED)))
         .order_by("live", "name")
     )

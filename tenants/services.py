@@ -29,7 +29,7 @@ from tenants.errors import (
     Unavailable,
 )
 from tenants.host import tasks as host_tasks
-from tenants.lifecycle import event_record, tenant_transition
+from tenants.lifecycle import event_record, host_heard_from, tenant_transition
 from tenants.models import Account, ApiToken, Host, Plan, Tenant
 from unikernel_images.image import default_image_name
 
@@ -331,13 +331,9 @@ def tenant_wait(*, tenant: Tenant, until, timeout: float) -> Tenant:
 def host_heartbeat_record(*, name: str, checks: dict[str, str]) -> None:
     """A heartbeat from a host: alive now, with what it says of its parts; a host that
     was down is up again."""
-    now = timezone.now()
     host = Host.objects.filter(name=name).first()
-    if host is None:
-        return
-    Host.objects.filter(pk=host.pk).update(heartbeat_at=now, health=checks, down_since=None)
-    if host.down_since is not None:
-        event_record(host=host, action="host_up", message=f"down since {host.down_since:%H:%M:%S}")
+    if host is not None:  # else its row is gone (a test database flushed, say)
+        host_heard_from(host, "heartbeat", health=checks)
 
 
 def hosts_mark_down(*, now=None) -> int:
@@ -347,10 +343,11 @@ def hosts_mark_down(*, now=None) -> int:
     now = now or timezone.now()
     silent_since = now - timedelta(seconds=settings.DBAAS_HOST_DOWN_AFTER)
     marked = 0
-    for host in Host.objects.filter(down_since__isnull=True):
+    silent = Host.objects.filter(down_since__isnull=True).exclude(
+        Host.heard_from_since(silent_since)
+    )
+    for host in silent:
         last = host.heartbeat_at or host.created_at
-        if last >= silent_since:
-            continue
         # Claimed: two beats at once mark it (and say so) once.
         if Host.objects.filter(pk=host.pk, down_since__isnull=True).update(down_since=last):
             event_record(

@@ -13,7 +13,6 @@ import pytest
 from django.conf import settings
 
 from dbaas import netns
-from dbaas.env import services_dir
 from tenants import backups, lifecycle
 from tenants.models import Backup, Event, Host, Plan, Tenant
 from tests.conftest import Service, connect, wait_until
@@ -35,15 +34,8 @@ class FleetHost:
         self.service: Service | None = None
 
     def start(self, generation: int = 1) -> None:
-        env = {
-            "DBAAS_HOST_NAME": self.name,
-            "DBAAS_DATA_DIR": str(self.data_dir),
-            "DBAAS_SERVICES_DIR": str(services_dir()),
-            "DBAAS_PKI_DIR": str(settings.DATA_DIR / "pki"),  # the platform's one CA
-            "DBAAS_PUBLIC_HOST": self.local.address,
-            "DBAAS_PGBOUNCER_LISTEN": self.local.address,
-        }
         command = [*self.local.enter(), sys.executable, "manage.py", "run_host"]
+        env = self.local.environment(self.data_dir)
         self.service = Service(f"{self.name}-{generation}", command, env=env)
         self.service.wait_for(self.ready, timeout=180)
 

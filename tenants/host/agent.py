@@ -160,7 +160,6 @@ def instance_provision(tenant: Tenant) -> None:
 def instance_provision_from_backup(tenant: Tenant) -> None:
     """Like instance_provision, with the data of `tenant.restored_from` (checked
     against its sha256 while unpacking) instead of the image's template."""
-
     backup = tenant.restored_from
     assert backup is not None, "only for a tenant made from a backup"
     source = backup.tenant

@@ -386,15 +386,20 @@ def _reconcile_tenant(tenant: Tenant, now) -> str | None:
     if tenant.state == State.DELETING and stuck:
         instance_destroy(tenant.pk)
         return "deleted"
-    if (
-        tenant.state == State.FAILED
-        and agent.runtime_for(tenant).status(tenant.instance_id).state is not InstanceState.MISSING
-    ):
+    if tenant.state == State.FAILED and _leftover(tenant):
         # Failed while this host could not clean up (the control plane fails a
         # provisioning whose host stopped): what was made here goes.
         agent.instance_destroy(tenant)
         return "discarded"
     return None
+
+
+def _leftover(tenant: Tenant) -> bool:
+    """An instance of a failed tenant is here, and no provisioning of it is still
+    running (one that began before the control plane failed it finishes first)."""
+    if locks.is_held(work_lock("provision", tenant.pk)):
+        return False
+    return agent.runtime_for(tenant).status(tenant.instance_id).state is not InstanceState.MISSING
 
 
 @shared_task(acks_late=True)

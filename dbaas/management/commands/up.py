@@ -18,7 +18,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from dbaas import localservices, locks, netns
-from dbaas.env import BASE_DIR, env_int, env_str, pki_dir, services_dir
+from dbaas.env import BASE_DIR, env_int, env_str
 from dbaas.foreground import wait_all
 
 
@@ -76,14 +76,7 @@ class Command(BaseCommand):
         names = [f"{settings.DBAAS_HOST_NAME}-{n}" for n in range(1, settings.DBAAS_HOSTS + 1)]
         hosts = []
         for local in netns.fleet_up(names, settings.DBAAS_NETNS_SLOT):
-            env = {
-                "DBAAS_HOST_NAME": local.name,
-                "DBAAS_DATA_DIR": str(settings.DATA_DIR / "hosts" / local.name),
-                "DBAAS_SERVICES_DIR": str(services_dir()),
-                "DBAAS_PKI_DIR": str(pki_dir()),
-                "DBAAS_PUBLIC_HOST": local.address,
-                "DBAAS_PGBOUNCER_LISTEN": local.address,
-            }
+            env = local.environment(settings.DATA_DIR / "hosts" / local.name)
             hosts.append((local.enter(), env))
         return hosts
 
