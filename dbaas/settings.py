@@ -236,6 +236,9 @@ DBAAS_HOST_CAPACITY = env_int("DBAAS_HOST_CAPACITY", 1000, minimum=1)
 # Where each host serves its logical exports to the control plane's web server
 # (TLS, signed URLs: tenants/host/exports.py), on its DBAAS_PGBOUNCER_LISTEN address.
 DBAAS_EXPORTS_PORT = env_int("DBAAS_EXPORTS_PORT", 6434, minimum=1)
+# After a database moves to another host (manage.py drain_host), the old host's
+# pooler forwards its old connection string to the new one for this many days.
+DBAAS_MOVE_FORWARD_DAYS = env_int("DBAAS_MOVE_FORWARD_DAYS", 30, minimum=0)
 # `make run` with DBAAS_HOSTS=N > 1: N hosts on this machine, each in a network
 # namespace of its own (dbaas/netns.py), beside the control plane.
 DBAAS_HOSTS = env_int("DBAAS_HOSTS", 1, minimum=1)

@@ -9,7 +9,9 @@ import functools
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,9 @@ class DatabaseEntry:
     owner: str | None
     pool_mode: str | None = None  # None: the default (session)
     max_clients: int | None = None  # client connections at once; None: no limit
+    # Another host's pooler to forward to (a database moved there), over TLS checked
+    # against the platform's CA, instead of the local socket_dir.
+    forward_to: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,9 @@ class PgBouncer:
         self.hba_file = root / "pgbouncer_hba.conf"
         self.tls_cert = root / "server.crt"
         self.tls_key = root / "server.key"
+        # The platform's CA certificate, beside them: the pooler's account may not
+        # enter the PKI directory (the CA's key is there).
+        self.ca_cert = root / "ca.crt"
         self.pki = pki or root.parent / "pki"  # the platform's CA
         self.socket_dir = root.parent / "run" / "pgbouncer"
         # Its log, as a file too: poolers/login_guard.py reads the failed logins there.
@@ -124,9 +132,10 @@ class PgBouncer:
             write_atomic(self._admin_secret_file, scram_secret(password), mode=0o600)
         # The host's certificate, signed by the platform's CA (poolers/tls.py).
         tls.ensure_host_certificate(self.pki, self.tls_cert, self.tls_key, public_host)
+        write_atomic(self.ca_cert, (self.pki / "ca.crt").read_text(), mode=0o640)
         # Readable by the pooler's account (it may have changed since they were written).
         existing = [f for f in (self.ini, self.auth_file, self.hba_file) if f.exists()]
-        for path in (self.tls_key, self.tls_cert, *existing):
+        for path in (self.tls_key, self.tls_cert, self.ca_cert, *existing):
             os.chmod(path, 0o640)
             chown(
                 path, "root" if os.geteuid() == 0 else self.service_user, group_of=self.service_user
@@ -160,6 +169,7 @@ class PgBouncer:
             max_client_conn=self.max_client_conn,
             tls_key=self.tls_key,
             tls_cert=self.tls_cert,
+            ca_file=self.ca_cert,
             users=sorted(users, key=lambda u: u.name),
             features=self.features,
         )
@@ -273,8 +283,44 @@ class PgBouncer:
         does not know it (any more)."""
         return self._ignoring_unknown(f"KILL {_ident(database)}")
 
+    def pause(self, databases: list[str], release: Callable[[], None], timeout: float = 30) -> None:
+        """Hold the new clients of `databases` (they wait in the pooler) until
+        resume(). PAUSE returns only once their server connections are gone:
+        `release()`, called once PgBouncer holds new clients, must end them (it stops
+        the server; its clients are disconnected). Not KILL: PgBouncer 1.24.1 can
+        crash on a KILL while clients log in (pgbouncer/pgbouncer#1401)."""
+        known = [name for name in databases if name in self.database_names()]
+        errors: list[Exception] = []
+
+        def pause_one(name: str) -> None:
+            try:
+                self.admin(f"PAUSE {_ident(name)}")
+            except PoolerError as exc:
+                if "already" not in str(exc):  # paused by an earlier attempt
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=pause_one, args=(n,), daemon=True) for n in known]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + timeout
+        while not errors and not self._paused(known):
+            if time.monotonic() > deadline:
+                raise PoolerError(f"pgbouncer did not pause {known}")
+            time.sleep(0.01)
+        release()
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if errors:
+            raise errors[0]
+        if any(thread.is_alive() for thread in threads):
+            raise PoolerError(f"pgbouncer PAUSE of {known} did not finish in {timeout} s")
+
+    def _paused(self, databases: list[str]) -> bool:
+        paused = {row["name"] for row in self.admin("SHOW DATABASES") if row.get("paused")}
+        return set(databases) <= paused
+
     def resume(self, database: str) -> bool:
-        """Undo a KILL's pause: a database given back after one takes clients again."""
+        """Undo a pause (PAUSE or KILL): the database takes clients again."""
         return self._ignoring_unknown(f"RESUME {_ident(database)}")
 
     def _ignoring_unknown(self, command: str) -> bool:

@@ -7,11 +7,38 @@ from django.contrib import admin, messages
 from dbaas.units import human_bytes
 from tenants import services
 from tenants.errors import ServiceError
-from tenants.models import Account, ApiToken, Backup, Event, Host, Plan, Restore, Tenant
+from tenants.models import (
+    Account,
+    ApiToken,
+    Backup,
+    Event,
+    Host,
+    Move,
+    Plan,
+    Restore,
+    Tenant,
+)
+
+
+@admin.action(description="Drain (move every database to other hosts)")
+def drain_hosts(modeladmin, request, queryset):
+    from tenants.tasks import host_drain
+
+    actor = f"admin:{request.user.get_username()}"
+    for host in queryset:
+        host_drain.apply_async((host.pk, actor))
+    names = ", ".join(h.name for h in queryset)
+    modeladmin.message_user(
+        request,
+        f"Draining {names}: no new databases go there, and each one is moved off in "
+        "turn. Progress is in Moves and in the events.",
+        messages.SUCCESS,
+    )
 
 
 @admin.register(Host)
 class HostAdmin(admin.ModelAdmin):
+    actions = [drain_hosts]
     list_display = (
         "name",
         "status",
@@ -235,3 +262,27 @@ class RestoreAdmin(admin.ModelAdmin):
     list_display = ("id", "tenant", "backup", "state", "progress", "created_at", "finished_at")
     list_filter = ("state",)
     readonly_fields = [f.name for f in Restore._meta.fields]
+
+
+@admin.register(Move)
+class MoveAdmin(admin.ModelAdmin):
+    """Databases moved between hosts (drains): read-only, the hosts write them."""
+
+    list_display = (
+        "tenant",
+        "source",
+        "target",
+        "from_state",
+        "state",
+        "pause_ms",
+        "created_at",
+        "forward_until",
+    )
+    list_filter = ("state", "source", "target")
+    search_fields = ("tenant__name", "tenant__slug")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

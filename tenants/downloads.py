@@ -2,9 +2,6 @@
 as it is read (never held in memory), from the S3 store, or from the host that keeps
 it in its own store (tenants/host/exports.py), wherever that host is."""
 
-import ssl
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 from django.conf import settings
@@ -15,8 +12,6 @@ from tenants.backup_stores import get_store
 from tenants.errors import Unavailable
 from tenants.host import exports
 from tenants.models import Backup, Tenant
-
-CHUNK = 1 << 20
 
 
 def export_response(tenant: Tenant, backup: Backup) -> StreamingHttpResponse:
@@ -32,25 +27,13 @@ def export_response(tenant: Tenant, backup: Backup) -> StreamingHttpResponse:
 
 
 def _from_host(tenant: Tenant, backup: Backup) -> Iterator[bytes]:
-    """The export's bytes from its host, over TLS checked against the platform's CA
-    (the host's certificate names its public address); opened before the answer
-    starts, so that a host that does not answer is a 503, not a broken download."""
+    """The export's bytes from its host (a 503 if that host does not serve it now)."""
     host = tenant.host
-    path = exports.signed_path(exports.signing_key(pki_dir()), backup.location)
-    url = f"https://{host.public_host}:{settings.DBAAS_EXPORTS_PORT}{path}"
-    context = ssl.create_default_context(cafile=str(pki_dir() / "ca.crt"))
     try:
-        answer = urllib.request.urlopen(url, timeout=30, context=context)  # noqa: S310
-    except urllib.error.HTTPError as exc:
-        raise Unavailable(f"host {host.name} cannot serve this export: {exc.reason}") from exc
-    except (urllib.error.URLError, OSError) as exc:
+        return exports.fetch(
+            host.public_host, settings.DBAAS_EXPORTS_PORT, pki_dir(), backup.location
+        )
+    except exports.FetchError as exc:
         raise Unavailable(
-            f"the export is on host {host.name}, which does not answer now; try again later"
+            f"the export is on host {host.name}, which cannot serve it now ({exc}); try again later"
         ) from exc
-
-    def chunks() -> Iterator[bytes]:
-        with answer:
-            while chunk := answer.read(CHUNK):
-                yield chunk
-
-    return chunks()

@@ -180,6 +180,8 @@ class Tenant(models.Model):
         FAILED = "failed"
         # By an operator: connections refused, instance stopped, data kept.
         SUSPENDED = "suspended"
+        # Being moved to another host (tenants/moves.py): its clients wait meanwhile.
+        MOVING = "moving"
 
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="tenants")
     plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="tenants")
@@ -298,6 +300,54 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} {self.message}"
+
+
+class Move(models.Model):
+    """A tenant moved from one host to another (tenants/moves.py, tenants/host/moves.py).
+
+    While it runs it says which step it is at; once done, the source host's pooler
+    forwards the tenant's old connection string to the target until `forward_until`.
+    """
+
+    class State(models.TextChoices):
+        PAUSING = "pausing"  # the source holds new clients and stops the instance
+        COPYING = "copying"  # the target fetches its data and backups from the source
+        FINISHING = "finishing"  # running on the target; the source cleans up
+        DONE = "done"
+        FAILED = "failed"  # back on the source as it was
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="moves")
+    source = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="moves_out")
+    target = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="moves_in")
+    # The tenant's state before the move, which it gets back after (or on failure).
+    from_state = models.CharField(max_length=20)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PAUSING)
+    error = models.TextField(blank=True)
+    # The instance's data as the source packed it, in the source's local store.
+    archive_location = models.CharField(max_length=500, blank=True)
+    archive_sha256 = models.CharField(max_length=64, blank=True)
+    archive_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    requested_by = models.CharField(max_length=254, default="system")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # When the source began holding the tenant's clients, and for how long it did.
+    paused_at = models.DateTimeField(null=True, blank=True)
+    pause_ms = models.PositiveIntegerField(null=True, blank=True)
+    forward_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # One move of a tenant at a time.
+            models.UniqueConstraint(
+                fields=["tenant"],
+                condition=Q(state__in=["pausing", "copying", "finishing"]),
+                name="move_one_at_a_time",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.source} -> {self.target} ({self.state})"
 
 
 class Backup(models.Model):

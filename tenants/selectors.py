@@ -45,7 +45,7 @@ def tenant_get(*, account: Account, tenant_id: int | str) -> Tenant:
         raise NotFound(f"database {tenant_id} not found") from None
 
 
-def host_pick() -> Host | None:
+def host_pick(exclude: Host | None = None) -> Host | None:
     """The accepting host with the most room left, among those alive: not marked
     down, and heard from (a heartbeat, or its registration as it started) within
     DBAAS_HOST_DOWN_AFTER, so that a host that stopped gets no new databases even
@@ -57,6 +57,8 @@ def host_pick() -> Host | None:
         .annotate(live=Count("tenants", filter=~Q(tenants__state=Tenant.State.DELETED)))
         .order_by("live", "name")
     )
+    if exclude is not None:
+        hosts = hosts.exclude(pk=exclude.pk)
     for host in hosts:
         if host.live < host.max_tenants:
             return host

@@ -5,7 +5,7 @@ from celery import shared_task
 from django.conf import settings
 
 from dbaas.celery import host_bulk_queue, host_queue
-from tenants import backups, services
+from tenants import backups, moves, services
 from tenants.host import backups as host_backups
 from tenants.host.tasks import (
     backups_verify,
@@ -73,3 +73,22 @@ def heartbeat_all_hosts() -> int:
 def heartbeat_received(host_name: str, checks: dict[str, str]) -> None:
     """A host's answer (sent by name from tenants/host/tasks.py::host_heartbeat)."""
     services.host_heartbeat_record(name=host_name, checks=checks)
+
+
+@shared_task
+def host_drain(host_id: int, actor: str, skip: list[int] | None = None) -> str:
+    """An operator's drain from the admin (manage.py drain_host does the same): one
+    database per task, then the task queues itself for the next, so that no task
+    outlives the time limit however many there are."""
+    host = Host.objects.get(pk=host_id)
+    if skip is None:
+        moves.drain_begin(host=host, actor=actor)
+    tried = set(skip or ())
+    outcome = moves.drain_next(
+        host=host, actor=actor, skip=tried, wait=settings.CELERY_TASK_SOFT_TIME_LIMIT - 20
+    )
+    if outcome is None:
+        return "drained"
+    tenant, _moved, line = outcome
+    host_drain.apply_async((host_id, actor, sorted(tried | {tenant.pk})))
+    return line

@@ -290,11 +290,14 @@ def test_create_database_waits_for_a_registrar_that_is_restarting(database, plat
 
     thread = threading.Thread(target=create_database)
     thread.start()
-    time.sleep(1.5)
-    assert thread.is_alive()  # waiting, not failed
-    replacement = Service("activator", [sys.executable, "manage.py", "run_activator"])
-    platform["activator"] = replacement
-    replacement.wait_for(lambda: replacement.log_contains("listening"))
+    try:
+        time.sleep(1.5)
+        assert thread.is_alive(), f"did not wait for the registrar: {outcome}"
+    finally:
+        # Whatever happened, the rest of the session needs an activator.
+        replacement = Service("activator", [sys.executable, "manage.py", "run_activator"])
+        platform["activator"] = replacement
+        replacement.wait_for(lambda: replacement.log_contains("listening"))
     thread.join(30)
     assert outcome == ["created"]
     with connect(_url(database, "while_restarting")) as conn:

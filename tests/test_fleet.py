@@ -5,18 +5,22 @@ Databases spread over the three, each reached at its host's address; a host that
 stops is shown down, and its databases serve again when it is back."""
 
 import hashlib
+import io
 import os
 import sys
+import threading
 import time
 
+import psycopg
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 
 from dbaas import netns
 from tenants import backups, lifecycle
-from tenants.models import Backup, Event, Host, Plan, Tenant
+from tenants.models import Backup, Event, Host, Move, Plan, Tenant
 from tests.conftest import Service, connect, wait_until
-from tests.helpers import create, kill_tree, wait_for
+from tests.helpers import back_up, create, kill_tree, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -198,3 +202,90 @@ def test_a_host_serves_only_urls_the_control_plane_signed(live, fleet):
             raise AssertionError(f"{path} was served")
         except urllib.error.HTTPError as exc:
             assert exc.code == status, (path, exc.code)
+
+
+def test_draining_a_host_moves_its_databases_and_their_old_strings_keep_working(live, alice, fleet):
+    """A running and a sleeping database move off a host: data, backups and the
+    connection strings their owners have stay; the sleeping one is not started;
+    the running one's clients wait a few seconds, and none is refused."""
+    source, target = fleet
+    for host in fleet:
+        host.register()
+    # Both on the host to drain; then only the other fleet host takes databases
+    # (the session's own host is on this machine's loopback, which the fleet's
+    # namespaces do not reach).
+    Host.objects.exclude(name=source.name).update(accepting=False)
+    awake, asleep = create(alice, "awake"), create(alice, "asleep")
+    Host.objects.filter(name=target.name).update(accepting=True)
+    assert awake["host"] == asleep["host"] == source.local.address
+    for db in (awake, asleep):
+        with connect(db["connection_string"], autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE kept AS SELECT '{db['name']}' AS v")
+    backup = back_up(alice, asleep)
+    slept = alice.call("POST", f"/databases/{asleep['id']}/sleep")
+    assert slept.status_code == 200 and slept.json()["state"] == "sleeping", slept.content
+    held = connect(awake["connection_string"], autocommit=True)
+    held.execute("SELECT 1")
+
+    # A client of the running one connects and queries all through the drain.
+    failures: list[Exception] = []
+    slowest = [0.0]
+    stop = threading.Event()
+
+    def keep_connecting() -> None:
+        while not stop.is_set():
+            began = time.monotonic()
+            try:
+                with connect(awake["connection_string"]) as conn:
+                    assert conn.execute("SELECT v FROM kept").fetchone() == ("awake",)
+            except Exception as exc:  # asserted below
+                failures.append(exc)
+            slowest[0] = max(slowest[0], time.monotonic() - began)
+            time.sleep(0.05)
+
+    client = threading.Thread(target=keep_connecting)
+    client.start()
+    out = io.StringIO()
+    try:
+        call_command("drain_host", source.name, stdout=out)
+    finally:
+        stop.set()
+        client.join(60)
+    print(out.getvalue(), f"slowest connect+query during the drain: {slowest[0]:.2f} s")
+    assert "2 moved, 0 not moved, 0 left" in out.getvalue(), out.getvalue()
+    assert not failures, failures
+    assert slowest[0] < 5, slowest[0]
+    # The connection that was open when it moved was closed (its server moved).
+    with pytest.raises(psycopg.OperationalError):
+        held.execute("SELECT 1")
+    held.close()
+
+    moves = {m.tenant.name: m for m in Move.objects.select_related("tenant")}
+    assert {m.state for m in moves.values()} == {"done"}
+    assert moves["awake"].pause_ms is not None and moves["awake"].pause_ms < 5000
+    assert not Host.objects.get(name=source.name).accepting
+    for db, state in ((awake, "running"), (asleep, "sleeping")):
+        shown = alice.call("GET", f"/databases/{db['id']}").json()
+        assert shown["state"] == state and shown["host"] == target.local.address
+        assert "the connection string you had works until" in shown["state_reason"]
+        tenant = Tenant.objects.get(pk=db["id"])
+        assert not (source.data_dir / "instances" / tenant.instance_id).exists()
+        assert (target.data_dir / "instances" / tenant.instance_id).is_dir()
+    # Moved asleep: never started on the way (no wake), and not running now.
+    sleeper = Tenant.objects.get(pk=asleep["id"])
+    assert not Event.objects.filter(tenant=sleeper, action="wake").exists()
+    assert sleeper.wake_count == 0
+    # Its backup moved with it, byte for byte.
+    location = Backup.objects.get(pk=backup["id"]).location
+    assert not (source.data_dir / "backups" / location).exists()
+    stored = (target.data_dir / "backups" / location).read_bytes()
+    assert hashlib.sha256(stored).hexdigest() == backup["sha256"]
+    # The strings the owners had (the old host's address) still work, through the
+    # old host's pooler: the sleeping one wakes on its new host for it.
+    for db in (awake, asleep):
+        with connect(db["connection_string"]) as conn:
+            assert conn.execute("SELECT v FROM kept").fetchone() == (db["name"],)
+        moved = f"@{target.local.address}:"
+        with connect(db["connection_string"].replace(f"@{source.local.address}:", moved)) as conn:
+            assert conn.execute("SELECT v FROM kept").fetchone() == (db["name"],)
+    assert Tenant.objects.get(pk=asleep["id"]).state == "running"

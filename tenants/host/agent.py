@@ -4,6 +4,7 @@ a tenant: its instance through the runtime, its entry in the host's PgBouncer.
 Turns tenant rows into plain values for `unikernel_images` and `poolers`.
 """
 
+import dataclasses
 import errno
 import logging
 import os
@@ -26,7 +27,7 @@ from poolers.routes import Routes
 from tenants.errors import for_tenant
 from tenants.host.backup_stream import chunks_verified
 from tenants.lifecycle import event_record, tenant_transition
-from tenants.models import Host, Tenant, TenantDatabase
+from tenants.models import Host, Move, Tenant, TenantDatabase
 from unikernel_images import postgres_admin
 from unikernel_images.cgroups import Limits
 from unikernel_images.image import default_image_name, load_image
@@ -46,7 +47,9 @@ MAINTENANCE_DATABASE = "postgres"
 # it before it is running, so that a concurrent sync (reconcile) never drops the
 # entry of a tenant whose connection string is about to be handed out; nobody
 # has its credentials until then, so the early entry is harmless.
-ROUTED_STATES = (State.PROVISIONING, State.RUNNING, State.SLEEPING)
+# A moving tenant keeps its entry on the host that has it (its clients are held
+# there, see tenants/host/moves.py).
+ROUTED_STATES = (State.PROVISIONING, State.RUNNING, State.SLEEPING, State.MOVING)
 
 
 def local_host() -> Host:
@@ -305,15 +308,56 @@ def _render(bouncer: PgBouncer, host: Host) -> bool:
         max_connections=0,
         owner=None,
     )
+    forwards = _forwards_from(host)
     return bouncer.write_config(
-        databases=[maintenance, *(entry for t in routed for entry in _database_entries(t))],
+        databases=[
+            maintenance,
+            *(entry for t in routed for entry in _database_entries(t)),
+            *(entry for move in forwards for entry in _forward_entries(move)),
+        ],
         users=[
             UserEntry(
                 t.role_name, t.scram_secret, max_server_connections=_server_connections_cap(t)
             )
-            for t in routed
+            for t in [*routed, *(move.tenant for move in forwards)]
         ],
     )
+
+
+def _forwards_from(host: Host) -> list[Move]:
+    """Tenants moved from this host whose old connection string it still serves, by
+    forwarding to their new host: from the moment their data left until the
+    move's forward_until (each tenant once: its latest move from here)."""
+    moves = (
+        Move.objects.filter(
+            source=host,
+            tenant__state__in=ROUTED_STATES,
+            state__in=[Move.State.COPYING, Move.State.FINISHING, Move.State.DONE],
+        )
+        .exclude(tenant__host=host)
+        .exclude(forward_until__lt=timezone.now())
+        .select_related("tenant__plan", "tenant__host")
+        .prefetch_related(
+            Prefetch(
+                "tenant__databases", queryset=_ACTIVE_DATABASES.queryset, to_attr="active_databases"
+            )
+        )
+        .order_by("tenant_id", "-created_at")
+    )
+    latest: dict[int, Move] = {}
+    for move in moves:
+        latest.setdefault(move.tenant_id, move)
+    return list(latest.values())
+
+
+def _forward_entries(move: Move) -> list[DatabaseEntry]:
+    """The tenant's entries as they were here, each sent on to the same name on
+    the pooler of the host that has the tenant now, over TLS."""
+    to = (move.tenant.host.public_host, move.tenant.host.pooler_port)
+    return [
+        dataclasses.replace(entry, dbname=entry.name, forward_to=to)
+        for entry in _database_entries(move.tenant)
+    ]
 
 
 def _server_connections_cap(tenant: Tenant) -> int:
@@ -400,11 +444,11 @@ def pooler_reconnect(tenant: Tenant) -> None:
     """Have PgBouncer replace the tenant's server connections as they are released
     (idle ones at once), so that new ones follow the current route."""
     bouncer = pooler()
-    for alias in _aliases(tenant):
+    for alias in aliases(tenant):
         bouncer.reconnect(alias)
 
 
-def _aliases(tenant: Tenant) -> list[str]:
+def aliases(tenant: Tenant) -> list[str]:
     """Every name the pooler knows the tenant's databases by."""
     names = _database_names(tenant)
     return names + [alias for name in names if (alias := pooled_alias(name))]
@@ -433,13 +477,13 @@ def pooler_in_use(pools: dict[tuple[str, str], dict], tenant: Tenant) -> bool:
 def _server_connections(pools: dict[tuple[str, str], dict], tenant: Tenant) -> int:
     return sum(
         pools.get((alias, tenant.role_name), {}).get(column, 0)
-        for alias in [*_aliases(tenant), MAINTENANCE_DATABASE]
+        for alias in [*aliases(tenant), MAINTENANCE_DATABASE]
         for column in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")
     )
 
 
 def pooler_xact_count(stats: dict[str, dict], tenant: Tenant) -> int:
-    return sum(int(stats.get(alias, {}).get("total_xact_count", 0)) for alias in _aliases(tenant))
+    return sum(int(stats.get(alias, {}).get("total_xact_count", 0)) for alias in aliases(tenant))
 
 
 class Busy(Exception):
@@ -461,7 +505,7 @@ def instance_sleep(tenant: Tenant, actor: str, drain_timeout: float = 3.0) -> st
         tenant.refresh_from_db()
         if tenant.state != State.RUNNING:
             return "skipped"
-        if not _wait_for(route.activator_socket(iid).exists, timeout=3):
+        if not wait_for(route.activator_socket(iid).exists, timeout=3):
             # The activator picks up new tenants within a scan interval; without
             # its socket a sleeping tenant could not be woken.
             log.warning("not putting %s to sleep: its activator socket is missing", tenant)
@@ -606,7 +650,7 @@ def instance_suspend(tenant: Tenant, actor: str) -> str:
                 actor=actor,
                 reason="suspended by an operator",
             )
-        for alias in _aliases(tenant):
+        for alias in aliases(tenant):
             bouncer.kill(alias)
         runtime.stop(tenant.instance_id)
         _event(tenant, "stopped", actor, "instance stopped, data kept", _ms(started))
@@ -635,7 +679,7 @@ def instance_unsuspend(tenant: Tenant, actor: str) -> str:
                 last_active_at=timezone.now(),
                 reason=note,
             )
-        for alias in _aliases(tenant):
+        for alias in aliases(tenant):
             pooler().resume(alias)
     return "running"
 
@@ -842,7 +886,7 @@ def _event(tenant: Tenant, action: str, actor: str, message: str, duration_ms: i
     )
 
 
-def _wait_for(check, timeout: float) -> bool:
+def wait_for(check, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

@@ -15,7 +15,10 @@ import hmac
 import logging
 import ssl
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
+from collections.abc import Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,6 +44,33 @@ def signed_path(key: bytes, location: str, now: float | None = None) -> str:
     expires = int((now or time.time()) + URL_LIFETIME_SECONDS)
     query = urllib.parse.urlencode({"expires": expires, "sig": signature(key, location, expires)})
     return f"/exports/{urllib.parse.quote(location)}?{query}"
+
+
+class FetchError(Exception):
+    """The host did not serve the object: it refused (status), or did not answer."""
+
+
+def fetch(public_host: str, port: int, pki: Path, location: str) -> Iterator[bytes]:
+    """An object of another host's local store, as that host serves it, over TLS
+    checked against the platform's CA (the host's certificate names its public
+    address). Opened before the first chunk is asked for, so that a host that does
+    not answer is an error at once, not a broken stream."""
+    path = signed_path(signing_key(pki), location)
+    url = f"https://{public_host}:{port}{path}"
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    try:
+        answer = urllib.request.urlopen(url, timeout=30, context=context)  # noqa: S310
+    except urllib.error.HTTPError as exc:
+        raise FetchError(f"{public_host} refused {location}: {exc.code} {exc.reason}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise FetchError(f"{public_host} does not answer ({exc})") from exc
+
+    def chunks() -> Iterator[bytes]:
+        with answer:
+            while chunk := answer.read(CHUNK):
+                yield chunk
+
+    return chunks()
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:

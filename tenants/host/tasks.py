@@ -17,9 +17,9 @@ from django.utils import timezone
 
 from dbaas import locks
 from tenants.backup_stores import get_store
-from tenants.host import agent, backups, usage
+from tenants.host import agent, backups, moves, usage
 from tenants.lifecycle import event_record, tenant_transition
-from tenants.models import Backup, Host, Restore, Tenant
+from tenants.models import Backup, Host, Move, Restore, Tenant
 from unikernel_images.runtimes.base import InstanceState
 
 log = logging.getLogger(__name__)
@@ -257,6 +257,7 @@ def host_reconcile(host_name: str) -> dict[str, int]:
             actions[action] = actions.get(action, 0) + 1
     for name, step in (
         ("lost_work", _sweep_lost_work),
+        ("moves_repaired", _sweep_moves),
         ("pooler_resync", agent.pooler_sync),
         ("spares_made", lambda _h: agent.spares_refill(settings.DBAAS_RUNTIME)),
     ):
@@ -441,6 +442,91 @@ def backup_delete(store: str, location: str) -> str:
     """An expired backup's object, from the store on this host's disk."""
     get_store(store, settings.DATA_DIR).delete(location)
     return "deleted"
+
+
+# -- moving a tenant to another host (tenants/host/moves.py) -----------------------------
+
+
+def _sweep_moves(host: Host) -> int:
+    """Moves from this host that nobody is carrying on (a worker died, a message was
+    lost): one whose last step was to finish here is finished; one stuck before
+    that (for longer than any step may take) is put back here as it was."""
+    repaired = 0
+    now = timezone.now()
+    for move in Move.objects.filter(source=host, state__in=moves.ACTIVE).select_related(
+        "tenant__host", "tenant__plan", "source", "target"
+    ):
+        if locks.is_held(work_lock("move", move.pk)):
+            continue
+        if move.state == Move.State.FINISHING:
+            instance_move_finish(move.pk)
+        elif now - move.created_at > 2 * STUCK_AFTER:
+            instance_move_abort(move.pk, "the move did not finish (a worker was lost)")
+        else:
+            continue
+        repaired += 1
+    return repaired
+
+
+def _move(move_id: int, state: str) -> Move | None:
+    related = ("tenant__host", "tenant__plan", "source", "target")
+    return Move.objects.select_related(*related).filter(pk=move_id, state=state).first()
+
+
+@shared_task(acks_late=True)
+def instance_move_out(move_id: int) -> str:
+    with locks.held(work_lock("move", move_id)):
+        move = _move(move_id, Move.State.PAUSING)
+        if move is None:
+            return "skipped"
+        try:
+            moves.move_out(move)
+        except Exception as exc:
+            log.exception("moving %s out failed", move.tenant)
+            moves.move_abort(move, f"the source could not pack it: {exc}")
+            return "failed"
+    instance_move_in.apply_async((move_id,), queue=move.target.queue)
+    return "copying"
+
+
+@shared_task(acks_late=True)
+def instance_move_in(move_id: int) -> str:
+    with locks.held(work_lock("move", move_id)):
+        move = _move(move_id, Move.State.COPYING)
+        if move is None:
+            return "skipped"
+        try:
+            moves.move_in(move)
+        except Exception as exc:
+            log.exception("moving %s in failed", move.tenant)
+            moves.target_discard(move)
+            # The source puts it back as it was.
+            instance_move_abort.apply_async(
+                (move_id, f"the target could not take it: {exc}"), queue=move.source.queue
+            )
+            return "failed"
+    instance_move_finish.apply_async((move_id,), queue=move.source.queue)
+    return "finishing"
+
+
+@shared_task(acks_late=True)
+def instance_move_finish(move_id: int) -> str:
+    with locks.held(work_lock("move", move_id)):
+        move = _move(move_id, Move.State.FINISHING)
+        if move is None:
+            return "skipped"
+        moves.move_finish(move)
+        return "done"
+
+
+@shared_task(acks_late=True)
+def instance_move_abort(move_id: int, error: str) -> str:
+    with locks.held(work_lock("move", move_id)):
+        move = _move(move_id, Move.State.COPYING) or _move(move_id, Move.State.PAUSING)
+        if move is None:
+            return "skipped"
+        moves.move_abort(move, error)
+        return "failed"
 
 
 @shared_task

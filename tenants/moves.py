@@ -1,0 +1,134 @@
+"""Moving databases between hosts, the control plane's side: claiming a move, and
+draining a host (every database off it, one at a time). The hosts do the work
+(tenants/host/moves.py); here a move is claimed, queued on its source and waited
+for."""
+
+import time
+from collections.abc import Callable
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count
+
+from tenants import selectors
+from tenants.dispatch import send_after_commit
+from tenants.errors import Conflict, Unavailable
+from tenants.host import tasks as host_tasks
+from tenants.lifecycle import event_record, tenant_transition
+from tenants.models import Host, Move, Tenant
+
+State = Tenant.State
+# The states a database is moved in; any other is left where it is (and said so).
+MOVABLE = (State.RUNNING, State.SLEEPING)
+# How long one move may take before the caller stops waiting (it goes on, or the
+# source's reconcile puts it back: tenants/host/tasks.py).
+MOVE_WAIT_SECONDS = 300
+
+
+def move_start(*, tenant: Tenant, target: Host, actor: str) -> Move:
+    """Claim the tenant for a move to `target` and queue its first step."""
+    if target.pk == tenant.host_id:
+        raise Conflict(f"{tenant.name} is on {target.name} already")
+    if target.down_since is not None:
+        raise Unavailable(f"host {target.name} is down")
+    with transaction.atomic():
+        from_state = tenant.state
+        claimed = tenant_transition(
+            tenant=tenant,
+            from_states=[from_state] if from_state in MOVABLE else [],
+            to_state=State.MOVING,
+            action="move_requested",
+            actor=actor,
+            reason="moving to another host; connections wait a few seconds meanwhile",
+        )
+        if not claimed:
+            raise Conflict(f"a {tenant.state} database is not moved")
+        try:
+            move = Move.objects.create(
+                tenant=tenant,
+                source_id=tenant.host_id,
+                target=target,
+                from_state=from_state,
+                requested_by=actor,
+            )
+        except IntegrityError:
+            raise Conflict(f"{tenant.name} is being moved already") from None
+        send_after_commit(host_tasks.instance_move_out, (move.pk,), queue=tenant.host.queue)
+    return move
+
+
+def move_wait(move: Move, timeout: float = MOVE_WAIT_SECONDS) -> Move:
+    """Poll until the move is done or failed (or `timeout` passes); the fresh row."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fresh = Move.objects.select_related("tenant", "source", "target").get(pk=move.pk)
+        if fresh.state in (Move.State.DONE, Move.State.FAILED) or time.monotonic() > deadline:
+            return fresh
+        time.sleep(0.05)
+
+
+def target_pick(source: Host) -> Host | None:
+    """Where a database leaving `source` goes: the accepting, live host with the
+    most room (as for new databases), never the source."""
+    return selectors.host_pick(exclude=source)
+
+
+def host_drain(
+    *, host: Host, actor: str, report: Callable[[str], None] = lambda line: None
+) -> dict[str, int]:
+    """Stop placing databases on `host`, and move every running and sleeping one to
+    the others, one after the other. Returns counts: moved, failed, left (in a
+    state that is not moved: failed, suspended, being made or deleted)."""
+    drain_begin(host=host, actor=actor)
+    counts = {"moved": 0, "failed": 0, "left": 0}
+    tried: set[int] = set()
+    while (outcome := drain_next(host=host, actor=actor, skip=tried)) is not None:
+        tenant, moved, line = outcome
+        tried.add(tenant.pk)
+        counts["moved" if moved else "failed"] += 1
+        report(line)
+    left = (
+        Tenant.objects.filter(host=host)
+        .exclude(state=State.DELETED)
+        .values("state")
+        .annotate(n=Count("pk"))
+    )
+    for row in left:
+        counts["left"] += row["n"]
+        report(f"left on {host.name}: {row['n']} {row['state']}")
+    return counts
+
+
+def drain_begin(*, host: Host, actor: str) -> None:
+    Host.objects.filter(pk=host.pk).update(accepting=False)
+    event_record(host=host, action="drain", actor=actor, message="no new databases; moving all")
+
+
+def drain_next(
+    *, host: Host, actor: str, skip: set[int], wait: float = MOVE_WAIT_SECONDS
+) -> tuple[Tenant, bool, str] | None:
+    """Move the next running or sleeping database off `host` (none left, or none
+    but those in `skip`: None). Returns it, whether it moved, and a line saying so."""
+    tenant = (
+        Tenant.objects.filter(host=host, state__in=MOVABLE)
+        .exclude(pk__in=skip)
+        .select_related("host")
+        .order_by("pk")
+        .first()
+    )
+    if tenant is None:
+        return None
+    target = target_pick(host)
+    if target is None:
+        return tenant, False, f"{tenant.database_name}: not moved: no other host has room"
+    try:
+        move = move_wait(move_start(tenant=tenant, target=target, actor=actor), timeout=wait)
+    except (Conflict, Unavailable) as exc:
+        return tenant, False, f"{tenant.database_name}: not moved: {exc}"
+    if move.state == Move.State.DONE:
+        return (
+            tenant,
+            True,
+            f"{tenant.database_name}: {move.from_state}, moved to {target.name} "
+            f"(clients waited {move.pause_ms} ms)",
+        )
+    return tenant, False, f"{tenant.database_name}: {move.state}: {move.error or 'still under way'}"
