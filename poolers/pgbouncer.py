@@ -278,10 +278,23 @@ class PgBouncer:
         ones follow the current route."""
         self.admin(f"RECONNECT {_ident(database)}")
 
-    def kill(self, database: str) -> bool:
-        """Drop the database's client and server connections; False if the pooler
-        does not know it (any more)."""
-        return self._ignoring_unknown(f"KILL {_ident(database)}")
+    def close_servers(self, databases: list[str], timeout: float = 3) -> bool:
+        """Close the server connections of `databases` (idle ones at once, others as
+        their clients release them: RECONNECT) and wait up to `timeout` seconds for
+        them to be gone; False if some are still in use. The platform never sends
+        KILL: PgBouncer 1.24.1 can crash on it while clients log in
+        (pgbouncer/pgbouncer#1401)."""
+        names = set(databases) & self.database_names()
+        for name in names:
+            self._ignoring_unknown(f"RECONNECT {_ident(name)}")
+        deadline = time.monotonic() + timeout
+        while True:
+            pools = [row for (db, _user), row in self.pools().items() if db in names]
+            if not any(row.get(c, 0) for row in pools for c in SERVER_COLUMNS):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
 
     def pause(self, databases: list[str], release: Callable[[], None], timeout: float = 30) -> None:
         """Hold the new clients of `databases` (they wait in the pooler) until
@@ -338,6 +351,10 @@ class PgBouncer:
 
     def stats(self) -> dict[str, dict]:
         return {row["database"]: row for row in self.admin("SHOW STATS")}
+
+
+# SHOW POOLS' columns that count server connections, in every state.
+SERVER_COLUMNS = ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")
 
 
 @functools.cache

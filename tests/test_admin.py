@@ -79,10 +79,16 @@ def test_admin_dashboard_and_actions_restart_suspend_unsuspend(live, client, ali
     with connect(db["connection_string"]) as conn:
         assert conn.execute("SELECT v FROM kept").fetchone() == ("safe",)
 
+    connected = connect(db["connection_string"], autocommit=True)
+    connected.execute("SELECT 1")
     act("suspend_tenants")
     wait_until(lambda: Tenant.objects.get(pk=tenant.pk).state == "suspended")
     wait_until(lambda: event("stopped"))
     assert runtime_for(tenant).status(tenant.instance_id).state is InstanceState.STOPPED
+    # A client connected when it was suspended is cut off too.
+    with pytest.raises(psycopg.OperationalError):
+        connected.execute("SELECT 1")
+    connected.close()
     with pytest.raises(psycopg.OperationalError):
         connect(db["connection_string"]).close()
     assert alice.call("GET", f"/databases/{db['id']}").json()["state"] == "suspended"

@@ -22,7 +22,7 @@ from django.utils import timezone
 from dbaas import locks
 from dbaas.env import data_dir, pki_dir, pooler_user
 from dbaas.files import LogFollower
-from poolers.pgbouncer import DatabaseEntry, PgBouncer, UserEntry
+from poolers.pgbouncer import SERVER_COLUMNS, DatabaseEntry, PgBouncer, UserEntry
 from poolers.routes import Routes
 from tenants.errors import for_tenant
 from tenants.host.backup_stream import chunks_verified
@@ -478,7 +478,7 @@ def _server_connections(pools: dict[tuple[str, str], dict], tenant: Tenant) -> i
     return sum(
         pools.get((alias, tenant.role_name), {}).get(column, 0)
         for alias in [*aliases(tenant), MAINTENANCE_DATABASE]
-        for column in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")
+        for column in SERVER_COLUMNS
     )
 
 
@@ -635,7 +635,7 @@ def instance_suspend(tenant: Tenant, actor: str) -> str:
     The pooler forgets the database (new clients are told it does not exist),
     clients still connected are dropped, and no process is left.
     """
-    runtime, bouncer = runtime_for(tenant), pooler()
+    runtime = runtime_for(tenant)
     with instance_lock(tenant):
         tenant.refresh_from_db()
         if tenant.state not in (State.RUNNING, State.SLEEPING):
@@ -650,8 +650,8 @@ def instance_suspend(tenant: Tenant, actor: str) -> str:
                 actor=actor,
                 reason="suspended by an operator",
             )
-        for alias in aliases(tenant):
-            bouncer.kill(alias)
+        # Its entries are gone from the pooler: new clients are refused. Those
+        # connected lose their server as it stops (no KILL: pgbouncer#1401).
         runtime.stop(tenant.instance_id)
         _event(tenant, "stopped", actor, "instance stopped, data kept", _ms(started))
     return "suspended"

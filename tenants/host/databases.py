@@ -100,16 +100,13 @@ def database_dropping(*, tenant: Tenant, name: str) -> str | None:
     database = TenantDatabase.objects.filter(tenant=tenant, name=name).first()
     if database is None:
         return None  # not routed: nothing to undo
-    # Close the pooler's connections to it, so that DROP DATABASE finds no other
-    # session, then forget its entries.
-    bouncer = agent.pooler()
+    # Close the pooler's server connections to it, so that DROP DATABASE finds no
+    # other session (a client still using it makes the DROP fail, as PostgreSQL
+    # says), then forget its entries.
     aliases = [database.name, *filter(None, [agent.pooled_alias(database.name)])]
-    for alias in aliases:
-        bouncer.kill(alias)
+    agent.pooler().close_servers(aliases)
     with agent.routing_change(tenant.host):
         database.delete()
-    for alias in aliases:
-        bouncer.resume(alias)  # a killed database stays paused in PgBouncer otherwise
     return None
 
 
