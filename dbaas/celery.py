@@ -8,6 +8,7 @@ beat jobs) runs on the `control` queue.
 import os
 
 from celery import Celery
+from celery.signals import worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dbaas.settings")
 
@@ -24,3 +25,20 @@ def host_queue(host_name: str) -> str:
 
 def host_bulk_queue(host_name: str) -> str:
     return f"host.{host_name}.bulk"
+
+
+# Held by the running worker of this host's queue (its main process, which answers
+# even while every pool slot is busy): the host's heartbeat says the agent is alive
+# only while it is held (tenants/host/heartbeat.py).
+AGENT_LOCK = "agent-worker"
+
+
+@worker_ready.connect
+def _hold_agent_lock(sender, **kwargs) -> None:
+    from django.conf import settings
+
+    from dbaas import locks
+
+    queues = set(sender.app.amqp.queues.consume_from or ())
+    if host_queue(settings.DBAAS_HOST_NAME) in queues:
+        locks.hold_for_life(AGENT_LOCK)

@@ -50,3 +50,20 @@ def is_held(name: str) -> bool:
     """Whether some process holds the lock `name` right now."""
     with held(name, timeout=0) as got:
         return not got
+
+
+# Locks held until the process exits (hold_for_life): their descriptors, kept open.
+_LIFELONG: list[int] = []
+
+
+def hold_for_life(name: str) -> bool:
+    """Take the lock `name` for as long as this process lives (False: another
+    process has it). Whether it is held then says whether such a process runs."""
+    fd = os.open(_path(name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _LIFELONG.append(fd)
+    return True

@@ -313,7 +313,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_float("DBAAS_USAGE_INTERVAL", 60.0, minimum=1.0),
     },
     "heartbeats": {
-        "task": "tenants.tasks.heartbeat_all_hosts",
+        "task": "tenants.tasks.hosts_check_heartbeats",
         "schedule": DBAAS_HEARTBEAT_INTERVAL,
     },
     "reconcile-all-hosts": {

@@ -330,10 +330,15 @@ def tenant_wait(*, tenant: Tenant, until, timeout: float) -> Tenant:
 
 def host_heartbeat_record(*, name: str, checks: dict[str, str]) -> None:
     """A heartbeat from a host: alive now, with what it says of its parts; a host that
-    was down is up again."""
+    was down is up again. One whose agent is not running is not alive (nothing it
+    is asked to do gets done): only what it says is kept."""
     host = Host.objects.filter(name=name).first()
-    if host is not None:  # else its row is gone (a test database flushed, say)
-        host_heard_from(host, "heartbeat", health=checks)
+    if host is None:  # its row is gone (a test database flushed, say)
+        return
+    if checks.get("agent", "ok") != "ok":
+        Host.objects.filter(pk=host.pk).update(health=checks)
+        return
+    host_heard_from(host, "heartbeat", health=checks)
 
 
 def hosts_mark_down(*, now=None) -> int:

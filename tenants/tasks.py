@@ -9,7 +9,6 @@ from tenants import backups, moves, services
 from tenants.host import backups as host_backups
 from tenants.host.tasks import (
     backups_verify,
-    host_heartbeat,
     host_reconcile,
     instances_sleep_idle,
     partials_discard,
@@ -62,16 +61,15 @@ def schedule_backups() -> dict[str, int]:
 
 
 @shared_task
-def heartbeat_all_hosts() -> int:
-    """Beat: every host is asked for a heartbeat (one not picked up before the next
-    beat is dropped); hosts silent for too long are marked down."""
-    services.hosts_mark_down()
-    return _on_every_host(host_heartbeat, expires=settings.DBAAS_HEARTBEAT_INTERVAL)
+def hosts_check_heartbeats() -> int:
+    """Beat: hosts silent for longer than DBAAS_HOST_DOWN_AFTER are marked down (each
+    host sends its own heartbeats: tenants/host/heartbeat.py)."""
+    return services.hosts_mark_down()
 
 
 @shared_task
 def heartbeat_received(host_name: str, checks: dict[str, str]) -> None:
-    """A host's answer (sent by name from tenants/host/tasks.py::host_heartbeat)."""
+    """A host's heartbeat (sent by name from tenants/host/heartbeat.py)."""
     services.host_heartbeat_record(name=host_name, checks=checks)
 
 

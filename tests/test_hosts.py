@@ -1,7 +1,7 @@
-"""Hosts as the control plane knows them: from their heartbeats (the host's agent
-answers one every DBAAS_HEARTBEAT_INTERVAL; silent for DBAAS_HOST_DOWN_AFTER, it is
-down), shown in the admin and on their databases; /healthz speaks for the control
-plane alone."""
+"""Hosts as the control plane knows them: from their heartbeats (each host sends
+one every DBAAS_HEARTBEAT_INTERVAL, saying whether its agent runs; without a live
+agent for DBAAS_HOST_DOWN_AFTER, it is down), shown in the admin and on their
+databases; /healthz speaks for the control plane alone."""
 
 import time
 
@@ -21,7 +21,7 @@ def test_a_host_whose_agent_dies_is_down_in_time_and_serves_again(live, alice, p
     db = create(alice, "beating")
     # Its first heartbeat (registering set heartbeat_at, not the health).
     wait_until(lambda: this_host().health, timeout=30)
-    assert this_host().health == {"pooler": "ok", "disk": "ok"}
+    assert this_host().health == {"pooler": "ok", "disk": "ok", "agent": "ok"}
     assert HostAdmin.status(None, this_host()) == "up"  # type: ignore[arg-type]
     kill_service(platform, "worker")
     killed = time.monotonic()
@@ -36,6 +36,8 @@ def test_a_host_whose_agent_dies_is_down_in_time_and_serves_again(live, alice, p
         assert shown["state"] == "running"  # nothing changed but what is shown
         assert HostAdmin.status(None, this_host()).startswith("down since")  # type: ignore[arg-type]
         assert Event.objects.filter(host=this_host(), action="host_down").count() == 1
+        # The host itself still beats, and says what is wrong with it.
+        wait_until(lambda: this_host().health.get("agent", "").startswith("error"), timeout=10)
     finally:  # its supervisor would start it again
         replacement = worker_service("worker", generation=5)
         platform["worker"] = replacement

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, cast
 
-from celery import current_app, shared_task
+from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
@@ -23,9 +23,6 @@ from tenants.models import Backup, Host, Move, Restore, Tenant
 from unikernel_images.runtimes.base import InstanceState
 
 log = logging.getLogger(__name__)
-# What the host reports goes back by task name on the control queue: the host side
-# never imports the control plane (tests/test_host_boundary.py).
-HEARTBEAT_RECEIVED = "tenants.tasks.heartbeat_received"
 State = Tenant.State
 WORKER = "worker"
 # A provisioning or deleting tenant older than this was abandoned by a dead worker.
@@ -527,12 +524,3 @@ def instance_move_abort(move_id: int, error: str) -> str:
             return "skipped"
         moves.move_abort(move, error)
         return "failed"
-
-
-@shared_task
-def host_heartbeat(host_name: str) -> dict[str, str]:
-    """Tell the control plane this host is alive, and how its parts are."""
-    checks = agent.host_health()
-    queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    current_app.send_task(HEARTBEAT_RECEIVED, (host_name, checks), queue=queue)
-    return checks

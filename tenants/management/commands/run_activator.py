@@ -1,6 +1,7 @@
 """`manage.py run_activator`: this host's wake-on-connect path (see poolers/activator.py),
-its registrar of the databases tenants create (poolers/registrar.py), and the guard
-that bans addresses with too many failed logins at the pooler (poolers/login_guard.py).
+its registrar of the databases tenants create (poolers/registrar.py), the guard
+that bans addresses with too many failed logins at the pooler (poolers/login_guard.py),
+and the host's heartbeat (tenants/host/heartbeat.py).
 
 Listens on an activator socket for every tenant routed through the host's PgBouncer;
 a server connection to a sleeping tenant wakes it and is then passed through. And
@@ -25,7 +26,7 @@ from dbaas.files import LogFollower
 from poolers import firewall, login_guard
 from poolers.activator import Activator
 from poolers.registrar import Registrar
-from tenants.host import agent, databases
+from tenants.host import agent, databases, heartbeat
 from tenants.lifecycle import event_record
 from tenants.models import Tenant
 
@@ -88,6 +89,9 @@ class Command(BaseCommand):
         )
         registrar = Registrar(routes, decide)
         self._start_login_guard()
+        threading.Thread(
+            target=heartbeat.keep_beating, args=(threading.Event(),), name="heartbeat", daemon=True
+        ).start()
         threading.Thread(target=self._restart_crashed, name="crash-watch", daemon=True).start()
         self.stdout.write(f"run_activator: listening for the tenants in {routes.root}")
         self.stdout.flush()
