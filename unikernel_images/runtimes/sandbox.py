@@ -459,8 +459,17 @@ class SandboxRuntime(Runtime):
         )
         assert proc.stdin is not None and proc.stderr is not None  # both piped
         try:
-            for chunk in chunks:
-                proc.stdin.write(chunk)
+            try:
+                for chunk in chunks:
+                    proc.stdin.write(chunk)
+            except BrokenPipeError:
+                # tar stopped reading (it refused what it got): the stream's own
+                # check, at its end, usually says why better than tar does.
+                for _chunk in chunks:
+                    pass
+                raise InstanceError(
+                    f"tar failed: {proc.stderr.read().decode().strip()[-500:]}"
+                ) from None
             proc.stdin.close()
             if proc.wait(timeout=600) != 0:
                 raise InstanceError(f"tar failed: {proc.stderr.read().decode().strip()[-500:]}")
