@@ -210,6 +210,9 @@ class Tenant(models.Model):
     wake_ms_total = models.PositiveBigIntegerField(default=0)
     last_wake_ms = models.PositiveIntegerField(null=True, blank=True)
     pooler_xact_count = models.BigIntegerField(default=0)
+    # The number of the last change of state its host reported (tenants/reports.py):
+    # an older report arriving late is not applied.
+    host_seq = models.BigIntegerField(default=0)
     # Disk used by the instance's data, measured by its host every usage interval.
     size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
     # Over the plan's storage limit, new transactions default to read-only (as

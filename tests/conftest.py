@@ -298,6 +298,14 @@ def live(platform, transactional_db):
         time.sleep(0.05)
     for tenant in Tenant.objects.all():
         agent.runtime_for(tenant).destroy(tenant.instance_id)
+    # The rows go with the flush: the host forgets them too, as its reconcile would
+    # once the control plane no longer lists them.
+    held = agent.store()
+    for spec, _state in held.all():
+        held.remove(spec.instance_id)
+    for spec, _address, _port in held.forwards():
+        held.forward_remove(spec.instance_id)
+    agent.pooler_sync()
 
 
 # -- API helpers ---------------------------------------------------------------------

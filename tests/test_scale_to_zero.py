@@ -97,7 +97,7 @@ def test_connections_during_the_sleep_transition_are_served(napper):
     tenant = Tenant.objects.select_related("host", "plan").get(pk=napper["id"])
     outcome: list[str] = []
     sleeper = threading.Thread(
-        target=lambda: outcome.append(agent.instance_sleep(tenant, actor="test"))
+        target=lambda: outcome.append(agent.instance_sleep(tenant.instance_id, actor="test"))
     )
     sleeper.start()
     served = 0
