@@ -73,6 +73,16 @@ def backup_job(backup: Backup) -> dict:
         "kind": backup.kind,
         "store": backup.store,
         "key": backup_key(backup),
+        "created": backup.created_at.isoformat(),
+    }
+
+
+def restore_job(restore: Restore) -> dict:
+    """What the host needs to restore a backup into its tenant."""
+    return {
+        "id": restore.pk,
+        "created": restore.created_at.isoformat(),
+        "backup": backup_ref(restore.backup),
     }
 
 
@@ -125,7 +135,7 @@ def restore_request(*, backup: Backup, actor: str) -> Restore:
         )
     send_after_commit(
         restore_run,
-        ({"id": restore.pk, "backup": backup_ref(backup)}, specs.spec_of(tenant)),
+        (restore_job(restore), specs.spec_of(tenant)),
         queue=tenant.host.bulk_queue,
         undo=lambda: Restore.objects.filter(pk=restore.pk, state=Restore.State.PENDING).delete(),
     )
@@ -247,16 +257,15 @@ def expired_locations(host: Host) -> list[str]:
     )
 
 
-def unfinished_on(host: Host) -> dict[str, list[int]]:
+def unfinished_on(host: Host) -> dict[str, list[dict]]:
     """Backups and restores the control plane believes running on `host` (its
-    reconcile reports those nobody is doing any more)."""
+    reconcile reports those nobody is doing any more, and discards what such a
+    backup's upload left)."""
+    running = Backup.objects.filter(tenant__host=host, state="running").select_related("tenant")
+    restoring = Restore.objects.filter(tenant__host=host, state="running")
     return {
-        "backup": list(
-            Backup.objects.filter(tenant__host=host, state="running").values_list("pk", flat=True)
-        ),
-        "restore": list(
-            Restore.objects.filter(tenant__host=host, state="running").values_list("pk", flat=True)
-        ),
+        "backup": [backup_job(backup) for backup in running],
+        "restore": [{"id": pk} for pk in restoring.values_list("pk", flat=True)],
     }
 
 
@@ -282,10 +291,7 @@ def pending_requeue(host: Host, queue_length: int | None, *, now=None) -> int:
         tenant__host=host, state="pending", created_at__lt=before
     ).select_related("tenant__plan", "backup"):
         restore_run.apply_async(
-            (
-                {"id": restore.pk, "backup": backup_ref(restore.backup)},
-                specs.spec_of(restore.tenant),
-            ),
+            (restore_job(restore), specs.spec_of(restore.tenant)),
             queue=host.bulk_queue,
         )
         requeued += 1

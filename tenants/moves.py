@@ -82,6 +82,7 @@ def move_job(move: Move) -> dict:
     ).exclude(location="")
     return {
         "id": move.pk,
+        "created": move.created_at.isoformat(),
         "from_state": move.from_state,
         "requested_by": move.requested_by,
         "source": _host_ref(move.source),

@@ -203,6 +203,9 @@ def platform(django_db_setup, django_db_blocker, s3_server):
     with django_db_blocker.unblock():
         call_command("build_image", verbosity=0)
         ensure_platform_rows()
+    # The session's control-plane database is new: so is what its host holds.
+    for path in settings.DATA_DIR.glob("host.sqlite3*"):
+        path.unlink()
     started: dict[str, Service] = {}
     try:
         pooler = Service("pooler", [sys.executable, "manage.py", "run_pooler"])

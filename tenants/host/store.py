@@ -44,7 +44,7 @@ CREATE INDEX IF NOT EXISTS databases_of ON databases (instance_id);
 -- control plane's id: a message delivered twice is done once.
 CREATE TABLE IF NOT EXISTS jobs (
     kind TEXT NOT NULL,
-    id INTEGER NOT NULL,
+    id TEXT NOT NULL,
     taken REAL NOT NULL,
     PRIMARY KEY (kind, id)
 );
@@ -210,8 +210,11 @@ class HostStore:
 
     # -- work taken on ---------------------------------------------------------------
 
-    def job_take(self, kind: str, job_id: int) -> bool:
-        """True the first time only: this host does that piece of work once."""
+    def job_take(self, kind: str, job: dict) -> bool:
+        """True the first time only: this host does that piece of work once. A job
+        is known by its id and when the control plane made it (ids alone may come
+        again from a control-plane database made anew)."""
+        job_id = f"{job['id']}@{job['created']}"
         with self._db() as db:
             return (
                 db.execute(

@@ -42,6 +42,12 @@ def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
+def _seq_unheld() -> int:
+    """The number of a report on a tenant this host no longer holds (a failed one
+    being deleted): after any it sent while it held it."""
+    return time.time_ns()
+
+
 def work_lock(kind: str, pk: int) -> str:
     """The name of the lock a task holds while it does one piece of work: held means
     someone is on it; free while the control plane says it is under way means its
@@ -107,14 +113,14 @@ def _fail_and_discard(tenant: TenantSpec, reason: str, actor: str, duration_ms: 
     """After a failed provisioning: no pooler entry, no process, no directory; then
     the state failed (the API, which waits for the state, sees the failure only
     once the entry is gone)."""
+    seq = agent.store().set_state(tenant.instance_id, FAILED)
     try:
         agent.instance_destroy(tenant)
     except Exception:
         log.exception("cleaning up failed %s did not finish; reconcile will", tenant.instance_id)
-    seq = agent.store().set_state(tenant.instance_id, FAILED)
     report.transition(
         tenant.pk,
-        seq or int(time.time()),
+        seq or _seq_unheld(),
         [PROVISIONING],
         FAILED,
         action="provision",
@@ -132,7 +138,7 @@ def instance_destroy(spec: dict[str, Any]) -> str:
     agent.instance_destroy(tenant)
     report.transition(
         tenant.pk,
-        seq or int(time.time()),
+        seq or _seq_unheld(),
         [DELETING],
         "deleted",
         action="delete",
@@ -239,7 +245,7 @@ def instances_sleep_idle(host_name: str) -> dict[str, int]:
 def host_reconcile(
     host_name: str,
     tenants: list[dict[str, Any]] | None = None,
-    unfinished: dict[str, list[int]] | None = None,
+    unfinished: dict[str, list[dict[str, Any]]] | None = None,
     built_at: float | None = None,
 ) -> dict[str, int]:
     """Bring this host in line with what the control plane says it should hold
@@ -363,16 +369,21 @@ def _queue() -> str:
     return host_queue(settings.DBAAS_HOST_NAME)
 
 
-def _sweep_abandoned(unfinished: dict[str, list[int]]) -> int:
-    """Backups and restores the control plane believes under way here that nobody
-    is doing (their work lock is free): reported abandoned, a backup's partial
-    upload removed by the daily partials sweep."""
+def _sweep_abandoned(unfinished: dict[str, list[dict[str, Any]]]) -> int:
+    """Backups and restores the control plane believes running here that nobody is
+    doing (their work lock is free): a backup's partial upload removed (the store
+    never showed it), and each reported abandoned."""
     swept = 0
     for kind in ("backup", "restore"):
-        for job_id in unfinished.get(kind, []):
-            if locks.is_held(work_lock(kind, job_id)):
+        for job in unfinished.get(kind, []):
+            if locks.is_held(work_lock(kind, job["id"])):
                 continue
-            report.abandoned(kind, job_id, "the worker doing it was lost")
+            if kind == "backup":
+                try:
+                    get_store(job["store"], settings.DATA_DIR).discard_partial(job["key"])
+                except Exception:
+                    log.exception("the partial upload of backup %s stays", job["id"])
+            report.abandoned(kind, job["id"], "the worker doing it was lost")
             swept += 1
     return swept
 
@@ -409,7 +420,7 @@ def _sweep_import_leftovers() -> int:
 @shared_task(acks_late=True)
 def backup_run(job: dict[str, Any], spec: dict[str, Any]) -> str:
     with locks.held(work_lock("backup", job["id"]), timeout=0) as mine:
-        if not mine or not agent.store().job_take("backup", job["id"]):
+        if not mine or not agent.store().job_take("backup", job):
             return "skipped"
         backups.backup_run(job, _spec(spec))
         return "done"
@@ -422,7 +433,7 @@ def restore_run(job: dict[str, Any], spec: dict[str, Any]) -> str:
         locks.held(work_lock("restore", job["id"]), timeout=0) as mine,
         locks.held(f"restoring-{tenant.instance_id}"),
     ):
-        if not mine or not agent.store().job_take("restore", job["id"]):
+        if not mine or not agent.store().job_take("restore", job):
             return "skipped"
         backups.restore_run(job, tenant)
         return "done"
@@ -460,7 +471,7 @@ def backup_delete(store: str, location: str) -> str:
 def instance_move_out(job: dict[str, Any], spec: dict[str, Any]) -> str:
     tenant = _spec(spec)
     with locks.held(work_lock("move", job["id"])):
-        if not agent.store().job_take("move-out", job["id"]):
+        if not agent.store().job_take("move-out", job):
             return "skipped"
         try:
             job = moves.move_out(job, tenant)
@@ -476,7 +487,7 @@ def instance_move_out(job: dict[str, Any], spec: dict[str, Any]) -> str:
 def instance_move_in(job: dict[str, Any], spec: dict[str, Any]) -> str:
     tenant = _spec(spec)
     with locks.held(work_lock("move", job["id"])):
-        if not agent.store().job_take("move-in", job["id"]):
+        if not agent.store().job_take("move-in", job):
             return "skipped"
         try:
             moves.move_in(job, tenant)
@@ -496,7 +507,7 @@ def instance_move_in(job: dict[str, Any], spec: dict[str, Any]) -> str:
 @shared_task(acks_late=True)
 def instance_move_finish(job: dict[str, Any], spec: dict[str, Any]) -> str:
     with locks.held(work_lock("move", job["id"])):
-        if not agent.store().job_take("move-finish", job["id"]):
+        if not agent.store().job_take("move-finish", job):
             return "skipped"
         moves.move_finish(job, _spec(spec))
         return "done"
@@ -505,7 +516,7 @@ def instance_move_finish(job: dict[str, Any], spec: dict[str, Any]) -> str:
 @shared_task(acks_late=True)
 def instance_move_abort(job: dict[str, Any], spec: dict[str, Any], error: str) -> str:
     with locks.held(work_lock("move", job["id"])):
-        if not agent.store().job_take("move-abort", job["id"]):
+        if not agent.store().job_take("move-abort", job):
             return "skipped"
         moves.move_abort(job, _spec(spec), error)
         return "failed"
