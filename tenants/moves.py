@@ -13,6 +13,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from tenants import selectors, specs
+from tenants.backups import backup_ref
 from tenants.dispatch import send_after_commit
 from tenants.errors import Conflict, Unavailable
 from tenants.host import tasks as host_tasks
@@ -87,7 +88,7 @@ def move_job(move: Move) -> dict:
         "requested_by": move.requested_by,
         "source": _host_ref(move.source),
         "target": _host_ref(move.target),
-        "backups": [{"id": b.pk, "location": b.location, "sha256": b.sha256} for b in local],
+        "backups": [backup_ref(backup) for backup in local],
         "archive_location": move.archive_location,
         "archive_sha256": move.archive_sha256,
         "paused_at": move.paused_at.timestamp() if move.paused_at else None,

@@ -25,6 +25,21 @@ MOVING = "moving"
 EXTENSION_NAME = re.compile(r"[a-z_][a-z0-9_-]*")
 
 
+def instance_id_of(pk: int) -> str:
+    """A tenant's instance: its directory, lock, route and registrar socket."""
+    return f"t{pk}"
+
+
+def database_name_of(name: str, slug: str) -> str:
+    """The database and role name: unique per host, shown in connection strings."""
+    return f"{name}_{slug}"
+
+
+def major_of(image: str) -> str:
+    """The PostgreSQL major an image runs, e.g. "17" for postgres-17."""
+    return image.removeprefix("postgres-")
+
+
 @dataclass(frozen=True)
 class PlanSpec:
     name: str
@@ -63,11 +78,11 @@ class TenantSpec:
 
     @property
     def instance_id(self) -> str:
-        return f"t{self.pk}"
+        return instance_id_of(self.pk)
 
     @property
     def database_name(self) -> str:
-        return f"{self.name}_{self.slug}"
+        return database_name_of(self.name, self.slug)
 
     @property
     def role_name(self) -> str:
@@ -75,7 +90,7 @@ class TenantSpec:
 
     @property
     def major(self) -> str:
-        return self.image.removeprefix("postgres-")
+        return major_of(self.image)
 
     def as_json(self) -> dict[str, Any]:
         """For task arguments and the host's store."""
