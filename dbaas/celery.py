@@ -17,6 +17,8 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # tenants/tasks.py (the control plane's) and tenants/host/tasks.py (each host's).
 app.autodiscover_tasks()
 app.autodiscover_tasks(["tenants.host"])
+# What hosts report (tenants/reports.py), on the control queue.
+app.autodiscover_tasks(["tenants"], related_name="reports")
 
 
 def host_queue(host_name: str) -> str:
@@ -25,6 +27,21 @@ def host_queue(host_name: str) -> str:
 
 def host_bulk_queue(host_name: str) -> str:
     return f"host.{host_name}.bulk"
+
+
+def queue_length(queue: str) -> int | None:
+    """Messages waiting in a queue (None if the broker cannot say). The broker is
+    Redis, where Celery keeps a queue as a list of that name."""
+    import logging
+
+    import redis
+    from django.conf import settings
+
+    try:
+        return int(redis.Redis.from_url(settings.REDIS_PY_URL, socket_timeout=5).llen(queue))  # type: ignore[arg-type]
+    except redis.RedisError as exc:
+        logging.getLogger(__name__).warning("cannot read the length of queue %s: %s", queue, exc)
+        return None
 
 
 # Held by the running worker of this host's queue (its main process, which answers

@@ -128,6 +128,12 @@ else:
         }
     }
 DATABASES["default"].setdefault("TEST", {})["NAME"] = env_str("DBAAS_TEST_DB_NAME", "test_dbaas")
+# A host's own processes (manage.py run_host sets it for them) have no control-plane
+# database at all: any query raises. The host side works from what it holds
+# (tenants/host/store.py) and reports by task name (docs/fleet.md).
+DBAAS_HOST_ONLY = env_bool("DBAAS_HOST_ONLY", False)
+if DBAAS_HOST_ONLY:
+    DATABASES = {"default": {"ENGINE": "django.db.backends.dummy"}}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -4,18 +4,21 @@ verifying them is the host's (tenants/host/backups.py), on its bulk queue.
 """
 
 import logging
+import random
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
+from tenants import specs
 from tenants.backup_stores import get_store
 from tenants.dispatch import send_after_commit
 from tenants.errors import Conflict, TooManyRequests
 from tenants.host.tasks import backup_delete, backup_run, restore_run
 from tenants.lifecycle import event_record
-from tenants.models import Account, Backup, Restore, Tenant
+from tenants.models import Account, Backup, Host, Restore, Tenant
 
 log = logging.getLogger(__name__)
 State = Tenant.State
@@ -49,11 +52,48 @@ def backup_request(
         event_record(tenant=tenant, action="backup_requested", actor=actor, message=f"#{backup.pk}")
     send_after_commit(
         backup_run,
-        (backup.pk,),
+        (backup_job(backup), specs.spec_of(tenant)),
         queue=tenant.host.bulk_queue,
         undo=lambda: Backup.objects.filter(pk=backup.pk, state=Backup.State.PENDING).delete(),
     )
     return backup
+
+
+def backup_key(backup: Backup) -> str:
+    """Where a backup's object goes in its store: known from the row alone, so that
+    what an upload cut short left behind can be found."""
+    suffix = "dump" if backup.kind == Backup.Kind.LOGICAL else "tar.zst"
+    return f"{backup.tenant.slug}/{backup.pk}-{backup.created_at:%Y%m%dT%H%M%S}.{suffix}"
+
+
+def backup_job(backup: Backup) -> dict:
+    """What the host needs to make the backup (tenants/host/backups.py)."""
+    return {
+        "id": backup.pk,
+        "kind": backup.kind,
+        "store": backup.store,
+        "key": backup_key(backup),
+        "created": backup.created_at.isoformat(),
+    }
+
+
+def restore_job(restore: Restore) -> dict:
+    """What the host needs to restore a backup into its tenant."""
+    return {
+        "id": restore.pk,
+        "created": restore.created_at.isoformat(),
+        "backup": backup_ref(restore.backup),
+    }
+
+
+def backup_ref(backup: Backup) -> dict:
+    """What a host needs to read a finished backup."""
+    return {
+        "id": backup.pk,
+        "store": backup.store,
+        "location": backup.location,
+        "sha256": backup.sha256,
+    }
 
 
 def _check_unfinished_backups(tenant: Tenant) -> None:
@@ -95,7 +135,7 @@ def restore_request(*, backup: Backup, actor: str) -> Restore:
         )
     send_after_commit(
         restore_run,
-        (restore.pk,),
+        (restore_job(restore), specs.spec_of(tenant)),
         queue=tenant.host.bulk_queue,
         undo=lambda: Restore.objects.filter(pk=restore.pk, state=Restore.State.PENDING).delete(),
     )
@@ -185,3 +225,74 @@ def backups_fail_abandoned(*, now=None) -> int:
         state__in=[Restore.State.PENDING, Restore.State.RUNNING], created_at__lt=limit
     ).update(state=Restore.State.FAILED, error=lost, finished_at=now)
     return backups + restores
+
+
+def backups_to_verify(host: Host, sample: int) -> list[dict]:
+    """The newest physical backup of up to `sample` random tenants of `host`, each
+    with its tenant's spec, for the host to verify (tenants/host/backups.py)."""
+    physical = ~Q(kind=Backup.Kind.LOGICAL) & Q(state=Backup.State.DONE)
+    tenant_ids = list(
+        Backup.objects.filter(physical, tenant__host=host)
+        .values_list("tenant_id", flat=True)
+        .distinct()
+    )
+    chosen = []
+    for tenant_id in random.sample(tenant_ids, min(sample, len(tenant_ids))):
+        backup = (
+            Backup.objects.filter(physical, tenant_id=tenant_id)
+            .select_related("tenant__plan")
+            .order_by("-created_at")[0]
+        )
+        chosen.append({"backup": backup_ref(backup), "spec": specs.spec_of(backup.tenant)})
+    return chosen
+
+
+def expired_locations(host: Host) -> list[str]:
+    """Objects of `host`'s expired local backups (its daily sweep deletes those
+    still there)."""
+    return list(
+        Backup.objects.filter(tenant__host=host, store="local", state=Backup.State.EXPIRED)
+        .exclude(location="")
+        .values_list("location", flat=True)
+    )
+
+
+def unfinished_on(host: Host) -> dict[str, list[dict]]:
+    """Backups and restores the control plane believes running on `host` (its
+    reconcile reports those nobody is doing any more, and discards what such a
+    backup's upload left)."""
+    running = Backup.objects.filter(tenant__host=host, state="running").select_related("tenant")
+    restoring = Restore.objects.filter(tenant__host=host, state="running")
+    return {
+        "backup": [backup_job(backup) for backup in running],
+        "restore": [{"id": pk} for pk in restoring.values_list("pk", flat=True)],
+    }
+
+
+# Work still pending this long while its host's queue is empty lost its message.
+REQUEUE_AFTER = timedelta(seconds=10)
+
+
+def pending_requeue(host: Host, queue_length: int | None, *, now=None) -> int:
+    """Backups and restores pending on `host` for REQUEUE_AFTER while its bulk queue
+    is empty (their message was lost): queued again (the host does each once)."""
+    if queue_length != 0:
+        return 0
+    before = (now or timezone.now()) - REQUEUE_AFTER
+    requeued = 0
+    for backup in Backup.objects.filter(
+        tenant__host=host, state="pending", created_at__lt=before
+    ).select_related("tenant__plan"):
+        backup_run.apply_async(
+            (backup_job(backup), specs.spec_of(backup.tenant)), queue=host.bulk_queue
+        )
+        requeued += 1
+    for restore in Restore.objects.filter(
+        tenant__host=host, state="pending", created_at__lt=before
+    ).select_related("tenant__plan", "backup"):
+        restore_run.apply_async(
+            (restore_job(restore), specs.spec_of(restore.tenant)),
+            queue=host.bulk_queue,
+        )
+        requeued += 1
+    return requeued

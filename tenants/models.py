@@ -7,6 +7,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
+from tenants.host.spec import database_name_of, instance_id_of, major_of
+
 
 class Host(models.Model):
     """A machine that runs tenant instances behind its own PgBouncer."""
@@ -210,6 +212,9 @@ class Tenant(models.Model):
     wake_ms_total = models.PositiveBigIntegerField(default=0)
     last_wake_ms = models.PositiveIntegerField(null=True, blank=True)
     pooler_xact_count = models.BigIntegerField(default=0)
+    # The number of the last change of state its host reported (tenants/reports.py):
+    # an older report arriving late is not applied.
+    host_seq = models.BigIntegerField(default=0)
     # Disk used by the instance's data, measured by its host every usage interval.
     size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
     # Over the plan's storage limit, new transactions default to read-only (as
@@ -235,8 +240,9 @@ class Tenant(models.Model):
 
     @property
     def database_name(self) -> str:
-        """The database and role name: unique per host, shown in connection strings."""
-        return f"{self.name}_{self.slug}"
+        """The database and role name: unique per host, shown in connection strings
+        (named as the host names it: tenants/host/spec.py)."""
+        return database_name_of(self.name, self.slug)
 
     @property
     def pooled_database_name(self) -> str:
@@ -250,11 +256,11 @@ class Tenant(models.Model):
     @property
     def major(self) -> str:
         """The PostgreSQL major the database runs, e.g. "17"."""
-        return self.image.removeprefix("postgres-")
+        return major_of(self.image)
 
     @property
     def instance_id(self) -> str:
-        return f"t{self.pk}"
+        return instance_id_of(self.pk)
 
 
 class TenantDatabase(models.Model):

@@ -5,16 +5,20 @@ for."""
 
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count
+from django.utils import timezone
 
-from tenants import selectors
+from tenants import selectors, specs
+from tenants.backups import backup_ref
 from tenants.dispatch import send_after_commit
 from tenants.errors import Conflict, Unavailable
 from tenants.host import tasks as host_tasks
 from tenants.lifecycle import event_record, tenant_transition
-from tenants.models import Host, Move, Tenant
+from tenants.models import Backup, Host, Move, Tenant
 
 State = Tenant.State
 # The states a database is moved in; any other is left where it is (and said so).
@@ -22,6 +26,9 @@ MOVABLE = (State.RUNNING, State.SLEEPING)
 # How long one move may take before the caller stops waiting (it goes on, or the
 # source's reconcile puts it back: tenants/host/tasks.py).
 MOVE_WAIT_SECONDS = 300
+# A move under way for longer than this was abandoned (each step is a task, which
+# may run CELERY_TASK_TIME_LIMIT at most).
+STUCK_AFTER = timedelta(seconds=2 * (settings.CELERY_TASK_TIME_LIMIT + 30))
 
 
 def move_start(*, tenant: Tenant, target: Host, actor: str) -> Move:
@@ -52,8 +59,63 @@ def move_start(*, tenant: Tenant, target: Host, actor: str) -> Move:
             )
         except IntegrityError:
             raise Conflict(f"{tenant.name} is being moved already") from None
-        send_after_commit(host_tasks.instance_move_out, (move.pk,), queue=tenant.host.queue)
+        send_after_commit(
+            host_tasks.instance_move_out,
+            (move_job(move), specs.spec_of(tenant)),
+            queue=tenant.host.queue,
+        )
     return move
+
+
+def _host_ref(host: Host) -> dict:
+    return {
+        "name": host.name,
+        "public_host": host.public_host,
+        "pooler_port": host.pooler_port,
+        "queue": host.queue,
+    }
+
+
+def move_job(move: Move) -> dict:
+    """What the hosts need for the move's steps (tenants/host/moves.py)."""
+    local = Backup.objects.filter(
+        tenant=move.tenant_id, store="local", state=Backup.State.DONE
+    ).exclude(location="")
+    return {
+        "id": move.pk,
+        "created": move.created_at.isoformat(),
+        "from_state": move.from_state,
+        "requested_by": move.requested_by,
+        "source": _host_ref(move.source),
+        "target": _host_ref(move.target),
+        "backups": [backup_ref(backup) for backup in local],
+        "archive_location": move.archive_location,
+        "archive_sha256": move.archive_sha256,
+        "paused_at": move.paused_at.timestamp() if move.paused_at else None,
+    }
+
+
+def moves_repair(*, now=None) -> int:
+    """Moves nobody carries on (a worker died, a message was lost), older than any
+    step may take: one whose last step was to finish on the source is finished
+    there; one stuck before that is put back on the source as it was."""
+    now = now or timezone.now()
+    stuck = now - STUCK_AFTER
+    repaired = 0
+    for move in Move.objects.filter(
+        state__in=[Move.State.PAUSING, Move.State.COPYING, Move.State.FINISHING],
+        created_at__lt=stuck,
+    ).select_related("tenant__plan", "source", "target"):
+        job, spec = move_job(move), specs.spec_of(move.tenant)
+        if move.state == Move.State.FINISHING:
+            host_tasks.instance_move_finish.apply_async((job, spec), queue=move.source.queue)
+        else:
+            host_tasks.instance_move_abort.apply_async(
+                (job, spec, "the move did not finish (a worker was lost)"),
+                queue=move.source.queue,
+            )
+        repaired += 1
+    return repaired
 
 
 def move_wait(move: Move, timeout: float = MOVE_WAIT_SECONDS) -> Move:

@@ -19,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from poolers.scram import new_password, scram_secret
-from tenants import selectors
+from tenants import selectors, specs
 from tenants.dispatch import send_after_commit
 from tenants.errors import (
     AuthenticationFailed,
@@ -154,7 +154,7 @@ def tenant_create(
         # Not queued: the row goes again, as if the request had never come.
         send_after_commit(
             host_tasks.instance_provision,
-            (tenant.pk,),
+            (specs.spec_of(tenant, []), specs.backup_source(tenant)),
             queue=host.queue,
             undo=lambda: Tenant.objects.filter(pk=tenant.pk, state=State.PROVISIONING).delete(),
         )
@@ -183,7 +183,7 @@ def tenant_delete(*, tenant: Tenant, actor: str) -> None:
         raise Conflict(f"the database cannot be deleted while {tenant.state}")
     # The reconcile loop finishes a deletion whose task was lost.
     send_after_commit(
-        host_tasks.instance_destroy, (tenant.pk,), queue=tenant.host.queue, swept=True
+        host_tasks.instance_destroy, (specs.spec_of(tenant),), queue=tenant.host.queue, swept=True
     )
 
 
@@ -214,7 +214,7 @@ def tenant_reset_password(*, tenant: Tenant, actor: str) -> str:
         event_record(tenant=tenant, action="password_reset", actor=actor)
         send_after_commit(
             host_tasks.instance_apply_secret,
-            (tenant.pk,),
+            (specs.spec_of(tenant), secret),
             queue=tenant.host.queue,
             undo=lambda: Tenant.objects.filter(pk=tenant.pk, pending_scram_secret=secret).update(
                 pending_scram_secret=""
@@ -228,7 +228,7 @@ def _on_host(tenant: Tenant, task, actor: str, requested: str | None) -> None:
     commits, recording the request as an event named `requested` (if given)."""
     if requested:
         event_record(tenant=tenant, action=requested, actor=actor)
-    send_after_commit(task, (tenant.pk, actor), queue=tenant.host.queue)
+    send_after_commit(task, (specs.spec_of(tenant), actor), queue=tenant.host.queue)
 
 
 def tenant_sleep(*, tenant: Tenant, actor: str) -> None:
@@ -273,10 +273,20 @@ def tenant_restart(*, tenant: Tenant, actor: str) -> None:
 
 
 def tenant_suspend(*, tenant: Tenant, actor: str) -> None:
-    """Queue refusing the tenant's connections and stopping it, keeping its data."""
-    if tenant.state not in (State.RUNNING, State.SLEEPING):
-        raise Conflict(f"a {tenant.state} database cannot be suspended")
-    _on_host(tenant, host_tasks.instance_suspend, actor, "suspend_requested")
+    """Suspend it (its state now), and queue refusing its connections and stopping
+    it on its host, keeping its data."""
+    with transaction.atomic():
+        event_record(tenant=tenant, action="suspend_requested", actor=actor)
+        if not tenant_transition(
+            tenant=tenant,
+            from_states=[State.RUNNING, State.SLEEPING],
+            to_state=State.SUSPENDED,
+            action="suspend",
+            actor=actor,
+            reason="suspended by an operator",
+        ):
+            raise Conflict(f"a {tenant.state} database cannot be suspended")
+        _on_host(tenant, host_tasks.instance_suspend, actor, None)
 
 
 def tenant_unsuspend(*, tenant: Tenant, actor: str) -> None:

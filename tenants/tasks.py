@@ -1,11 +1,13 @@
 """The control plane's Celery tasks (beat jobs, on the `control` queue): fanning
 work out to every host's queue, and the backups schedule and retention."""
 
+import time
+
 from celery import shared_task
 from django.conf import settings
 
-from dbaas.celery import host_bulk_queue, host_queue
-from tenants import backups, moves, services
+from dbaas.celery import host_queue, queue_length
+from tenants import backups, moves, services, specs
 from tenants.host import backups as host_backups
 from tenants.host.tasks import (
     backups_verify,
@@ -36,21 +38,41 @@ def record_usage_all_hosts() -> int:
 
 @shared_task
 def reconcile_all_hosts() -> int:
-    """Beat: ask every host's agent to reconcile itself and put idle tenants to sleep."""
-    return _on_every_host(host_reconcile, instances_sleep_idle, expires=60)
+    """Beat: send every host what it should hold, for its agent to reconcile toward,
+    and ask it to put idle tenants to sleep; queue again the work whose message was
+    lost, and repair moves nobody carries on."""
+    hosts = list(Host.objects.all())
+    for host in hosts:
+        built_at = time.time()
+        host_reconcile.apply_async(
+            (host.name, specs.host_tenants(host), backups.unfinished_on(host), built_at),
+            queue=host.queue,
+            expires=60,
+        )
+        instances_sleep_idle.apply_async((host.name,), queue=host.queue, expires=60)
+        backups.pending_requeue(host, queue_length(host.bulk_queue))
+    moves.moves_repair()
+    return len(hosts)
 
 
 @shared_task
 def verify_backups_all_hosts() -> int:
     """Beat (daily): each host verifies a sample of its tenants' newest backups."""
-    return _on_every_host(backups_verify, expires=3600, queue=host_bulk_queue)
+    hosts = list(Host.objects.all())
+    for host in hosts:
+        sample = backups.backups_to_verify(host, settings.DBAAS_VERIFY_SAMPLE)
+        backups_verify.apply_async((host.name, sample), queue=host.bulk_queue, expires=3600)
+    return len(hosts)
 
 
 @shared_task
 def schedule_backups() -> dict[str, int]:
     """Beat: daily backups of changed tenants, retention, abandoned backups and what
     their uploads left: in S3 here, in each host's local store on that host."""
-    _on_every_host(partials_discard, expires=600, queue=host_bulk_queue)
+    for host in Host.objects.all():
+        partials_discard.apply_async(
+            (host.name, backups.expired_locations(host)), queue=host.bulk_queue, expires=600
+        )
     shared = ["s3"] if Backup.objects.filter(store="s3").exists() else []
     return {
         "requested": backups.backups_schedule(),

@@ -203,6 +203,9 @@ def platform(django_db_setup, django_db_blocker, s3_server):
     with django_db_blocker.unblock():
         call_command("build_image", verbosity=0)
         ensure_platform_rows()
+    # The session's control-plane database is new: so is what its host holds.
+    for path in settings.DATA_DIR.glob("host.sqlite3*"):
+        path.unlink()
     started: dict[str, Service] = {}
     try:
         pooler = Service("pooler", [sys.executable, "manage.py", "run_pooler"])
@@ -298,6 +301,14 @@ def live(platform, transactional_db):
         time.sleep(0.05)
     for tenant in Tenant.objects.all():
         agent.runtime_for(tenant).destroy(tenant.instance_id)
+    # The rows go with the flush: the host forgets them too, as its reconcile would
+    # once the control plane no longer lists them.
+    held = agent.store()
+    for spec, _state in held.all():
+        held.remove(spec.instance_id)
+    for spec, _address, _port in held.forwards():
+        held.forward_remove(spec.instance_id)
+    agent.pooler_sync()
 
 
 # -- API helpers ---------------------------------------------------------------------

@@ -126,3 +126,37 @@ def kill_tree(pid: int) -> None:
             os.kill(target, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def spec_of(tenant_id: int):
+    """The tenant's spec, as its host holds it (tenants/host/spec.py)."""
+    from tenants import specs
+    from tenants.host.spec import TenantSpec
+
+    return TenantSpec.of_json(specs.spec_of(Tenant.objects.get(pk=tenant_id)))
+
+
+def reports_applied(timeout: float = 10) -> None:
+    """Wait until the control worker has taken every report the host sent (its queue
+    empty), and a moment for the last ones to finish."""
+    import time
+
+    from dbaas.celery import queue_length
+
+    wait_until(lambda: queue_length("control") == 0, timeout=timeout)
+    time.sleep(0.3)
+
+
+def measure(host) -> None:
+    """What the host's usage beat does, at once, with the specs the control plane
+    has now (a plan just changed, say): its tenants measured, their storage limits
+    applied, the reports taken in."""
+    from tenants import specs
+    from tenants.host import usage
+    from tenants.host.spec import TenantSpec
+
+    held = agent.store()
+    for item in specs.host_tenants(host):
+        held.put(TenantSpec.of_json(item["spec"]))
+    usage.record()
+    reports_applied()

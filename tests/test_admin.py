@@ -46,8 +46,8 @@ def test_non_staff_users_get_no_admin(live, client, alice):
 
 def test_admin_dashboard_and_actions_restart_suspend_unsuspend(live, client, alice):
     from tenants.host.agent import runtime_for
-    from tenants.host.usage import record
     from tenants.models import Event
+    from tests.helpers import measure
     from unikernel_images.runtimes.base import InstanceState
 
     db = create(alice, "opsdb")
@@ -55,7 +55,7 @@ def test_admin_dashboard_and_actions_restart_suspend_unsuspend(live, client, ali
         conn.execute("CREATE TABLE kept (v text); INSERT INTO kept VALUES ('safe')")
         conn.commit()
     tenant = Tenant.objects.get(pk=db["id"])
-    record(tenant.host)
+    measure(tenant.host)
     staff = get_user_model().objects.create_superuser("ops", "ops@example.com", "ops password 1")
     client.force_login(staff)
     index = client.get("/admin/")

@@ -279,17 +279,23 @@ def test_killing_the_worker_mid_backup_fails_it_at_once_and_leaves_nothing(
 
 
 def test_verification_restores_and_amchecks_and_reports_corruption(database, alice):
-    from tenants.host.backups import backup_verify, backups_verify
+    from tenants.backups import backup_ref, backups_to_verify
+    from tenants.host.backups import backup_verify
+    from tenants.host.tasks import backups_verify
+    from tests.helpers import reports_applied, spec_of
 
     good = back_up(alice, database)
-    counts = backups_verify(host_name=settings.DBAAS_HOST_NAME, sample=5)
+    host = Tenant.objects.get(pk=database["id"]).host
+    counts = backups_verify(settings.DBAAS_HOST_NAME, backups_to_verify(host, 5))
     assert counts == {"ok": 1, "bad": 0}
+    reports_applied()
     row = Backup.objects.get(pk=good["id"])
     assert row.verified_ok is True and "no corruption" in row.verify_message
     path = settings.DATA_DIR / "backups" / row.location
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
-    ok, message = backup_verify(row)
+    ok, message = backup_verify(backup_ref(row), spec_of(database["id"]))
     assert not ok and ("truncated" in message or "sha256" in message)
+    reports_applied()
     row.refresh_from_db()
     assert row.verified_ok is False
     assert instance_state(database["id"]) is InstanceState.RUNNING
@@ -366,6 +372,7 @@ def test_a_burst_of_backups_is_limited_and_does_not_hold_up_others(database, ali
 
 
 def test_an_expired_backup_whose_delete_was_lost_is_swept_on_its_host(database, alice):
+    from tenants.backups import expired_locations
     from tenants.host.tasks import partials_discard
 
     row = Backup.objects.get(pk=back_up(alice, database)["id"])
@@ -373,5 +380,6 @@ def test_an_expired_backup_whose_delete_was_lost_is_swept_on_its_host(database, 
     # Expired, as retention does, but the message to its host never went out.
     Backup.objects.filter(pk=row.pk).update(state="expired")
     assert path.exists()
-    assert partials_discard(settings.DBAAS_HOST_NAME) == 1  # the host's daily sweep
+    # The host's daily sweep, with the list the control plane sends it.
+    assert partials_discard(settings.DBAAS_HOST_NAME, expired_locations(row.tenant.host)) == 1
     assert not path.exists()

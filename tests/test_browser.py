@@ -167,12 +167,11 @@ def test_sign_up_create_copy_connect_reset_quota_delete(live, page):
 
 
 def test_operator_sees_hosts_restarts_a_tenant_and_reads_its_timeline(live, page, alice):
-    from tenants.host.usage import record
-    from tests.helpers import create
+    from tests.helpers import create, measure
 
     db = create(alice, "opsview")
     tenant = Tenant.objects.get(pk=db["id"])
-    record(tenant.host)
+    measure(tenant.host)
     get_user_model().objects.create_superuser("ops", "ops@example.com", "ops password 1")
     # A developer's account is no way into the console.
     page.goto("/admin/")

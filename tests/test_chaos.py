@@ -222,8 +222,8 @@ def test_a_sleeping_database_wakes_while_the_control_plane_is_unreachable(
     with connect(db["connection_string"]) as conn:
         assert conn.execute("SELECT v FROM kept").fetchone() == ("before the outage",)
     assert time.monotonic() - started < 10
-    assert cut_off.log_contains("waking")
-    # Back to an activator that reaches the control plane; the row catches up.
+    # Back to an activator that could reach the control plane (it never does): the
+    # wake it reported is on the row.
     cut_off.stop()
     activator = Service("activator", [sys.executable, "manage.py", "run_activator"])
     platform["activator"] = activator

@@ -20,7 +20,7 @@ from dbaas import netns
 from tenants import backups, lifecycle
 from tenants.models import Backup, Event, Host, Move, Plan, Tenant
 from tests.conftest import Service, connect, wait_until
-from tests.helpers import back_up, create, kill_tree, wait_for
+from tests.helpers import back_up, create, descendants, kill_tree, restore, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -36,6 +36,11 @@ class FleetHost:
         self.name = local.name
         self.data_dir = settings.DATA_DIR / "fleet" / local.name
         self.service: Service | None = None
+
+    def forget(self) -> None:
+        """What the host held from an earlier session (whose database is gone)."""
+        for path in self.data_dir.glob("host.sqlite3*"):
+            path.unlink()
 
     def start(self, generation: int = 1) -> None:
         command = [*self.local.enter(), sys.executable, "manage.py", "run_host"]
@@ -85,6 +90,7 @@ def fleet(platform):
     hosts = [FleetHost(local) for local in netns.fleet_up(names, slot=SLOT)]
     try:
         for host in hosts:
+            host.forget()
             host.start()
         yield hosts
     finally:
@@ -289,3 +295,56 @@ def test_draining_a_host_moves_its_databases_and_their_old_strings_keep_working(
         with connect(db["connection_string"].replace(f"@{source.local.address}:", moved)) as conn:
             assert conn.execute("SELECT v FROM kept").fetchone() == (db["name"],)
     assert Tenant.objects.get(pk=asleep["id"]).state == "running"
+
+
+def _environment(pid: int) -> dict[str, str]:
+    try:
+        raw = open(f"/proc/{pid}/environ", "rb").read()  # noqa: SIM115 - read at once
+    except OSError:
+        return {}
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {key.decode(): value.decode(errors="replace") for key, value in pairs}
+
+
+def test_a_host_does_all_its_work_without_the_control_planes_database(live, alice, fleet):
+    """run_host gives its processes no control-plane database (any query would
+    raise): they work from what the host holds and report by task name. Everything
+    a database goes through works on such a host."""
+    host = fleet[0]
+    for each in fleet:
+        each.register()
+    assert host.service is not None
+    processes = [_environment(pid) for pid in descendants(host.service.proc.pid)]
+    agents = [env for env in processes if env.get("DBAAS_HOST_NAME") == host.name]
+    assert len(agents) >= 5, processes  # workers, pooler, activator, exports (and honcho)
+    for env in agents:
+        assert env.get("DBAAS_HOST_ONLY") == "1" and "DATABASE_URL" not in env
+
+    Host.objects.exclude(name=host.name).update(accepting=False)
+    db = create(alice, "hostonly")
+    assert db["host"] == host.local.address
+    with connect(db["connection_string"], autocommit=True) as conn:
+        conn.execute("CREATE TABLE t AS SELECT 1 AS v")
+        conn.execute("CREATE DATABASE made_here")  # the registrar, from the host's store
+    with connect(db["connection_string"].replace(f"/{db['database']}?", "/made_here?")) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == ("made_here",)
+    backup = back_up(alice, db)
+    slept = alice.call("POST", f"/databases/{db['id']}/sleep")
+    assert slept.status_code == 200 and slept.json()["state"] == "sleeping", slept.content
+    with connect(db["connection_string"]) as conn:  # woken by the host's activator
+        assert conn.execute("SELECT v FROM t").fetchone() == (1,)
+    wait_until(lambda: Tenant.objects.get(pk=db["id"]).wake_count == 1, timeout=10)
+    with connect(db["connection_string"], autocommit=True) as conn:
+        conn.execute("DELETE FROM t")
+    restored = restore(alice, db, backup)
+    assert restored["state"] == "done", restored
+    with connect(db["connection_string"]) as conn:
+        assert conn.execute("SELECT v FROM t").fetchone() == (1,)
+    reset = alice.call("POST", f"/databases/{db['id']}/password")
+    assert reset.status_code == 200, reset.content
+    with connect(reset.json()["connection_string"]) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert alice.call("DELETE", f"/databases/{db['id']}").status_code == 202
+    wait_until(lambda: Tenant.objects.get(pk=db["id"]).state == "deleted", timeout=30)
+    tenant = Tenant.objects.get(pk=db["id"])
+    assert not (host.data_dir / "instances" / tenant.instance_id).exists()

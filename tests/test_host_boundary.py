@@ -1,7 +1,8 @@
-"""The host side (tenants/host/, the host's own processes: the activator and the
-pooler commands, and the packages they run: poolers/, unikernel_images/) never
-imports the control plane's services, tasks, API or web code, directly or through
-anything it imports. Read from the source (every import, function-local ones too),
+"""The host side (tenants/host/, the host's own processes: the activator, pooler,
+exports and run_host commands, and the packages they run: poolers/,
+unikernel_images/) never imports the control plane's models, services, tasks, API
+or web code, directly or through anything it imports: it cannot touch the control
+plane's database. Read from the source (every import, function-local ones too),
 not by importing: Django's start-up imports the whole project."""
 
 import ast
@@ -13,10 +14,18 @@ HOST_SIDE = [
     "tenants/host",
     "tenants/management/commands/run_activator.py",
     "tenants/management/commands/run_pooler.py",
+    "tenants/management/commands/run_exports.py",
+    "tenants/management/commands/run_host.py",
     "poolers",
     "unikernel_images",
 ]
 CONTROL_PLANE = {
+    # The control plane's database: its models and every module that writes them.
+    "tenants.models",
+    "tenants.lifecycle",
+    "tenants.specs",
+    "tenants.reports",
+    "tenants.moves",
     "tenants.services",
     "tenants.tasks",
     "tenants.backups",

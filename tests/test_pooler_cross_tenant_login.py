@@ -20,7 +20,7 @@ from tenants.host import agent
 from tenants.models import Tenant
 from tests import pgwire
 from tests.conftest import connect
-from tests.helpers import create
+from tests.helpers import create, spec_of
 from unikernel_images.runtimes.base import InstanceState
 
 pytestmark = pytest.mark.timeout(300)
@@ -140,7 +140,7 @@ def test_it_refuses_every_variant_of_the_second_startup_message(live, alice, bob
     assert len(first_answers) == 1, first_answers
 
     # Neither side's own logins are disturbed, through fresh server connections too.
-    agent.pooler_reconnect(Tenant.objects.get(pk=theirs["id"]))
+    agent.pooler_reconnect(spec_of(theirs["id"]))
     for db in (mine, theirs):
         for url in (db["connection_string"], db["pooled_connection_string"]):
             with connect(url) as conn:

@@ -51,8 +51,9 @@ def test_an_idle_tenant_sleeps_and_wakes_on_connect(napper, alice):
         rows = conn.execute("SELECT body FROM notes").fetchall()
     assert rows == [("written before the nap",)]
     assert time.monotonic() - started < 5
+    # The host decided the wake; the control plane hears of it right after.
+    wait_for_state(tenant.pk, "running", timeout=10)
     tenant.refresh_from_db()
-    assert tenant.state == "running"
     assert tenant.wake_count == 1 and tenant.last_wake_ms is not None
     got = alice.call("GET", f"/databases/{tenant.pk}").json()
     assert got["state"] == "running" and got["last_active_at"] and got["wake_count"] == 1
@@ -97,7 +98,7 @@ def test_connections_during_the_sleep_transition_are_served(napper):
     tenant = Tenant.objects.select_related("host", "plan").get(pk=napper["id"])
     outcome: list[str] = []
     sleeper = threading.Thread(
-        target=lambda: outcome.append(agent.instance_sleep(tenant, actor="test"))
+        target=lambda: outcome.append(agent.instance_sleep(tenant.instance_id, actor="test"))
     )
     sleeper.start()
     served = 0
@@ -132,7 +133,7 @@ def test_the_pooled_string_survives_a_sleep_and_wake(live, alice):
         put_to_sleep(alice, db)
         # The same client connection, no reconnect: its next transaction wakes it.
         assert conn.execute("SELECT v FROM t").fetchall() == [(1,)]
-    assert Tenant.objects.get(pk=db["id"]).state == "running"
+    wait_for_state(db["id"], "running", timeout=10)
 
 
 def test_explicit_wake_and_errors(napper, alice, bob):
@@ -262,7 +263,9 @@ def test_a_database_that_cannot_start_is_refused_at_once_and_the_operators_see_w
         with pytest.raises(psycopg.OperationalError, match="could not be started"):
             connect(napper["connection_string"])
         assert time.monotonic() - started < 5  # not the pooler's 10 s login timeout
-        event = Event.objects.filter(tenant=tenant, action="wake_failed").latest("created_at")
+        event = wait_until(
+            lambda: Event.objects.filter(tenant=tenant, action="wake_failed").first()
+        )
         assert "pg_control" in event.message or "exited" in event.message
     finally:
         hidden.rename(control)

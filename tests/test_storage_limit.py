@@ -7,10 +7,9 @@ import psycopg
 import pytest
 from django.contrib.auth import get_user_model
 
-from tenants.host.usage import record
 from tenants.models import Event, Plan, Tenant
 from tests.conftest import connect
-from tests.helpers import create
+from tests.helpers import create, measure
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -28,11 +27,11 @@ def test_over_the_limit_writes_are_refused_and_freeing_space_lifts_it(live, clie
         opened_before.execute(
             "INSERT INTO t SELECT repeat('x', 1000) FROM generate_series(1, 20000)"
         )
-        record(tenant.host)
+        measure(tenant.host)
         tenant.refresh_from_db()
         assert 20 << 20 < tenant.size_bytes < 40 << 20  # its database and the table
         _limit_mb(tenant, 20)
-        record(tenant.host)
+        measure(tenant.host)
         assert alice.call("GET", f"/databases/{db['id']}").json()["read_only"] is True
 
         # The session opened before the limit is held too, and cannot lift it.
@@ -61,7 +60,7 @@ def test_over_the_limit_writes_are_refused_and_freeing_space_lifts_it(live, clie
         opened_before.execute("DROP TABLE t")
 
         # The WAL still holds what was written; the data is gone: writable again.
-        record(tenant.host)
+        measure(tenant.host)
         assert alice.call("GET", f"/databases/{db['id']}").json()["read_only"] is False
         opened_before.execute("CREATE TABLE t (v text)")
         opened_before.execute("INSERT INTO t VALUES ('fits')")
@@ -76,7 +75,7 @@ def test_over_the_limit_writes_are_refused_and_freeing_space_lifts_it(live, clie
     client.force_login(get_user_model().objects.get(email="alice@example.com"))
     assert b'id="read-only"' not in client.get(f"/databases/{db['id']}").content
     _limit_mb(tenant, 1)
-    record(tenant.host)
+    measure(tenant.host)
     assert b'id="read-only"' in client.get(f"/databases/{db['id']}").content
     assert b"read-only</span>" in client.get("/").content
 
@@ -88,7 +87,7 @@ def test_a_sleeping_database_over_the_limit_wakes_up_refusing_writes(live, alice
     tenant = Tenant.objects.get(pk=db["id"])
     put_to_sleep(alice, db)
     _limit_mb(tenant, 1)  # less than an empty database
-    record(tenant.host)
+    measure(tenant.host)
     assert Tenant.objects.get(pk=tenant.pk).state == Tenant.State.SLEEPING  # not woken for it
     with connect(db["connection_string"]) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -75,7 +75,7 @@ def test_password_reset_by_email(db, client, mailoutbox):
 
 
 def test_the_database_page_and_its_actions(live, client):
-    from tenants.host.usage import record
+    from tests.helpers import measure
 
     web_login(client, "page@example.com")
     created = client.post("/databases/new", {"name": "pagedb"}, follow=True)
@@ -120,7 +120,7 @@ def test_the_database_page_and_its_actions(live, client):
         assert conn.execute("SELECT v FROM t").fetchone() == (7,)
 
     # The dashboard shows sizes once the host has measured them.
-    record(tenant.host)
+    measure(tenant.host)
     dashboard = client.get("/")
     assert b"2 of 3 databases" in dashboard.content
     assert Tenant.objects.get(pk=tenant.pk).size_bytes > 1_000_000

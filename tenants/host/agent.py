@@ -1,10 +1,13 @@
-"""What the host agent (the Celery worker of a host's queue) does to this machine for
-a tenant: its instance through the runtime, its entry in the host's PgBouncer.
+"""What the host agent (the Celery worker of a host's queue, and the host's other
+processes) does to this machine for a tenant: its instance through the runtime, its
+entry in the host's PgBouncer.
 
-Turns tenant rows into plain values for `unikernel_images` and `poolers`.
+It works from what the host holds (tenants/host/store.py: each tenant's spec, as
+the control plane sent it, and the state the host has it in), never from the
+control plane's database, and says what it did in reports (tenants/host/report.py).
+Turns specs into plain values for `unikernel_images` and `poolers`.
 """
 
-import dataclasses
 import errno
 import logging
 import os
@@ -15,19 +18,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Prefetch
-from django.utils import timezone
 
 from dbaas import locks
 from dbaas.env import data_dir, pki_dir, pooler_user
 from dbaas.files import LogFollower
 from poolers.pgbouncer import SERVER_COLUMNS, DatabaseEntry, PgBouncer, UserEntry
 from poolers.routes import Routes
-from tenants.errors import for_tenant
-from tenants.host.backup_stream import chunks_verified
-from tenants.lifecycle import event_record, tenant_transition
-from tenants.models import Host, Move, Tenant, TenantDatabase
+from tenants.host import report
+from tenants.host.spec import (
+    MOVING,
+    PROVISIONING,
+    RUNNING,
+    SLEEPING,
+    SUSPENDED,
+    TenantSpec,
+)
+from tenants.host.store import HostStore
 from unikernel_images import postgres_admin
 from unikernel_images.cgroups import Limits
 from unikernel_images.image import default_image_name, load_image
@@ -36,7 +42,6 @@ from unikernel_images.runtimes import get_runtime
 from unikernel_images.runtimes.base import InstanceError, InstanceSpec, InstanceState, Runtime
 
 log = logging.getLogger(__name__)
-State = Tenant.State
 
 # Every owner reaches the maintenance database of its own server by this name, as
 # PostgreSQL tools expect (Django's test runner runs CREATE and DROP DATABASE there):
@@ -46,14 +51,15 @@ MAINTENANCE_DATABASE = "postgres"
 # States whose tenants have an entry in the pooler. A provisioning tenant is in
 # it before it is running, so that a concurrent sync (reconcile) never drops the
 # entry of a tenant whose connection string is about to be handed out; nobody
-# has its credentials until then, so the early entry is harmless.
-# A moving tenant keeps its entry on the host that has it (its clients are held
-# there, see tenants/host/moves.py).
-ROUTED_STATES = (State.PROVISIONING, State.RUNNING, State.SLEEPING, State.MOVING)
+# has its credentials until then, so the early entry is harmless. A moving tenant
+# keeps its entry on the host that has it (its clients are held there, see
+# tenants/host/moves.py).
+ROUTED_STATES = (PROVISIONING, RUNNING, SLEEPING, MOVING)
 
 
-def local_host() -> Host:
-    return Host.objects.get(name=settings.DBAAS_HOST_NAME)
+def store() -> HostStore:
+    """What this host holds of its tenants."""
+    return HostStore(data_dir() / "host.sqlite3")
 
 
 def pooler() -> PgBouncer:
@@ -69,19 +75,11 @@ def pooler() -> PgBouncer:
 
 def instance_for_role(role: str) -> str | None:
     """The instance of the routed tenant whose owner role this is, on this host."""
-    name, _, slug = role.rpartition("_")
-    tenant = (
-        Tenant.objects.filter(
-            slug=slug, name=name, state__in=ROUTED_STATES, host__name=settings.DBAAS_HOST_NAME
-        )
-        .only("pk")
-        .first()
-    )
-    return tenant.instance_id if tenant is not None else None
+    return store().instance_for_role(role, ROUTED_STATES)
 
 
 def tenant_pk_for_instance(instance_id: str) -> int:
-    """The pk of the tenant whose instance is `t<pk>` (see Tenant.instance_id)."""
+    """The pk of the tenant whose instance is `t<pk>` (see TenantSpec.instance_id)."""
     return int(instance_id.removeprefix("t"))
 
 
@@ -101,11 +99,11 @@ def host_health() -> dict[str, str]:
     return checks
 
 
-def runtime_for(tenant: Tenant) -> Runtime:
+def runtime_for(tenant: TenantSpec) -> Runtime:
     return get_runtime(tenant.runtime, instances_dir())
 
 
-def instance_spec(tenant: Tenant) -> InstanceSpec:
+def instance_spec(tenant: TenantSpec) -> InstanceSpec:
     root = os.geteuid() == 0
     return InstanceSpec(
         instance_id=tenant.instance_id,
@@ -133,17 +131,18 @@ def instance_spec(tenant: Tenant) -> InstanceSpec:
     )
 
 
-def storage_full_message(tenant: Tenant) -> str:
+def storage_full_message(tenant: TenantSpec) -> str:
     return (
         f"this database is over the {tenant.plan.name} plan's storage limit of "
         f"{tenant.plan.storage_limit_mb} MB"
     )
 
 
-def instance_provision(tenant: Tenant) -> None:
+def instance_provision(tenant: TenantSpec) -> None:
     """Copy the template, start, create the owner role, add to the pooler."""
     runtime = runtime_for(tenant)
     spec = instance_spec(tenant)
+    store().put(tenant, state=PROVISIONING)
     # A retried task finds the leftovers of its first attempt: nothing in them
     # is worth keeping, since the tenant never served a query.
     runtime.destroy(spec.instance_id)
@@ -157,34 +156,35 @@ def instance_provision(tenant: Tenant) -> None:
         connection_limit=_server_connections_cap(tenant),
     )
     routes().point(tenant.instance_id, runtime.socket_dir(spec.instance_id))
-    pooler_sync(tenant.host)
+    pooler_sync()
 
 
-def instance_provision_from_backup(tenant: Tenant) -> None:
-    """Like instance_provision, with the data of `tenant.restored_from` (checked
-    against its sha256 while unpacking) instead of the image's template."""
-    backup = tenant.restored_from
-    assert backup is not None, "only for a tenant made from a backup"
-    source = backup.tenant
+def instance_provision_from_backup(
+    tenant: TenantSpec, chunks, source_role: str, source_database: str
+) -> None:
+    """Like instance_provision, with the data of a backup (`chunks`: its tar stream,
+    checked against its sha256 as it is read) instead of the image's template; the
+    backup's owner and database (`source_*`) are renamed to the tenant's."""
     runtime = runtime_for(tenant)
     spec = instance_spec(tenant)
+    store().put(tenant, state=PROVISIONING)
     runtime.destroy(spec.instance_id)
-    runtime.import_data(spec, chunks_verified(backup))
+    runtime.import_data(spec, chunks)
     runtime.swap_in_imported(spec)
     runtime.drop_previous(spec.instance_id)
     _start(runtime, spec)
     socket_dir = runtime.socket_dir(spec.instance_id)
-    if source.pk != tenant.pk:
+    if source_role != tenant.role_name:
         postgres_admin.rename_owner(
             socket_dir,
-            old_role=source.role_name,
-            old_database=source.database_name,
+            old_role=source_role,
+            old_database=source_database,
             role=tenant.role_name,
             database=tenant.database_name,
             secret=tenant.scram_secret,
         )
     routes().point(tenant.instance_id, socket_dir)
-    pooler_sync(tenant.host)
+    pooler_sync()
 
 
 def spares_refill(runtime_kind: str) -> int:
@@ -195,24 +195,21 @@ def spares_refill(runtime_kind: str) -> int:
     )
 
 
-def instance_destroy(tenant: Tenant) -> None:
-    """Remove the tenant from the pooler first, then its instance and data.
-
-    The caller has moved the tenant out of the routed states already.
-    """
-    pooler_sync(tenant.host)
+def instance_destroy(tenant: TenantSpec) -> None:
+    """Forget the tenant, remove it from the pooler first, then its instance and data
+    (the names of the databases it made are free again)."""
+    store().remove(tenant.instance_id)
+    pooler_sync()
     instance_remove(tenant)
-    # The names of the databases it made are free for others again.
-    TenantDatabase.objects.filter(tenant=tenant).delete()
 
 
-def instance_remove(tenant: Tenant) -> None:
+def instance_remove(tenant: TenantSpec) -> None:
     """The instance, its data and its route; the pooler entry is the caller's."""
     routes().remove(tenant.instance_id)
     runtime_for(tenant).destroy(tenant.instance_id)
 
 
-def instance_start(tenant: Tenant) -> str:
+def instance_start(tenant: TenantSpec) -> str:
     """Start with the current settings (the plan may have changed since). Returns
     what the owner should know about the start ("" if nothing: a full disk, say),
     for the state change that follows to keep as its reason."""
@@ -235,71 +232,53 @@ def instance_start(tenant: Tenant) -> str:
         if not freed:
             raise
         note = _disk_full_note(freed, "it could not start")
-        _note(tenant, note)
-        _event(tenant, "disk_full", "host", f"could not start: {exc}", 0)
+        report.note(tenant.pk, note)
+        report.event(tenant.pk, "disk_full", "host", f"could not start: {exc}", 0)
         start()
         return note
 
 
 def _start(runtime: Runtime, spec: InstanceSpec) -> None:
-    """Every start: the spec kept beside the instance (for a start without the
-    control plane), its disk reserve set aside (for a full disk), then the start."""
+    """Every start: the spec kept beside the instance, its disk reserve set aside
+    (for a full disk), then the start."""
     runtime.remember(spec)
     runtime.keep_reserve(spec.instance_id, settings.DBAAS_DISK_RESERVE_MB << 20)
     runtime.start(spec)
 
 
-def instance_apply_secret(tenant: Tenant, secret: str) -> None:
+def instance_apply_secret(tenant: TenantSpec, secret: str) -> None:
+    """The owner's new password: in its server, then in the pooler."""
     runtime = runtime_for(tenant)
     postgres_admin.set_role_secret(
         runtime.socket_dir(tenant.instance_id), role=tenant.role_name, secret=secret
     )
+    store().put(tenant.but(scram_secret=secret))
+    pooler_sync()
 
 
-@contextmanager
-def routing_change(host: Host) -> Iterator[None]:
-    """Change the control plane and the pooler's files as one step.
-
-    Inside: a DB transaction under the host's pooler lock. On the way out the files
-    are rendered from the (uncommitted) rows, PgBouncer reloads, then the
-    transaction commits, and only then is the lock released: whoever renders next
-    reads the committed rows, so no concurrent sync can resurrect an old entry.
-    """
-    bouncer = pooler()
-    with bouncer.config_lock(), transaction.atomic():
-        yield
-        _render_and_reload(bouncer, host)
-
-
-def pooler_sync(host: Host) -> bool:
-    """Render the pooler's files from the control plane; RELOAD if they changed."""
+def pooler_sync() -> bool:
+    """Render the pooler's files from what the host holds; RELOAD if they changed."""
     bouncer = pooler()
     with bouncer.config_lock():
-        return _render_and_reload(bouncer, host)
+        changed = _render(bouncer)
+        if changed:
+            bouncer.reload()
+        return changed
 
 
-def pooler_render(host: Host) -> PgBouncer:
-    """Write the pooler's files from the control plane, for a PgBouncer about to start."""
+def pooler_render() -> PgBouncer:
+    """Write the pooler's files, for a PgBouncer about to start."""
     bouncer = pooler()
     bouncer.prepare(public_host=settings.DBAAS_PUBLIC_HOST)
     with bouncer.config_lock():
-        _render(bouncer, host)
+        _render(bouncer)
     return bouncer
 
 
-def _render_and_reload(bouncer: PgBouncer, host: Host) -> bool:
-    changed = _render(bouncer, host)
-    if changed:
-        bouncer.reload()
-    return changed
-
-
-def _render(bouncer: PgBouncer, host: Host) -> bool:
-    routed = list(
-        Tenant.objects.filter(host=host, state__in=ROUTED_STATES)
-        .select_related("plan")
-        .prefetch_related(_ACTIVE_DATABASES)
-    )
+def _render(bouncer: PgBouncer) -> bool:
+    held = store()
+    routed = [spec for spec, _state in held.all(ROUTED_STATES)]
+    forwards = held.forwards()
     maintenance = DatabaseEntry(
         name=MAINTENANCE_DATABASE,
         dbname=MAINTENANCE_DATABASE,
@@ -308,79 +287,40 @@ def _render(bouncer: PgBouncer, host: Host) -> bool:
         max_connections=0,
         owner=None,
     )
-    forwards = _forwards_from(host)
+    here = {spec.instance_id for spec in routed}
+    forwarded = [(spec, a, p) for spec, a, p in forwards if spec.instance_id not in here]
     return bouncer.write_config(
         databases=[
             maintenance,
             *(entry for t in routed for entry in _database_entries(t)),
-            *(entry for move in forwards for entry in _forward_entries(move)),
+            *(entry for t, a, p in forwarded for entry in _database_entries(t, forward_to=(a, p))),
         ],
         users=[
             UserEntry(
                 t.role_name, t.scram_secret, max_server_connections=_server_connections_cap(t)
             )
-            for t in [*routed, *(move.tenant for move in forwards)]
+            for t in [*routed, *(spec for spec, _a, _p in forwarded)]
         ],
     )
 
 
-def _forwards_from(host: Host) -> list[Move]:
-    """Tenants moved from this host whose old connection string it still serves, by
-    forwarding to their new host: from the moment their data left until the
-    move's forward_until (each tenant once: its latest move from here)."""
-    moves = (
-        Move.objects.filter(
-            source=host,
-            tenant__state__in=ROUTED_STATES,
-            state__in=[Move.State.COPYING, Move.State.FINISHING, Move.State.DONE],
-        )
-        .exclude(tenant__host=host)
-        .exclude(forward_until__lt=timezone.now())
-        .select_related("tenant__plan", "tenant__host")
-        .prefetch_related(
-            Prefetch(
-                "tenant__databases", queryset=_ACTIVE_DATABASES.queryset, to_attr="active_databases"
-            )
-        )
-        .order_by("tenant_id", "-created_at")
-    )
-    latest: dict[int, Move] = {}
-    for move in moves:
-        latest.setdefault(move.tenant_id, move)
-    return list(latest.values())
-
-
-def _forward_entries(move: Move) -> list[DatabaseEntry]:
-    """The tenant's entries as they were here, each sent on to the same name on
-    the pooler of the host that has the tenant now, over TLS."""
-    to = (move.tenant.host.public_host, move.tenant.host.pooler_port)
-    return [
-        dataclasses.replace(entry, dbname=entry.name, forward_to=to)
-        for entry in _database_entries(move.tenant)
-    ]
-
-
-def _server_connections_cap(tenant: Tenant) -> int:
+def _server_connections_cap(tenant: TenantSpec) -> int:
     """What the owner's server takes from the pooler: the plan's session
     connections plus one transaction-mode pool (postgres has 5 more for the
     platform, see instance_spec)."""
     return tenant.plan.connection_limit + tenant.plan.pool_size
 
 
-_ACTIVE_DATABASES = Prefetch(
-    "databases",
-    queryset=TenantDatabase.objects.filter(state=TenantDatabase.State.ACTIVE),
-    to_attr="active_databases",
-)
-
-
-def _database_entries(tenant: Tenant) -> list[DatabaseEntry]:
+def _database_entries(
+    tenant: TenantSpec, forward_to: tuple[str, int] | None = None
+) -> list[DatabaseEntry]:
     """For each of the tenant's databases, the one the platform made and those it
     made itself: the default (session) entry, and the transaction-mode one for
-    serverless apps."""
+    serverless apps. Forwarded (a tenant moved away): each to the same name on the
+    pooler of the host that has it now, over TLS."""
     entries = []
     plan, link = tenant.plan, routes().link(tenant.instance_id)
-    for dbname in _database_names(tenant):
+    for dbname in database_names(tenant):
         # Session mode: one server connection per client, as many as the plan
         # says; the next client is refused at once rather than left waiting.
         entries.append(
@@ -392,6 +332,7 @@ def _database_entries(tenant: Tenant) -> list[DatabaseEntry]:
                 pool_size=plan.connection_limit,
                 max_connections=plan.connection_limit,
                 max_clients=plan.connection_limit,
+                forward_to=forward_to,
             )
         )
         if pooled := pooled_alias(dbname):
@@ -399,12 +340,13 @@ def _database_entries(tenant: Tenant) -> list[DatabaseEntry]:
             entries.append(
                 DatabaseEntry(
                     name=pooled,
-                    dbname=dbname,
+                    dbname=pooled if forward_to else dbname,
                     socket_dir=link,
                     owner=tenant.role_name,
                     pool_mode="transaction",
                     pool_size=plan.pool_size,
                     max_connections=plan.pool_size,
+                    forward_to=forward_to,
                 )
             )
     return entries
@@ -418,29 +360,27 @@ def pooled_alias(dbname: str) -> str | None:
     return alias if len(alias) <= 62 else None
 
 
-def _database_names(tenant: Tenant) -> list[str]:
-    made = getattr(tenant, "active_databases", None)
-    if made is None:
-        made = TenantDatabase.objects.filter(tenant=tenant, state=TenantDatabase.State.ACTIVE)
-    return [tenant.database_name, *(d.name for d in made)]
+def database_names(tenant: TenantSpec) -> list[str]:
+    return [tenant.database_name, *tenant.databases]
 
 
 # -- scale to zero ----------------------------------------------------------------------
 
 
 @contextmanager
-def instance_lock(tenant: Tenant, timeout: float | None = None) -> Iterator[bool]:
+def instance_lock(tenant: TenantSpec | str, timeout: float | None = None) -> Iterator[bool]:
     """Serialise sleep, wake and repair of one instance across processes.
 
     Waits forever (timeout None) or up to `timeout` seconds (0: not at all), then
     yields whether it got the lock. The lock dies with its holder, so a killed
     worker or activator never leaves it taken.
     """
-    with locks.held(tenant.instance_id, timeout) as got:
+    iid = tenant if isinstance(tenant, str) else tenant.instance_id
+    with locks.held(iid, timeout) as got:
         yield got
 
 
-def pooler_reconnect(tenant: Tenant) -> None:
+def pooler_reconnect(tenant: TenantSpec) -> None:
     """Have PgBouncer replace the tenant's server connections as they are released
     (idle ones at once), so that new ones follow the current route."""
     bouncer = pooler()
@@ -448,20 +388,20 @@ def pooler_reconnect(tenant: Tenant) -> None:
         bouncer.reconnect(alias)
 
 
-def aliases(tenant: Tenant) -> list[str]:
+def aliases(tenant: TenantSpec) -> list[str]:
     """Every name the pooler knows the tenant's databases by."""
-    names = _database_names(tenant)
+    names = database_names(tenant)
     return names + [alias for name in names if (alias := pooled_alias(name))]
 
 
-def pooler_in_use(pools: dict[tuple[str, str], dict], tenant: Tenant) -> bool:
+def pooler_in_use(pools: dict[tuple[str, str], dict], tenant: TenantSpec) -> bool:
     """Is a client connected in session mode, or in a transaction in pooled mode?
 
     A pooled-mode client that is between transactions does not keep the tenant
     awake: its next transaction wakes it.
     """
     role = tenant.role_name
-    for name in [*_database_names(tenant), MAINTENANCE_DATABASE]:
+    for name in [*database_names(tenant), MAINTENANCE_DATABASE]:
         session = pools.get((name, role), {})
         pooled = pools.get((pooled_alias(name) or "", role), {})
         if (
@@ -474,7 +414,7 @@ def pooler_in_use(pools: dict[tuple[str, str], dict], tenant: Tenant) -> bool:
     return False
 
 
-def _server_connections(pools: dict[tuple[str, str], dict], tenant: Tenant) -> int:
+def _server_connections(pools: dict[tuple[str, str], dict], tenant: TenantSpec) -> int:
     return sum(
         pools.get((alias, tenant.role_name), {}).get(column, 0)
         for alias in [*aliases(tenant), MAINTENANCE_DATABASE]
@@ -482,7 +422,7 @@ def _server_connections(pools: dict[tuple[str, str], dict], tenant: Tenant) -> i
     )
 
 
-def pooler_xact_count(stats: dict[str, dict], tenant: Tenant) -> int:
+def pooler_xact_count(stats: dict[str, dict], tenant: TenantSpec) -> int:
     return sum(int(stats.get(alias, {}).get("total_xact_count", 0)) for alias in aliases(tenant))
 
 
@@ -490,25 +430,47 @@ class Busy(Exception):
     """The tenant is in use; it stays awake."""
 
 
-def instance_sleep(tenant: Tenant, actor: str, drain_timeout: float = 3.0) -> str:
+def state_change(
+    tenant: TenantSpec,
+    from_state: str,
+    to_state: str,
+    *,
+    action: str,
+    actor: str,
+    active: bool = False,
+    **kwargs,
+) -> None:
+    """The tenant is in `to_state` here now: kept, and reported (numbered, so that
+    the control plane applies this report after any earlier one)."""
+    seq = store().set_state(tenant.instance_id, to_state, active=active)
+    fields = dict(kwargs.pop("fields", {}))
+    if active:
+        fields["last_active_at"] = time.time()
+    report.transition(
+        tenant.pk, seq, [from_state], to_state, action=action, actor=actor, fields=fields, **kwargs
+    )
+
+
+def instance_sleep(instance_id: str, actor: str, drain_timeout: float = 3.0) -> str:
     """Put a running tenant to sleep: route new server connections to the activator,
     let the pooler close the ones it has, stop the instance cleanly.
 
     Returns "slept", or why not: "busy" (in use, or being woken), "skipped".
     """
-    runtime, route, bouncer = runtime_for(tenant), routes(), pooler()
-    iid = tenant.instance_id
+    route, bouncer = routes(), pooler()
+    iid = instance_id
     # A wake or a repair holds the lock for tens of milliseconds: wait for it.
-    with instance_lock(tenant, timeout=10) as locked:
+    with instance_lock(iid, timeout=10) as locked:
         if not locked:
             return "busy"
-        tenant.refresh_from_db()
-        if tenant.state != State.RUNNING:
+        tenant = store().get(iid)
+        if tenant is None or store().state(iid) != RUNNING:
             return "skipped"
+        runtime = runtime_for(tenant)
         if not wait_for(route.activator_socket(iid).exists, timeout=3):
             # The activator picks up new tenants within a scan interval; without
             # its socket a sleeping tenant could not be woken.
-            log.warning("not putting %s to sleep: its activator socket is missing", tenant)
+            log.warning("not putting %s to sleep: its activator socket is missing", iid)
             return "skipped"
         started = time.monotonic()
         route.point(iid, route.activator_dir(iid))
@@ -531,31 +493,28 @@ def instance_sleep(tenant: Tenant, actor: str, drain_timeout: float = 3.0) -> st
         except Exception:
             route.point(iid, runtime.socket_dir(iid))
             raise
-        _transition(
-            tenant,
-            State.RUNNING,
-            State.SLEEPING,
-            action="sleep",
-            actor=actor,
-            duration_ms=_ms(started),
+        state_change(
+            tenant, RUNNING, SLEEPING, action="sleep", actor=actor, duration_ms=_ms(started)
         )
     return "slept"
 
 
-def instance_wake(tenant: Tenant, actor: str, ready: Callable[[Path], None] | None = None) -> Path:
+def instance_wake(
+    instance_id: str, actor: str, ready: Callable[[Path], None] | None = None
+) -> Path:
     """Start the tenant's instance if it is not running and route to it; the state
-    becomes running. Returns the instance's socket directory. Idempotent.
+    becomes running. Returns the instance's socket directory. Idempotent. Decided
+    here, from what the host holds: the control plane hears of it afterwards.
 
     `ready(socket_dir)` is called as soon as the instance accepts connections,
     before the wake is recorded (the lock keeps any sleep out until it is)."""
-    route, iid = routes(), tenant.instance_id
+    route, iid = routes(), instance_id
     started = time.monotonic()
-    with instance_lock(tenant):
-        # One query, under the lock: the state, and the plan and host the start
-        # and the event need (refresh_from_db would drop them and lazy-load each).
-        tenant = Tenant.objects.select_related("host", "plan").get(pk=tenant.pk)
-        if tenant.state not in (State.RUNNING, State.SLEEPING):
-            raise RuntimeError(f"{tenant} is {tenant.state}; it cannot be woken")
+    with instance_lock(iid):
+        tenant = store().get(iid)
+        state = store().state(iid)
+        if tenant is None or state not in (RUNNING, SLEEPING):
+            raise RuntimeError(f"{iid} is {state or 'not on this host'}; it cannot be woken")
         runtime = runtime_for(tenant)
         note = ""
         if runtime.status(iid).state is not InstanceState.RUNNING:
@@ -567,56 +526,36 @@ def instance_wake(tenant: Tenant, actor: str, ready: Callable[[Path], None] | No
         route.point(iid, runtime.socket_dir(iid))
         if ready is not None:
             ready(runtime.socket_dir(iid))
-        if tenant.state == State.SLEEPING:
+        if state == SLEEPING:
             ms = _ms(started)
-            _transition(
+            state_change(
                 tenant,
-                State.SLEEPING,
-                State.RUNNING,
+                SLEEPING,
+                RUNNING,
                 action="wake",
                 actor=actor,
                 duration_ms=ms,
-                last_active_at=timezone.now(),
-                last_wake_ms=ms,
-                wake_count=F("wake_count") + 1,
-                wake_ms_total=F("wake_ms_total") + ms,
+                active=True,
+                fields={"last_wake_ms": ms},
+                increments={"wake_count": 1, "wake_ms_total": ms},
                 reason=note,
             )
     return runtime.socket_dir(iid)
 
 
-def instance_wake_offline(instance_id: str, ready: Callable[[Path], None]) -> Path:
-    """A wake while the control plane cannot be reached: the instance starts as it
-    was last started (the spec its runtime remembered), the route points at it, and
-    the reconcile loop records the wake once the control plane answers again (it
-    finds a sleeping tenant running). Only routed tenants get here: the pooler
-    knows no suspended or deleted one."""
-    runtime = get_runtime(settings.DBAAS_RUNTIME, instances_dir())
-    spec = runtime.remembered(instance_id)
-    if spec is None:
-        raise RuntimeError(f"{instance_id} has no remembered spec; it needs the control plane")
-    with locks.held(instance_id):
-        if runtime.status(instance_id).state is not InstanceState.RUNNING:
-            runtime.start(spec)
-        socket_dir = runtime.socket_dir(instance_id)
-        routes().point(instance_id, socket_dir)
-        ready(socket_dir)
-    return socket_dir
-
-
-def instance_restart(tenant: Tenant, actor: str) -> str:
+def instance_restart(instance_id: str, actor: str) -> str:
     """Stop and start a running tenant's instance (an operator's action).
 
     Sessions in progress are cut, as with any restart; connections arriving
     meanwhile wait in the activator (it wakes through the same lock) instead of
     finding no socket, which PgBouncer would only retry after server_login_retry.
     """
-    runtime, route = runtime_for(tenant), routes()
-    iid = tenant.instance_id
-    with instance_lock(tenant):
-        tenant.refresh_from_db()
-        if tenant.state != State.RUNNING:
+    route, iid = routes(), instance_id
+    with instance_lock(iid):
+        tenant = store().get(iid)
+        if tenant is None or store().state(iid) != RUNNING:
             return "skipped"
+        runtime = runtime_for(tenant)
         started = time.monotonic()
         if route.activator_socket(iid).exists():
             route.point(iid, route.activator_dir(iid))
@@ -625,66 +564,52 @@ def instance_restart(tenant: Tenant, actor: str) -> str:
             instance_start(tenant)
         finally:
             route.point(iid, runtime.socket_dir(iid))
-        _event(tenant, "restart", actor, "restarted on request", _ms(started))
+        report.event(tenant.pk, "restart", actor, "restarted on request", _ms(started))
     return "restarted"
 
 
-def instance_suspend(tenant: Tenant, actor: str) -> str:
-    """Refuse the tenant's connections and stop its instance; its data stays.
+def instance_suspend(tenant: TenantSpec, actor: str) -> str:
+    """Refuse the tenant's connections and stop its instance; its data stays. The
+    control plane has it suspended already.
 
     The pooler forgets the database (new clients are told it does not exist),
-    clients still connected are dropped, and no process is left.
-    """
-    runtime = runtime_for(tenant)
+    clients still connected lose their server as it stops, and no process is left
+    (no KILL: pgbouncer#1401)."""
     with instance_lock(tenant):
-        tenant.refresh_from_db()
-        if tenant.state not in (State.RUNNING, State.SLEEPING):
-            return "skipped"
+        store().put(tenant, state=SUSPENDED)
         started = time.monotonic()
-        with routing_change(tenant.host):
-            _transition(
-                tenant,
-                tenant.state,
-                State.SUSPENDED,
-                action="suspend",
-                actor=actor,
-                reason="suspended by an operator",
-            )
-        # Its entries are gone from the pooler: new clients are refused. Those
-        # connected lose their server as it stops (no KILL: pgbouncer#1401).
-        runtime.stop(tenant.instance_id)
-        _event(tenant, "stopped", actor, "instance stopped, data kept", _ms(started))
+        pooler_sync()
+        runtime_for(tenant).stop(tenant.instance_id)
+        report.event(tenant.pk, "stopped", actor, "instance stopped, data kept", _ms(started))
     return "suspended"
 
 
-def instance_unsuspend(tenant: Tenant, actor: str) -> str:
+def instance_unsuspend(tenant: TenantSpec, actor: str) -> str:
     """Start a suspended tenant again and give it back its pooler entry."""
-    runtime, route = runtime_for(tenant), routes()
-    iid = tenant.instance_id
+    route, iid = routes(), tenant.instance_id
     with instance_lock(tenant):
-        tenant.refresh_from_db()
-        if tenant.state != State.SUSPENDED:
+        if store().state(iid) not in (SUSPENDED, None):
             return "skipped"
+        store().put(tenant, state=SUSPENDED)
+        runtime = runtime_for(tenant)
         started = time.monotonic()
         note = instance_start(tenant)
         route.point(iid, runtime.socket_dir(iid))
-        with routing_change(tenant.host):
-            _transition(
-                tenant,
-                State.SUSPENDED,
-                State.RUNNING,
-                action="unsuspend",
-                actor=actor,
-                duration_ms=_ms(started),
-                last_active_at=timezone.now(),
-                reason=note,
-            )
-        for alias in aliases(tenant):
-            pooler().resume(alias)
+        state_change(
+            tenant,
+            SUSPENDED,
+            RUNNING,
+            action="unsuspend",
+            actor=actor,
+            duration_ms=_ms(started),
+            active=True,
+            reason=note,
+        )
+        pooler_sync()
     return "running"
 
 
-def storage_limit_apply(tenant: Tenant, *, read_only: bool) -> None:
+def storage_limit_apply(tenant: TenantSpec, *, read_only: bool) -> None:
     """Refuse writes to a tenant over its plan's storage limit, or allow them again.
 
     The instance's configuration says so (dbaas.storage_full, read by the
@@ -695,14 +620,15 @@ def storage_limit_apply(tenant: Tenant, *, read_only: bool) -> None:
     with instance_lock(tenant, timeout=10) as locked:
         if not locked:  # a long backup of it, say: the next usage cycle tries again
             return
-        tenant.storage_read_only = read_only
+        tenant = tenant.but(storage_read_only=read_only)
         runtime = runtime_for(tenant)
         if runtime.status(tenant.instance_id).state is not InstanceState.MISSING:
             runtime.configure(instance_spec(tenant))
-        Tenant.objects.filter(pk=tenant.pk).update(storage_read_only=read_only)
+        store().put(tenant, decided_here=True)
+    report.measured(tenant.pk, {"storage_read_only": read_only})
     limit = f"{tenant.plan.storage_limit_mb} MB"
-    _event(
-        tenant,
+    report.event(
+        tenant.pk,
         "storage_limit",
         "usage",
         f"over the {limit} storage limit: writes are refused"
@@ -712,8 +638,8 @@ def storage_limit_apply(tenant: Tenant, *, read_only: bool) -> None:
     )
 
 
-def instance_repair(tenant: Tenant, actor: str = "reconcile") -> str | None:
-    """Bring one tenant's instance and route in line with its state (reconcile).
+def instance_repair(tenant: TenantSpec, actor: str = "reconcile") -> str | None:
+    """Bring one tenant's instance and route in line with its state here (reconcile).
 
     Returns what it did, or None. Skips tenants someone is sleeping or waking now.
     """
@@ -722,14 +648,14 @@ def instance_repair(tenant: Tenant, actor: str = "reconcile") -> str | None:
     with instance_lock(tenant, timeout=0) as locked:
         if not locked:
             return None
-        tenant.refresh_from_db()
+        state = store().state(iid)
         status = runtime.status(iid).state
-        if tenant.state == State.RUNNING:
+        if state == RUNNING:
             if status is InstanceState.MISSING:
-                _transition(
+                state_change(
                     tenant,
-                    State.RUNNING,
-                    State.FAILED,
+                    RUNNING,
+                    "failed",
                     action="state",
                     actor="reconcile",
                     reason="the instance's data directory is missing",
@@ -743,38 +669,34 @@ def instance_repair(tenant: Tenant, actor: str = "reconcile") -> str | None:
                 try:
                     note = instance_start(tenant)
                 except Exception as exc:
-                    _note(tenant, f"it stopped ({why}) and cannot start again: {exc}")
+                    report.note(tenant.pk, f"it stopped ({why}) and cannot start again: {exc}")
                     raise
-                _event(tenant, "restart", actor, f"it had stopped ({why}); restarted", _ms(started))
-                when = f"{timezone.now():%Y-%m-%d %H:%M:%S} UTC"
-                _note(tenant, note or f"restarted at {when} after: {why}")
+                report.event(
+                    tenant.pk, "restart", actor, f"it had stopped ({why}); restarted", _ms(started)
+                )
+                when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+                report.note(tenant.pk, note or f"restarted at {when} after: {why}")
                 did = "restarted"
             if route.point(iid, runtime.socket_dir(iid)):
                 did = did or "rerouted"
-            # Space is back after a full disk: set the reserve aside again.
-            if runtime.keep_reserve(iid, settings.DBAAS_DISK_RESERVE_MB << 20) and (
-                tenant.state_reason.startswith(DISK_FULL_NOTE)
-            ):
-                _note(tenant, "")
-                _event(tenant, "disk_ok", actor, "there is room on the disk again", 0)
+            # Space is back after a full disk (its reserve was given up): set the
+            # reserve aside again.
+            if runtime.keep_reserve(iid, settings.DBAAS_DISK_RESERVE_MB << 20):
+                report.note(tenant.pk, "")
+                report.event(tenant.pk, "disk_ok", actor, "there is room on the disk again", 0)
                 did = did or "reserve_remade"
             return did
-        if tenant.state == State.SLEEPING:
+        if state == SLEEPING:
             if status is InstanceState.RUNNING:
                 # A wake (or an aborted sleep) got as far as starting it: finish.
                 route.point(iid, runtime.socket_dir(iid))
-                _transition(
-                    tenant,
-                    State.SLEEPING,
-                    State.RUNNING,
-                    action="wake",
-                    actor="reconcile",
-                    last_active_at=timezone.now(),
+                state_change(
+                    tenant, SLEEPING, RUNNING, action="wake", actor="reconcile", active=True
                 )
                 return "woken"
             if status is InstanceState.STOPPED and route.point(iid, route.activator_dir(iid)):
                 return "rerouted"
-        if tenant.state == State.SUSPENDED and status is InstanceState.RUNNING:
+        if state == SUSPENDED and status is InstanceState.RUNNING:
             # A suspend killed between its state change and the stop.
             runtime.stop(iid)
             return "stopped"
@@ -786,7 +708,7 @@ DISK_FULL_NOTE = "the disk is full"
 DISK_FULL_WORDS = ("No space left on device", "Check free disk space")
 
 
-def instances_watch(logs: dict[str, LogFollower]) -> list[str]:
+def instances_watch(logs: dict[str, LogFollower], noted: set[str]) -> list[str]:
     """This host's running tenants, looked at closely (twice a second, by the
     activator), what the reconcile loop would find only at its next tick:
 
@@ -795,25 +717,26 @@ def instances_watch(logs: dict[str, LogFollower]) -> list[str]:
       or let anyone log in) gets its reserve back, so that it can go on and its
       owner can connect and free space; its state reason says so.
 
-    `logs` keeps each server's log follower (how far it was read), between calls.
+    `logs` keeps each server's log follower (how far it was read), `noted` the
+    instances whose full disk was told already, between calls.
     Returns what was done, as "<instance id>: <what>"."""
     route, done = routes(), []
-    running = Tenant.objects.filter(
-        host__name=settings.DBAAS_HOST_NAME, state=State.RUNNING
-    ).select_related("host", "plan", "account__user")
-    for tenant in running:
+    for tenant, _state in store().all((RUNNING,)):
         iid = tenant.instance_id
         if route.target(iid) is None or route.points_to_activator(iid):
             continue  # not routed to a server that should be up
         runtime = runtime_for(tenant)
         log_file = runtime.log_file(iid)
         follower = logs.setdefault(iid, LogFollower(log_file))
+        if runtime.reserve_file(iid).exists():
+            noted.discard(iid)  # its reserve is back: the next full disk is news
         full = _new_log_line(follower, DISK_FULL_WORDS)
         # Once per episode: a client that keeps writing keeps logging the same.
-        if full is not None and not tenant.state_reason.startswith(DISK_FULL_NOTE):
+        if full is not None and iid not in noted:
+            noted.add(iid)
             freed = runtime.release_reserve(iid)
-            _note(tenant, _disk_full_note(freed, full[:200]))
-            _event(tenant, "disk_full", "crash-watch", full, 0)
+            report.note(tenant.pk, _disk_full_note(freed, full[:200]))
+            report.event(tenant.pk, "disk_full", "crash-watch", full, 0)
             done.append(f"{iid}: disk full, {freed >> 20} MB freed")
         if runtime.status(iid).state is not InstanceState.STOPPED:
             continue
@@ -868,22 +791,6 @@ def stop_reason(log_file: Path) -> str:
         if found:
             return f"{what}: {found[-1].split(' ', 3)[-1][:300]}"
     return "it exited without saying why (killed?)"
-
-
-def _note(tenant: Tenant, text: str) -> None:
-    """What the owner and the operators should know about the tenant now (its state
-    reason; the API, the web page and the admin show it), the state unchanged."""
-    Tenant.objects.filter(pk=tenant.pk).update(state_reason=for_tenant(text))
-
-
-def _transition(tenant: Tenant, from_state: str, to_state: str, **kwargs) -> bool:
-    return tenant_transition(tenant=tenant, from_states=[from_state], to_state=to_state, **kwargs)
-
-
-def _event(tenant: Tenant, action: str, actor: str, message: str, duration_ms: int) -> None:
-    event_record(
-        tenant=tenant, action=action, actor=actor, message=message, duration_ms=duration_ms
-    )
 
 
 def wait_for(check, timeout: float) -> bool:

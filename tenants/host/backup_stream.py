@@ -6,20 +6,10 @@ import hashlib
 from collections.abc import Iterable, Iterator
 
 import zstandard
-from django.conf import settings
-
-from tenants.backup_stores import get_store
-from tenants.models import Backup
 
 
 class ChecksumMismatch(Exception):
     pass
-
-
-def chunks_verified(backup: Backup) -> Iterator[bytes]:
-    """The backup's tar stream, read from its store, decompressed and checked."""
-    store = get_store(backup.store, settings.DATA_DIR)
-    return decompress_verified(store.get(backup.location), backup.sha256)
 
 
 class Counter:

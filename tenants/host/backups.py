@@ -2,71 +2,66 @@
 stream, compressed with zstd as it streams, hashed: sha256 of the stored bytes, into
 a store), restoring one (the hash checked while it unpacks; the current data
 replaced only after the restored instance has started and answered), verifying
-them, and cleaning up what a dead worker left. Requesting them is the control
-plane's (tenants/backups.py)."""
+them, and cleaning up what a dead worker left. The control plane requests them and
+keeps their rows (tenants/backups.py): it sends the work here as a job (what to
+back up, where to), and hears the outcome in a report."""
 
 import dataclasses
 import logging
 import os
-import random
 import time
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.conf import settings
-from django.db.models import Q
-from django.utils import timezone
 
 from tenants.backup_stores import get_store
-from tenants.errors import for_tenant
-from tenants.host import agent
-from tenants.host.backup_stream import Counter, chunks_verified, compress
-from tenants.lifecycle import event_record, tenant_transition
-from tenants.models import Backup, Restore, Tenant
+from tenants.host import agent, report
+from tenants.host.backup_stream import Counter, compress, decompress_verified
+from tenants.host.spec import RUNNING, SLEEPING, TenantSpec
 from unikernel_images import postgres_admin
 
 log = logging.getLogger(__name__)
-State = Tenant.State
 
 
-def partials_discard(kinds: Iterable[str], *, now=None) -> int:
+def partials_discard(kinds: Iterable[str], *, now: datetime | None = None) -> int:
     """Remove from these stores what uploads cut short by a dead worker left behind."""
-    now = now or timezone.now()
+    now = now or datetime.now(UTC)
     started_before = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30)
     return sum(get_store(k, settings.DATA_DIR).discard_partials(started_before) for k in kinds)
 
 
-def expired_discard(host_name: str) -> int:
+def expired_discard(locations: Iterable[str]) -> int:
     """Objects of this host's expired local backups still in the store: removed."""
     store = get_store("local", settings.DATA_DIR)
-    expired = Backup.objects.filter(
-        tenant__host__name=host_name, store="local", state=Backup.State.EXPIRED
-    ).exclude(location="")
-    found = [backup.location for backup in expired if store.exists(backup.location)]
+    found = [location for location in locations if store.exists(location)]
     for location in found:
         store.delete(location)
     return len(found)
 
 
-def backup_run(backup: Backup) -> None:
-    """Make the backup; the row ends `done` with sizes and hash, or `failed` with why."""
-    tenant = backup.tenant
-    backup.started_at = timezone.now()
-    if not Backup.objects.filter(pk=backup.pk, state=Backup.State.PENDING).update(
-        state=Backup.State.RUNNING, started_at=backup.started_at
-    ):
-        return
-    store = get_store(backup.store, settings.DATA_DIR)
-    logical = backup.kind == Backup.Kind.LOGICAL
-    key = backup_key(backup)
+def chunks_verified(backup: dict[str, Any]):
+    """A backup's tar stream (`backup`: store, location, sha256), read from its
+    store on this host, decompressed and checked."""
+    store = get_store(backup["store"], settings.DATA_DIR)
+    return decompress_verified(store.get(backup["location"]), backup["sha256"])
+
+
+def backup_run(job: dict[str, Any], tenant: TenantSpec) -> None:
+    """Make the backup the job describes (id, kind, store, key); the outcome goes to
+    the control plane: `done` with sizes and hash, or `failed` with why."""
+    backup_id, key = job["id"], job["key"]
+    report.backup(backup_id, ["pending"], {"state": "running", "started_at": time.time()})
+    store = get_store(job["store"], settings.DATA_DIR)
     runtime = agent.runtime_for(tenant)
     counter = Counter()
     started = time.monotonic()
     try:
-        if logical:
+        if job["kind"] == "logical":
             # pg_dump needs a running server: the user asked, so it may wake.
-            socket_dir = agent.instance_wake(tenant, actor="export")
-            kind = Backup.Kind.LOGICAL
+            socket_dir = agent.instance_wake(tenant.instance_id, actor="export")
+            kind = "logical"
             dump = postgres_admin.dump(socket_dir, tenant.database_name, major=tenant.major)
             with dump as stream:
                 # The custom format is compressed already.
@@ -75,107 +70,60 @@ def backup_run(backup: Backup) -> None:
             # The lock keeps a sleeping instance asleep (a wake waits) and a running
             # one from being put to sleep while its backup streams.
             with agent.instance_lock(tenant):
-                kind = (
-                    Backup.Kind.BASE
-                    if runtime.status(tenant.instance_id).state == "running"
-                    else Backup.Kind.COLD
-                )
+                running = runtime.status(tenant.instance_id).state == "running"
+                kind = "base" if running else "cold"
                 with runtime.export_data(tenant.instance_id) as stream:
                     compressed = compress(counter.count(stream.chunks()))
                     stored = store.put(key, counter.hash_stored(compressed))
     except Exception as exc:
-        log.exception("backup %s failed", backup.pk)
+        log.exception("backup %s failed", backup_id)
         store.delete(key)
-        Backup.objects.filter(pk=backup.pk).update(
-            state=Backup.State.FAILED, error=for_tenant(str(exc))[:5000], finished_at=timezone.now()
+        report.backup(
+            backup_id,
+            ["pending", "running"],
+            {"state": "failed", "error": str(exc)[:5000], "finished_at": time.time()},
         )
-        event_record(
-            tenant=tenant,
-            action="backup",
-            message=f"#{backup.pk} failed: {exc}",
-            actor="worker",
-            duration_ms=_ms(started),
-        )
+        report.event(tenant.pk, "backup", "worker", f"#{backup_id} failed: {exc}", _ms(started))
         return
-    Backup.objects.filter(pk=backup.pk).update(
-        state=Backup.State.DONE,
-        kind=kind,
-        location=key,
-        size_bytes=counter.raw,
-        compressed_bytes=stored,
-        sha256=counter.sha256.hexdigest(),
-        finished_at=timezone.now(),
+    report.backup(
+        backup_id,
+        ["running"],
+        {
+            "state": "done",
+            "kind": kind,
+            "location": key,
+            "size_bytes": counter.raw,
+            "compressed_bytes": stored,
+            "sha256": counter.sha256.hexdigest(),
+            "finished_at": time.time(),
+        },
     )
-    event_record(
-        tenant=tenant,
-        action="backup",
-        actor="worker",
-        duration_ms=_ms(started),
-        message=f"#{backup.pk} {kind}: {counter.raw} bytes, {stored} stored",
+    report.event(
+        tenant.pk,
+        "backup",
+        "worker",
+        f"#{backup_id} {kind}: {counter.raw} bytes, {stored} stored",
+        _ms(started),
     )
 
 
-def backup_key(backup: Backup) -> str:
-    """Where a backup's object goes in its store: known from the row alone, so that
-    what an upload cut short left behind can be found (backup_abandon)."""
-    suffix = "dump" if backup.kind == Backup.Kind.LOGICAL else "tar.zst"
-    return f"{backup.tenant.slug}/{backup.pk}-{backup.started_at:%Y%m%dT%H%M%S}.{suffix}"
-
-
-def backup_abandon(backup: Backup, why: str) -> None:
-    """A backup whose worker died while making it: failed, and the partial object
-    its upload left removed (the store never showed it)."""
-    if not Backup.objects.filter(pk=backup.pk, state=Backup.State.RUNNING).update(
-        state=Backup.State.FAILED, error=why, finished_at=timezone.now()
-    ):
-        return
-    try:
-        get_store(backup.store, settings.DATA_DIR).discard_partial(backup_key(backup))
-    except Exception:
-        log.exception(
-            "the partial object of backup %s stays; the daily sweep removes it", backup.pk
-        )
-    event_record(
-        tenant=backup.tenant, action="backup", actor="sweep", message=f"#{backup.pk} failed: {why}"
-    )
-
-
-def restore_abandon(restore: Restore, why: str) -> None:
-    """A restore whose worker died: failed. What it left beside the instance, and
-    the data it was replacing, are the sweep of import leftovers' (it runs next:
-    tenants/host/tasks.py), wherever the restore stopped."""
-    if not Restore.objects.filter(pk=restore.pk, state=Restore.State.RUNNING).update(
-        state=Restore.State.FAILED, error=why, finished_at=timezone.now()
-    ):
-        return
-    event_record(
-        tenant=restore.tenant,
-        action="restore",
-        actor="sweep",
-        message=f"#{restore.pk} failed: {why}",
-    )
-
-
-def restore_run(restore: Restore) -> None:
-    """Unpack and check the backup beside the current data, then swap; the current
-    data is kept until the restored instance has started and answered."""
-    if not Restore.objects.filter(pk=restore.pk, state=Restore.State.PENDING).update(
-        state=Restore.State.RUNNING
-    ):
-        return
-    backup, tenant = restore.backup, restore.tenant
+def restore_run(job: dict[str, Any], tenant: TenantSpec) -> None:
+    """Unpack and check the backup (`job["backup"]`) beside the current data, then
+    swap; the current data is kept until the restored instance has started and
+    answered."""
+    restore_id, backup = job["id"], job["backup"]
+    report.restore(restore_id, ["pending"], {"state": "running"})
     runtime = agent.runtime_for(tenant)
     started = time.monotonic()
 
     def progress(text: str) -> None:
-        Restore.objects.filter(pk=restore.pk).update(progress=text)
+        report.restore(restore_id, ["running"], {"progress": text})
 
     try:
         spec = agent.instance_spec(tenant)
         progress("downloading, checking and unpacking")
         runtime.import_data(spec, chunks_verified(backup))
         with agent.instance_lock(tenant):
-            tenant.refresh_from_db()
             was_running = runtime.status(tenant.instance_id).state == "running"
             progress("swapping in the restored data")
             runtime.stop(tenant.instance_id)
@@ -195,76 +143,47 @@ def restore_run(restore: Restore) -> None:
                     runtime.start(spec)
                 raise
             runtime.drop_previous(tenant.instance_id)
-            if tenant.state == State.SLEEPING:
+            if agent.store().state(tenant.instance_id) == SLEEPING:
                 agent.routes().point(tenant.instance_id, socket_dir)
-                tenant_transition(
-                    tenant=tenant,
-                    from_states=[State.SLEEPING],
-                    to_state=State.RUNNING,
-                    action="wake",
-                    actor="restore",
-                    last_active_at=timezone.now(),
+                agent.state_change(
+                    tenant, SLEEPING, RUNNING, action="wake", actor="restore", active=True
                 )
     except Exception as exc:
-        log.exception("restore %s failed", restore.pk)
+        log.exception("restore %s failed", restore_id)
         runtime.drop_previous(tenant.instance_id)
-        Restore.objects.filter(pk=restore.pk).update(
-            state=Restore.State.FAILED,
-            error=for_tenant(str(exc))[:5000],
-            finished_at=timezone.now(),
+        report.restore(
+            restore_id,
+            ["pending", "running"],
+            {"state": "failed", "error": str(exc)[:5000], "finished_at": time.time()},
         )
-        event_record(
-            tenant=tenant,
-            action="restore",
-            actor="worker",
-            duration_ms=_ms(started),
-            message=f"backup #{backup.pk} refused: {exc}",
+        report.event(
+            tenant.pk,
+            "restore",
+            "worker",
+            f"backup #{backup['id']} refused: {exc}",
+            _ms(started),
         )
         return
-    Restore.objects.filter(pk=restore.pk).update(
-        state=Restore.State.DONE, progress="done", finished_at=timezone.now()
+    report.restore(
+        restore_id, ["running"], {"state": "done", "progress": "done", "finished_at": time.time()}
     )
     # The restored catalog has the storage setting of its day: look again.
-    Tenant.objects.filter(pk=tenant.pk).update(storage_read_only=None)
-    event_record(
-        tenant=tenant,
-        action="restore",
-        actor="worker",
-        duration_ms=_ms(started),
-        message=f"restored backup #{backup.pk}",
-    )
+    agent.store().put(tenant.but(storage_read_only=None), decided_here=True)
+    report.measured(tenant.pk, {"storage_read_only": None})
+    report.event(tenant.pk, "restore", "worker", f"restored backup #{backup['id']}", _ms(started))
 
 
-def backups_verify(*, host_name: str, sample: int) -> dict[str, int]:
-    """Restore the newest physical backup of up to `sample` random tenants of this host
-    into a scratch instance and run pg_amcheck on every database in it.
-
-    A corrupted or truncated backup (hash, zstd or amcheck) is reported on its row
-    and as an event; it is never restored into its tenant.
-    """
-    physical = ~Q(kind=Backup.Kind.LOGICAL) & Q(state=Backup.State.DONE)
-    tenant_ids = list(
-        Backup.objects.filter(physical, tenant__host__name=host_name)
-        .values_list("tenant_id", flat=True)
-        .distinct()
-    )
-    counts = {"ok": 0, "bad": 0}
-    for tenant_id in random.sample(tenant_ids, min(sample, len(tenant_ids))):
-        backup = Backup.objects.filter(physical, tenant_id=tenant_id).order_by("-created_at")[0]
-        ok, message = backup_verify(backup)
-        counts["ok" if ok else "bad"] += 1
-    return counts
-
-
-def backup_verify(backup: Backup) -> tuple[bool, str]:
-    tenant = Tenant.objects.select_related("host", "plan").get(pk=backup.tenant_id)
+def backup_verify(backup: dict[str, Any], tenant: TenantSpec) -> tuple[bool, str]:
+    """Restore the backup into a scratch instance and run pg_amcheck on every
+    database in it. A corrupted or truncated backup (hash, zstd or amcheck) is
+    reported on its row and as an event; it is never restored into its tenant."""
     runtime = agent.runtime_for(tenant)
     spec = dataclasses.replace(
         agent.instance_spec(tenant),
-        instance_id=f"verify-{backup.pk}",
+        instance_id=f"verify-{backup['id']}",
         # Its own uid, out of the tenants' range: a scratch copy is no tenant.
         uid=(
-            settings.DBAAS_TENANT_UID_BASE + 1_000_000_000 + backup.pk
+            settings.DBAAS_TENANT_UID_BASE + 1_000_000_000 + backup["id"]
             if os.geteuid() == 0
             else None
         ),
@@ -280,19 +199,16 @@ def backup_verify(backup: Backup) -> tuple[bool, str]:
         ok = True
     except Exception as exc:
         ok, message = False, str(exc)[:5000]
-        log.error("backup %s of %s failed verification: %s", backup.pk, tenant, message)
+        log.error("backup %s of %s failed verification: %s", backup["id"], tenant, message)
     finally:
         runtime.destroy(spec.instance_id)
-    Backup.objects.filter(pk=backup.pk).update(
-        verified_at=timezone.now(), verified_ok=ok, verify_message=message
+    report.backup(
+        backup["id"],
+        ["done"],
+        {"verified_at": time.time(), "verified_ok": ok, "verify_message": message},
     )
     verdict = "ok" if ok else "CORRUPT"
-    event_record(
-        tenant=tenant,
-        action="backup_verify",
-        actor="verify",
-        message=f"#{backup.pk} {verdict}: {message}"[:5000],
-    )
+    report.event(tenant.pk, "backup_verify", "verify", f"#{backup['id']} {verdict}: {message}")
     return ok, message
 
 

@@ -1,197 +1,206 @@
-"""The host's Celery tasks, run by the worker of its queues: short work on
-`host.<name>` (provision, sleep, wake, passwords, reconcile), long work on
-`host.<name>.bulk` (backups, restores, their verification). Each task is named after
-the host agent's function it runs (the control plane's `tenant_sleep` asks for
-`instance_sleep`); each takes ids, re-fetches, and is idempotent, hence acks_late.
+"""The host agent's Celery tasks, on the host's own queues (`host.<name>` for short
+work, `host.<name>.bulk` for backups and restores). Each is named after the agent
+function it runs and takes what it needs in its arguments: the tenant's spec (as
+the control plane has it, tenants/specs.py) and the job. The host keeps the spec
+(tenants/host/store.py), does the work, and reports what happened by task name
+(tenants/host/report.py); it never reads the control plane's database.
 """
 
 import logging
 import time
-from collections.abc import Callable
-from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
 from celery import shared_task
 from django.conf import settings
-from django.utils import timezone
 
 from dbaas import locks
 from tenants.backup_stores import get_store
-from tenants.host import agent, backups, moves, usage
-from tenants.lifecycle import event_record, tenant_transition
-from tenants.models import Backup, Host, Move, Restore, Tenant
-from unikernel_images.runtimes.base import InstanceState
+from tenants.host import agent, backups, moves, report, usage
+from tenants.host.spec import (
+    DELETING,
+    FAILED,
+    MOVING,
+    PROVISIONING,
+    RUNNING,
+    SLEEPING,
+    SUSPENDED,
+    TenantSpec,
+)
 
 log = logging.getLogger(__name__)
-State = Tenant.State
 WORKER = "worker"
 # A provisioning or deleting tenant older than this was abandoned by a dead worker.
-STUCK_AFTER = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30)
+STUCK_AFTER = settings.CELERY_TASK_TIME_LIMIT + 30
 # Work nobody is doing is queued again after this long, and a provisioning nobody
-# has managed to do is given up after GIVE_UP_AFTER (see _sweep_lost_work).
-REQUEUE_AFTER = timedelta(seconds=10)
-GIVE_UP_AFTER = timedelta(seconds=60)
-
-
-def _load(tenant_id: int) -> Tenant | None:
-    related = ("host", "plan", "account__user", "restored_from__tenant")
-    return Tenant.objects.select_related(*related).filter(pk=tenant_id).first()
+# has managed to do is given up after GIVE_UP_AFTER (see host_reconcile).
+REQUEUE_AFTER = 10
+GIVE_UP_AFTER = 60
+CLOCK_MARGIN = 5
 
 
 def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
+def _seq_unheld() -> int:
+    """The number of a report on a tenant this host no longer holds (a failed one
+    being deleted): after any it sent while it held it."""
+    return time.time_ns()
+
+
 def work_lock(kind: str, pk: int) -> str:
     """The name of the lock a task holds while it does one piece of work: held means
-    someone is on it; free while the row says it is under way means its worker died
-    (see _sweep_lost_work)."""
+    someone is on it; free while the control plane says it is under way means its
+    worker died (see host_reconcile)."""
     return f"work-{kind}-{pk}"
 
 
+def _spec(data: dict[str, Any]) -> TenantSpec:
+    return TenantSpec.of_json(data)
+
+
+# -- a tenant's lifecycle ----------------------------------------------------------------
+
+
 @shared_task(acks_late=True)
-def instance_provision(tenant_id: int) -> str:
-    # A second copy of the task (queued again by the sweep) waits for the first,
-    # then finds the state changed.
-    with locks.held(work_lock("provision", tenant_id)):
-        return _provision(tenant_id)
-
-
-def _provision(tenant_id: int) -> str:
-    tenant = _load(tenant_id)
-    if tenant is None or tenant.state != State.PROVISIONING:
-        return "skipped"
-    started = time.monotonic()
-    try:
-        if tenant.restored_from_id:
-            agent.instance_provision_from_backup(tenant)
-        else:
-            agent.instance_provision(tenant)
-    except Exception as exc:
-        log.exception("provisioning %s failed", tenant)
-        _fail_and_discard(tenant, f"provisioning failed: {exc}", WORKER, _ms(started))
-        return "failed"
-    tenant_transition(
-        tenant=tenant,
-        from_states=[State.PROVISIONING],
-        to_state=State.RUNNING,
-        actor=WORKER,
-        action="provision",
-        duration_ms=_ms(started),
-        last_active_at=timezone.now(),
-    )
-    # After the answer, off the request's path: its first size, and a new spare
-    # for the one just used.
-    size = agent.runtime_for(tenant).data_usage(tenant.instance_id)
-    # The template is writable; data from a backup may carry the read-only setting.
-    read_only = None if tenant.restored_from_id else False
-    Tenant.objects.filter(pk=tenant.pk).update(size_bytes=size, storage_read_only=read_only)
+def instance_provision(spec: dict[str, Any], source: dict[str, Any] | None = None) -> str:
+    """Make the tenant's instance: from the image's template, or from a backup
+    (`source`: its store, location, sha256, and the role and database it had)."""
+    tenant = _spec(spec)
+    # A second copy of the task (queued again by the reconcile) waits for the
+    # first, then finds the work done.
+    with locks.held(work_lock("provision", tenant.pk)):
+        if agent.store().state(tenant.instance_id) not in (None, PROVISIONING):
+            return "skipped"
+        started = time.monotonic()
+        try:
+            if source is not None:
+                agent.instance_provision_from_backup(
+                    tenant,
+                    backups.chunks_verified(source),
+                    source_role=source["role"],
+                    source_database=source["database"],
+                )
+            else:
+                agent.instance_provision(tenant)
+        except Exception as exc:
+            log.exception("provisioning %s failed", tenant.instance_id)
+            _fail_and_discard(tenant, f"provisioning failed: {exc}", WORKER, _ms(started))
+            return "failed"
+        runtime = agent.runtime_for(tenant)
+        # The template is writable; a backup may carry the read-only setting.
+        read_only = None if source else False
+        agent.store().put(tenant.but(storage_read_only=read_only), decided_here=True)
+        agent.state_change(
+            tenant,
+            PROVISIONING,
+            RUNNING,
+            action="provision",
+            actor=WORKER,
+            duration_ms=_ms(started),
+            active=True,
+            fields={
+                "size_bytes": runtime.data_usage(tenant.instance_id),
+                "storage_read_only": read_only,
+            },
+        )
+    # After the answer, off the request's path: a new spare for the one just used.
     agent.spares_refill(tenant.runtime)
     return "running"
 
 
-def _fail_and_discard(tenant: Tenant, reason: str, actor: str, duration_ms: int | None) -> None:
-    """After a failed provisioning: state failed, no pooler entry, no process, no directory.
-
-    The pooler is rewritten in the same transaction as the state change, so the API
-    (which waits for the state) sees the failure only once the entry is gone.
-    """
-
-    def mark_failed() -> None:
-        tenant_transition(
-            tenant=tenant,
-            from_states=[State.PROVISIONING],
-            to_state=State.FAILED,
-            reason=reason,
-            actor=actor,
-            action="provision",
-            duration_ms=duration_ms,
-        )
-
+def _fail_and_discard(tenant: TenantSpec, reason: str, actor: str, duration_ms: int | None) -> None:
+    """After a failed provisioning: no pooler entry, no process, no directory; then
+    the state failed (the API, which waits for the state, sees the failure only
+    once the entry is gone)."""
+    seq = agent.store().set_state(tenant.instance_id, FAILED)
     try:
-        with agent.routing_change(tenant.host):
-            mark_failed()
-            agent.instance_remove(tenant)
+        agent.instance_destroy(tenant)
     except Exception:
-        log.exception("cleaning up failed %s did not finish; reconcile will", tenant)
-        mark_failed()
+        log.exception("cleaning up failed %s did not finish; reconcile will", tenant.instance_id)
+    report.transition(
+        tenant.pk,
+        seq or _seq_unheld(),
+        [PROVISIONING],
+        FAILED,
+        action="provision",
+        actor=actor,
+        reason=reason,
+        duration_ms=duration_ms,
+    )
 
 
 @shared_task(acks_late=True)
-def instance_destroy(tenant_id: int) -> str:
-    tenant = _load(tenant_id)
-    if tenant is None or tenant.state != State.DELETING:
-        return "skipped"
+def instance_destroy(spec: dict[str, Any]) -> str:
+    tenant = _spec(spec)
     started = time.monotonic()
+    seq = agent.store().set_state(tenant.instance_id, DELETING)
     agent.instance_destroy(tenant)
-    tenant_transition(
-        tenant=tenant,
-        from_states=[State.DELETING],
-        to_state=State.DELETED,
-        actor=WORKER,
+    report.transition(
+        tenant.pk,
+        seq or _seq_unheld(),
+        [DELETING],
+        "deleted",
         action="delete",
+        actor=WORKER,
         duration_ms=_ms(started),
-        deleted_at=timezone.now(),
     )
     return "deleted"
 
 
 @shared_task(acks_late=True)
-def instance_apply_secret(tenant_id: int) -> str:
-    tenant = _load(tenant_id)
-    if tenant is None or not tenant.pending_scram_secret or tenant.state != State.RUNNING:
+def instance_apply_secret(spec: dict[str, Any], secret: str) -> str:
+    tenant = _spec(spec)
+    if agent.store().state(tenant.instance_id) != RUNNING:
         return "skipped"
-    secret = tenant.pending_scram_secret
     agent.instance_apply_secret(tenant, secret)
-    # The API sees the reset done (pending cleared) only once the pooler has the
-    # new secret too.
-    with agent.routing_change(tenant.host):
-        claimed = Tenant.objects.filter(pk=tenant.pk, pending_scram_secret=secret).update(
-            scram_secret=secret, pending_scram_secret=""
-        )
-        if claimed:
-            event_record(tenant=tenant, action="password_applied", actor=WORKER)
+    # The API sees the reset done only once the pooler has the new secret too.
+    report.secret_applied(tenant.pk, secret)
     return "applied"
 
 
-@shared_task(acks_late=True)
-def instance_sleep(tenant_id: int, actor: str = WORKER) -> str:
-    tenant = _load(tenant_id)
-    if tenant is None:
-        return "skipped"
-    return agent.instance_sleep(tenant, actor=actor)
+def _held(spec: dict[str, Any]) -> TenantSpec:
+    """The tenant's spec as sent, kept (its state here unchanged)."""
+    tenant = _spec(spec)
+    agent.store().put(tenant)
+    return tenant
 
 
 @shared_task(acks_late=True)
-def instance_wake(tenant_id: int, actor: str = WORKER) -> str:
-    tenant = _load(tenant_id)
-    if tenant is None or tenant.state not in (State.RUNNING, State.SLEEPING):
+def instance_sleep(spec: dict[str, Any], actor: str = WORKER) -> str:
+    return agent.instance_sleep(_held(spec).instance_id, actor=actor)
+
+
+@shared_task(acks_late=True)
+def instance_wake(spec: dict[str, Any], actor: str = WORKER) -> str:
+    tenant = _held(spec)
+    if agent.store().state(tenant.instance_id) not in (RUNNING, SLEEPING):
         return "skipped"
-    agent.instance_wake(tenant, actor=actor)
+    agent.instance_wake(tenant.instance_id, actor=actor)
     return "running"
 
 
 @shared_task(acks_late=True)
-def instance_restart(tenant_id: int, actor: str = WORKER) -> str:
-    tenant = _load(tenant_id)
-    return agent.instance_restart(tenant, actor=actor) if tenant else "skipped"
+def instance_restart(spec: dict[str, Any], actor: str = WORKER) -> str:
+    return agent.instance_restart(_held(spec).instance_id, actor=actor)
 
 
 @shared_task(acks_late=True)
-def instance_suspend(tenant_id: int, actor: str = WORKER) -> str:
-    tenant = _load(tenant_id)
-    return agent.instance_suspend(tenant, actor=actor) if tenant else "skipped"
+def instance_suspend(spec: dict[str, Any], actor: str = WORKER) -> str:
+    return agent.instance_suspend(_spec(spec), actor=actor)
 
 
 @shared_task(acks_late=True)
-def instance_unsuspend(tenant_id: int, actor: str = WORKER) -> str:
-    tenant = _load(tenant_id)
-    return agent.instance_unsuspend(tenant, actor=actor) if tenant else "skipped"
+def instance_unsuspend(spec: dict[str, Any], actor: str = WORKER) -> str:
+    return agent.instance_unsuspend(_spec(spec), actor=actor)
+
+
+# -- periodic work -----------------------------------------------------------------------
 
 
 @shared_task
 def usage_record(host_name: str) -> int:
-    return usage.record(Host.objects.get(name=host_name))
+    return usage.record()
 
 
 @shared_task
@@ -204,234 +213,248 @@ def instances_sleep_idle(host_name: str) -> dict[str, int]:
     """
     bouncer = agent.pooler()
     pools, stats = bouncer.pools(), bouncer.stats()
-    now = timezone.now()
+    held = agent.store()
+    now = time.time()
     counts = {"active": 0, "idle": 0, "slept": 0}
-    tenants = Tenant.objects.filter(
-        host__name=host_name, state=State.RUNNING, plan__sleeps_when_idle=True
-    ).select_related("host", "plan")
-    for tenant in tenants:
+    for tenant, _state in held.all((RUNNING,)):
+        if not tenant.plan.sleeps_when_idle:
+            continue
         xacts = agent.pooler_xact_count(stats, tenant)
-        if agent.pooler_in_use(pools, tenant) or xacts != tenant.pooler_xact_count:
-            Tenant.objects.filter(pk=tenant.pk).update(last_active_at=now, pooler_xact_count=xacts)
+        last_active, last_xacts = held.activity(tenant.instance_id)
+        if agent.pooler_in_use(pools, tenant) or xacts != last_xacts:
+            held.activity_seen(tenant.instance_id, xacts)
+            report.measured(tenant.pk, {"last_active_at": now})
             counts["active"] += 1
             continue
-        idle_since = tenant.last_active_at or tenant.state_changed_at
-        if now - idle_since < timedelta(seconds=tenant.plan.idle_timeout_seconds):
+        if last_active is None:
+            held.activity_seen(tenant.instance_id, xacts)  # first look: from now
+            counts["idle"] += 1
+            continue
+        if now - last_active < tenant.plan.idle_timeout_seconds:
             counts["idle"] += 1
             continue
         try:
-            if agent.instance_sleep(tenant, actor="idle") == "slept":
+            if agent.instance_sleep(tenant.instance_id, actor="idle") == "slept":
                 counts["slept"] += 1
         except Exception:
-            log.exception("putting %s to sleep failed", tenant)
+            log.exception("putting %s to sleep failed", tenant.instance_id)
     return counts
 
 
 @shared_task
-def host_reconcile(host_name: str) -> dict[str, int]:
-    """Compare what the control plane believes with this host and repair the difference.
+def host_reconcile(
+    host_name: str,
+    tenants: list[dict[str, Any]] | None = None,
+    unfinished: dict[str, list[dict[str, Any]]] | None = None,
+    built_at: float | None = None,
+) -> dict[str, int]:
+    """Bring this host in line with what the control plane says it should hold
+    (`tenants`: each with its spec, how long it has been in its state, and a
+    password still to apply), and repair the difference. Also finds work it had
+    taken on that nobody is doing (`unfinished`: backups and restores the control
+    plane believes under way here).
 
     At most one action per tenant per cycle; one log line says why; an error on one
-    tenant never stops the cycle.
+    tenant never stops the cycle. Without `tenants` (as the host starts), only what
+    the host holds is repaired. A tenant whose state changed here after the list
+    was made (`built_at`, epoch seconds) waits for the next list: this one is older
+    than what the host knows.
     """
-    host = Host.objects.get(name=host_name)
+    # Hosts' clocks may differ from the control plane's by a few seconds.
+    built_at = (built_at if built_at is not None else time.time()) - CLOCK_MARGIN
     actions: dict[str, int] = {}
-    now = timezone.now()
-    tenants = (
-        Tenant.objects.filter(host=host).exclude(state=State.DELETED).select_related("host", "plan")
-    )
-    for tenant in tenants:
-        try:
-            action = _reconcile_tenant(tenant, now)
-        except Exception as exc:
-            log.exception("reconcile of %s failed", tenant)
-            action = "error"
-            event_record(
-                tenant=tenant, action="reconcile_error", message=str(exc), actor="reconcile"
-            )
+
+    def count(action: str | None) -> None:
         if action:
-            log.info("reconcile: %s %s", tenant, action)
             actions[action] = actions.get(action, 0) + 1
+
+    held = agent.store()
+    listed: set[str] = set()
+    for item in tenants or []:
+        tenant = _spec(item["spec"])
+        listed.add(tenant.instance_id)
+        if held.changed(tenant.instance_id) > built_at:
+            continue
+        try:
+            count(_reconcile_tenant(tenant, item.get("state_age", 0), item))
+        except Exception as exc:
+            log.exception("reconcile of %s failed", tenant.instance_id)
+            count("error")
+            report.event(tenant.pk, "reconcile_error", "reconcile", str(exc))
+    if tenants is None:
+        for tenant, _state in held.all((RUNNING, SLEEPING, SUSPENDED)):
+            try:
+                count(agent.instance_repair(tenant))
+            except Exception:
+                log.exception("repair of %s failed", tenant.instance_id)
+    else:
+        # Held here, unknown to the control plane (deleted while this host was away).
+        for tenant, _state in held.all():
+            if (
+                tenant.instance_id not in listed
+                and held.changed(tenant.instance_id) < built_at
+                and not locks.is_held(work_lock("provision", tenant.pk))
+            ):
+                agent.instance_destroy(tenant)
+                count("forgotten")
     for name, step in (
-        ("lost_work", _sweep_lost_work),
-        ("moves_repaired", _sweep_moves),
+        ("abandoned", lambda: _sweep_abandoned(unfinished or {})),
+        ("import_leftovers", _sweep_import_leftovers),
         ("pooler_resync", agent.pooler_sync),
-        ("spares_made", lambda _h: agent.spares_refill(settings.DBAAS_RUNTIME)),
+        ("spares_made", lambda: agent.spares_refill(settings.DBAAS_RUNTIME)),
     ):
         try:
-            if done := step(host):
+            if done := step():
                 actions[name] = int(done)
         except Exception:
-            log.exception("reconcile step %s on %s failed", name, host)
+            log.exception("reconcile step %s on %s failed", name, host_name)
             actions[f"{name}_error"] = 1
     if actions:
         log.info("reconcile %s: %s", host_name, actions)
     return actions
 
 
-def _sweep_lost_work(host: Host) -> int:
-    """Work this host accepted but nobody is doing (its worker died, or its message
-    never reached the queue): done again where that is safe, failed and cleaned up
-    where it is not. A task holds its work lock while it runs (work_lock), so a
-    free lock on a row that says `running` means the worker is gone.
-
-    - provisioning, its lock free for REQUEUE_AFTER: queued again (the tenant
-      never served anything; provisioning starts from scratch), until GIVE_UP_AFTER;
-    - a backup or restore `running` with its lock free: failed now, a backup's
-      partial object removed; then what a cut-short restore left beside the
-      instance goes and the data it replaced is put back (_sweep_import_leftovers);
-    - a backup or restore `pending` for REQUEUE_AFTER while its queue is empty
-      (its message was lost): queued again.
-    """
-    now = timezone.now()
-    swept = 0
-    for tenant in Tenant.objects.filter(host=host, state=State.PROVISIONING).select_related("host"):
-        age = now - tenant.state_changed_at
-        if age < REQUEUE_AFTER or locks.is_held(work_lock("provision", tenant.pk)):
-            continue
-        if age > GIVE_UP_AFTER:
+def _reconcile_tenant(tenant: TenantSpec, state_age: float, item: dict[str, Any]) -> str | None:
+    """One tenant, as the control plane has it (`tenant.state`), against this host."""
+    held = agent.store()
+    here = held.state(tenant.instance_id)
+    wanted = tenant.state
+    if wanted == PROVISIONING:
+        if locks.is_held(work_lock("provision", tenant.pk)) or state_age < REQUEUE_AFTER:
+            return None
+        if state_age > GIVE_UP_AFTER:
             _fail_and_discard(tenant, "provisioning did not finish (worker lost)", "sweep", None)
-        else:
-            event_record(
-                tenant=tenant,
-                action="provision_requeued",
-                actor="sweep",
-                message="no worker was provisioning it; queued again",
-            )
-            instance_provision.apply_async((tenant.pk,), queue=host.queue)
-        swept += 1
-    # Queued again only while its queue is empty: else the message may just wait.
-    requeue = _queue_length(host.bulk_queue) == 0
-    for kind, model, task, abandon in (
-        ("backup", Backup, backup_run, backups.backup_abandon),
-        ("restore", Restore, restore_run, backups.restore_abandon),
-    ):
-        unfinished = model.objects.filter(
-            tenant__host=host, state__in=["pending", "running"]
-        ).select_related("tenant__host", "tenant__plan")
-        swept += _sweep_unfinished(unfinished, kind, task, abandon, host.bulk_queue, requeue, now)
-    return swept + _sweep_import_leftovers(host)
+            return "failed"
+        report.event(tenant.pk, "provision_requeued", "sweep", "no worker was provisioning it")
+        instance_provision.apply_async((tenant.as_json(), item.get("source")), queue=_queue())
+        return "requeued"
+    if wanted == DELETING:
+        if state_age > STUCK_AFTER:
+            instance_destroy(tenant.as_json())
+            return "deleted"
+        return None
+    if wanted == FAILED:
+        if locks.is_held(work_lock("provision", tenant.pk)):
+            return None  # a provisioning that began before it was failed finishes first
+        runtime = agent.runtime_for(tenant)
+        if here is not None or runtime.status(tenant.instance_id).state.value != "missing":
+            agent.instance_destroy(tenant)
+            return "discarded"
+        return None
+    if wanted == MOVING:
+        return None  # the move's own steps deal with it
+    if wanted == SUSPENDED:
+        held.put(tenant, state=SUSPENDED)
+        return agent.instance_repair(tenant)
+    # Running or sleeping: this host decides which; the control plane hears it.
+    if here not in (RUNNING, SLEEPING):
+        running = agent.runtime_for(tenant).status(tenant.instance_id).state.value == "running"
+        held.put(tenant, state=wanted if here is None else (RUNNING if running else SLEEPING))
+    else:
+        held.put(tenant)
+    if item.get("pending_scram_secret") and held.state(tenant.instance_id) == RUNNING:
+        instance_apply_secret(tenant.as_json(), item["pending_scram_secret"])
+    did = agent.instance_repair(tenant)
+    now = held.state(tenant.instance_id)
+    if now in (RUNNING, SLEEPING) and now != wanted and did is None:
+        # The control plane missed a report: say it again.
+        agent.state_change(tenant, wanted, now, action="state", actor="reconcile")
+        return "reported"
+    return did
 
 
-def _sweep_import_leftovers(host: Host) -> int:
+def _queue() -> str:
+    from dbaas.celery import host_queue
+
+    return host_queue(settings.DBAAS_HOST_NAME)
+
+
+def _sweep_abandoned(unfinished: dict[str, list[dict[str, Any]]]) -> int:
+    """Backups and restores the control plane believes running here that nobody is
+    doing (their work lock is free): a backup's partial upload removed (the store
+    never showed it), and each reported abandoned."""
+    swept = 0
+    for kind in ("backup", "restore"):
+        for job in unfinished.get(kind, []):
+            if locks.is_held(work_lock(kind, job["id"])):
+                continue
+            if kind == "backup":
+                try:
+                    get_store(job["store"], settings.DATA_DIR).discard_partial(job["key"])
+                except Exception:
+                    log.exception("the partial upload of backup %s stays", job["id"])
+            report.abandoned(kind, job["id"], "the worker doing it was lost")
+            swept += 1
+    return swept
+
+
+def _sweep_import_leftovers() -> int:
     """What a restore cut short left beside an instance (what it unpacked, the data
     it was replacing, even the last writes of its killed worker's processes):
     removed, the data put back, once no restore of that tenant is under way; the
     instance then as its state says."""
-    restoring = Restore.objects.filter(tenant__host=host, state__in=["pending", "running"])
-    tenants = Tenant.objects.filter(host=host, state__in=[State.RUNNING, State.SLEEPING]).exclude(
-        pk__in=restoring.values("tenant_id")
-    )
     swept = 0
-    for tenant in tenants.select_related("host", "plan"):
+    for tenant, _state in agent.store().all((RUNNING, SLEEPING)):
         runtime = agent.runtime_for(tenant)
         if not runtime.import_leftovers(tenant.instance_id):
+            continue
+        if locks.is_held(f"restoring-{tenant.instance_id}"):
             continue
         with agent.instance_lock(tenant, timeout=0) as mine:
             if mine:  # else a wake or sleep is on it: the next sweep
                 if runtime.abandon_import(agent.instance_spec(tenant)):
-                    event_record(
-                        tenant=tenant,
-                        action="restore",
-                        actor="sweep",
-                        message="the data a cut-short restore replaced is back",
+                    report.event(
+                        tenant.pk,
+                        "restore",
+                        "sweep",
+                        "the data a cut-short restore replaced is back",
                     )
                 swept += 1
         agent.instance_repair(tenant)  # running again if it should
     return swept
 
 
-def _sweep_unfinished(
-    rows, kind: str, task, abandon: Callable[[Any, str], None], queue: str, requeue: bool, now
-) -> int:
-    """Backups or restores (`rows`) nobody is doing: a running one abandoned, a
-    pending one queued again (if `requeue`)."""
-    swept = 0
-    for row in rows:
-        if locks.is_held(work_lock(kind, row.pk)):
-            continue
-        if row.state == "running":
-            abandon(row, "the worker doing it was lost")
-            swept += 1
-        elif requeue and now - row.created_at > REQUEUE_AFTER:
-            task.apply_async((row.pk,), queue=queue)
-            swept += 1
-    return swept
-
-
-def _queue_length(queue: str) -> int | None:
-    """Messages waiting in a queue (None if the broker cannot say). The broker is
-    Redis, where Celery keeps a queue as a list of that name."""
-    import redis
-
-    try:
-        length = redis.Redis.from_url(settings.REDIS_PY_URL, socket_timeout=5).llen(queue)
-        return cast(int, length)  # a synchronous client: an int, not an awaitable
-    except redis.RedisError as exc:
-        log.warning("cannot read the length of queue %s: %s", queue, exc)
-        return None
-
-
-def _reconcile_tenant(tenant: Tenant, now) -> str | None:
-    if tenant.state in (State.RUNNING, State.SLEEPING, State.SUSPENDED):
-        if tenant.state == State.RUNNING and tenant.pending_scram_secret:
-            instance_apply_secret(tenant.pk)
-        return agent.instance_repair(tenant)
-    stuck = now - tenant.state_changed_at > STUCK_AFTER
-    if tenant.state == State.PROVISIONING and stuck:
-        _fail_and_discard(tenant, "provisioning did not finish (worker lost)", "reconcile", None)
-        return "failed"
-    if tenant.state == State.DELETING and stuck:
-        instance_destroy(tenant.pk)
-        return "deleted"
-    if tenant.state == State.FAILED and _leftover(tenant):
-        # Failed while this host could not clean up (the control plane fails a
-        # provisioning whose host stopped): what was made here goes.
-        agent.instance_destroy(tenant)
-        return "discarded"
-    return None
-
-
-def _leftover(tenant: Tenant) -> bool:
-    """An instance of a failed tenant is here, and no provisioning of it is still
-    running (one that began before the control plane failed it finishes first)."""
-    if locks.is_held(work_lock("provision", tenant.pk)):
-        return False
-    return agent.runtime_for(tenant).status(tenant.instance_id).state is not InstanceState.MISSING
+# -- backups -----------------------------------------------------------------------------
 
 
 @shared_task(acks_late=True)
-def backup_run(backup_id: int) -> str:
-    with locks.held(work_lock("backup", backup_id), timeout=0) as mine:
-        backup = Backup.objects.select_related("tenant__host", "tenant__plan").filter(pk=backup_id)
-        if not mine or not backup.exists():
+def backup_run(job: dict[str, Any], spec: dict[str, Any]) -> str:
+    with locks.held(work_lock("backup", job["id"]), timeout=0) as mine:
+        if not mine or not agent.store().job_take("backup", job):
             return "skipped"
-        backups.backup_run(backup.get())
+        backups.backup_run(job, _spec(spec))
         return "done"
 
 
 @shared_task(acks_late=True)
-def restore_run(restore_id: int) -> str:
-    with locks.held(work_lock("restore", restore_id), timeout=0) as mine:
-        restore = Restore.objects.select_related("backup", "tenant__host", "tenant__plan").filter(
-            pk=restore_id
-        )
-        if not mine or not restore.exists():
+def restore_run(job: dict[str, Any], spec: dict[str, Any]) -> str:
+    tenant = _spec(spec)
+    with (
+        locks.held(work_lock("restore", job["id"]), timeout=0) as mine,
+        locks.held(f"restoring-{tenant.instance_id}"),
+    ):
+        if not mine or not agent.store().job_take("restore", job):
             return "skipped"
-        backups.restore_run(restore.get())
+        backups.restore_run(job, tenant)
         return "done"
-
-
-@shared_task(soft_time_limit=3600, time_limit=3700)
-def backups_verify(host_name: str) -> dict[str, int]:
-    return backups.backups_verify(host_name=host_name, sample=settings.DBAAS_VERIFY_SAMPLE)
 
 
 @shared_task
-def partials_discard(host_name: str) -> int:
+def backups_verify(host_name: str, sample: list[dict[str, Any]] | None = None) -> dict[str, int]:
+    """Verify these backups (the control plane picks a sample of this host's)."""
+    counts = {"ok": 0, "bad": 0}
+    for item in sample or []:
+        ok, _message = backups.backup_verify(item["backup"], _spec(item["spec"]))
+        counts["ok" if ok else "bad"] += 1
+    return counts
+
+
+@shared_task
+def partials_discard(host_name: str, expired: list[str] | None = None) -> int:
     """Daily: what uploads cut short left in this host's local store, and objects of
-    expired backups whose delete never reached this host."""
-    return backups.partials_discard(["local"]) + backups.expired_discard(host_name)
+    expired backups whose delete never reached this host (`expired`: their
+    locations, as the control plane has them)."""
+    return backups.partials_discard(["local"]) + backups.expired_discard(expired or [])
 
 
 @shared_task(acks_late=True)
@@ -444,83 +467,56 @@ def backup_delete(store: str, location: str) -> str:
 # -- moving a tenant to another host (tenants/host/moves.py) -----------------------------
 
 
-def _sweep_moves(host: Host) -> int:
-    """Moves from this host that nobody is carrying on (a worker died, a message was
-    lost): one whose last step was to finish here is finished; one stuck before
-    that (for longer than any step may take) is put back here as it was."""
-    repaired = 0
-    now = timezone.now()
-    for move in Move.objects.filter(source=host, state__in=moves.ACTIVE).select_related(
-        "tenant__host", "tenant__plan", "source", "target"
-    ):
-        if locks.is_held(work_lock("move", move.pk)):
-            continue
-        if move.state == Move.State.FINISHING:
-            instance_move_finish(move.pk)
-        elif now - move.created_at > 2 * STUCK_AFTER:
-            instance_move_abort(move.pk, "the move did not finish (a worker was lost)")
-        else:
-            continue
-        repaired += 1
-    return repaired
-
-
-def _move(move_id: int, state: str) -> Move | None:
-    related = ("tenant__host", "tenant__plan", "source", "target")
-    return Move.objects.select_related(*related).filter(pk=move_id, state=state).first()
-
-
 @shared_task(acks_late=True)
-def instance_move_out(move_id: int) -> str:
-    with locks.held(work_lock("move", move_id)):
-        move = _move(move_id, Move.State.PAUSING)
-        if move is None:
+def instance_move_out(job: dict[str, Any], spec: dict[str, Any]) -> str:
+    tenant = _spec(spec)
+    with locks.held(work_lock("move", job["id"])):
+        if not agent.store().job_take("move-out", job):
             return "skipped"
         try:
-            moves.move_out(move)
+            job = moves.move_out(job, tenant)
         except Exception as exc:
-            log.exception("moving %s out failed", move.tenant)
-            moves.move_abort(move, f"the source could not pack it: {exc}")
+            log.exception("moving %s out failed", tenant.instance_id)
+            moves.move_abort(job, tenant, f"the source could not pack it: {exc}")
             return "failed"
-    instance_move_in.apply_async((move_id,), queue=move.target.queue)
+    instance_move_in.apply_async((job, spec), queue=job["target"]["queue"])
     return "copying"
 
 
 @shared_task(acks_late=True)
-def instance_move_in(move_id: int) -> str:
-    with locks.held(work_lock("move", move_id)):
-        move = _move(move_id, Move.State.COPYING)
-        if move is None:
+def instance_move_in(job: dict[str, Any], spec: dict[str, Any]) -> str:
+    tenant = _spec(spec)
+    with locks.held(work_lock("move", job["id"])):
+        if not agent.store().job_take("move-in", job):
             return "skipped"
         try:
-            moves.move_in(move)
+            moves.move_in(job, tenant)
         except Exception as exc:
-            log.exception("moving %s in failed", move.tenant)
-            moves.target_discard(move)
+            log.exception("moving %s in failed", tenant.instance_id)
+            moves.target_discard(job, tenant)
             # The source puts it back as it was.
             instance_move_abort.apply_async(
-                (move_id, f"the target could not take it: {exc}"), queue=move.source.queue
+                (job, spec, f"the target could not take it: {exc}"),
+                queue=job["source"]["queue"],
             )
             return "failed"
-    instance_move_finish.apply_async((move_id,), queue=move.source.queue)
+    instance_move_finish.apply_async((job, spec), queue=job["source"]["queue"])
     return "finishing"
 
 
 @shared_task(acks_late=True)
-def instance_move_finish(move_id: int) -> str:
-    with locks.held(work_lock("move", move_id)):
-        move = _move(move_id, Move.State.FINISHING)
-        if move is None:
+def instance_move_finish(job: dict[str, Any], spec: dict[str, Any]) -> str:
+    with locks.held(work_lock("move", job["id"])):
+        if not agent.store().job_take("move-finish", job):
             return "skipped"
-        moves.move_finish(move)
+        moves.move_finish(job, _spec(spec))
         return "done"
 
 
 @shared_task(acks_late=True)
-def instance_move_abort(move_id: int, error: str) -> str:
-    with locks.held(work_lock("move", move_id)):
-        move = _move(move_id, Move.State.COPYING) or _move(move_id, Move.State.PAUSING)
-        if move is None:
+def instance_move_abort(job: dict[str, Any], spec: dict[str, Any], error: str) -> str:
+    with locks.held(work_lock("move", job["id"])):
+        if not agent.store().job_take("move-abort", job):
             return "skipped"
-        moves.move_abort(move, error)
+        moves.move_abort(job, _spec(spec), error)
         return "failed"

@@ -1,18 +1,18 @@
 """What a host has and uses, measured by its own agent for the operators' dashboard
-and the users' storage figures: memory, disk, pooler connections, tenant sizes."""
+and the users' storage figures: memory, disk, pooler connections, tenant sizes; and
+the storage limit, applied here from each tenant's size and plan."""
 
 import logging
 import shutil
 
-from django.utils import timezone
-
 from dbaas.env import data_dir
-from tenants.host import agent
-from tenants.models import Host, Tenant
+from poolers.pgbouncer import SERVER_COLUMNS
+from tenants.host import agent, report
+from tenants.host.spec import RUNNING, SLEEPING, SUSPENDED
 
 log = logging.getLogger(__name__)
 # Whose storage limit is applied (a sleeping tenant's when it next starts).
-LIMITED_STATES = (Tenant.State.RUNNING, Tenant.State.SLEEPING, Tenant.State.SUSPENDED)
+LIMITED_STATES = (RUNNING, SLEEPING, SUSPENDED)
 
 
 def memory() -> tuple[int, int]:
@@ -28,16 +28,13 @@ def memory() -> tuple[int, int]:
 def pooler_connections(pools: dict[tuple[str, str], dict]) -> tuple[int, int]:
     """(clients, servers) across every database of the host's pooler."""
     clients = sum(p.get("cl_active", 0) + p.get("cl_waiting", 0) for p in pools.values())
-    servers = sum(
-        p.get(column, 0)
-        for p in pools.values()
-        for column in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")
-    )
+    servers = sum(p.get(column, 0) for p in pools.values() for column in SERVER_COLUMNS)
     return clients, servers
 
 
-def record(host: Host) -> int:
-    """Measure this host and the size of each of its tenants; return how many tenants."""
+def record() -> int:
+    """Measure this host and the size of each of its tenants (reported to the control
+    plane), apply the storage limits; return how many tenants."""
     mem_total, mem_used = memory()
     disk = shutil.disk_usage(data_dir())
     clients: int | None
@@ -45,32 +42,28 @@ def record(host: Host) -> int:
     try:
         clients, servers = pooler_connections(agent.pooler().pools())
     except Exception:  # a pooler that is down is shown as unknown, not as zero
-        log.warning("pooler of %s did not answer; its connections are unknown", host)
+        log.warning("this host's pooler did not answer; its connections are unknown")
         clients = servers = None
-    Host.objects.filter(pk=host.pk).update(
-        memory_total_bytes=mem_total,
-        memory_used_bytes=mem_used,
-        disk_total_bytes=disk.total,
-        disk_used_bytes=disk.used,
-        pooler_clients=clients,
-        pooler_servers=servers,
-        usage_at=timezone.now(),
+    report.host_usage(
+        {
+            "memory_total_bytes": mem_total,
+            "memory_used_bytes": mem_used,
+            "disk_total_bytes": disk.total,
+            "disk_used_bytes": disk.used,
+            "pooler_clients": clients,
+            "pooler_servers": servers,
+        }
     )
-    tenants = list(
-        Tenant.objects.filter(host=host)
-        .exclude(state__in=[Tenant.State.DELETED, Tenant.State.PROVISIONING])
-        .select_related("host", "plan")
-    )
-    for tenant in tenants:
+    tenants = agent.store().all(LIMITED_STATES)
+    for tenant, _state in tenants:
         # What the plan's limit counts: the tenant's databases, not the WAL,
         # temporary files or templates (Runtime.data_usage).
-        tenant.size_bytes = agent.runtime_for(tenant).data_usage(tenant.instance_id)
-        over = tenant.size_bytes > tenant.plan.storage_limit_bytes
-        if tenant.state in LIMITED_STATES and tenant.storage_read_only is not over:
+        size = agent.runtime_for(tenant).data_usage(tenant.instance_id)
+        report.measured(tenant.pk, {"size_bytes": size})
+        over = size > tenant.plan.storage_limit_bytes
+        if tenant.storage_read_only is not over:
             try:
                 agent.storage_limit_apply(tenant, read_only=over)
             except Exception:
-                log.exception("storage limit of %s not applied; next time", tenant)
-    # Only this field: the rows may have changed state meanwhile.
-    Tenant.objects.bulk_update(tenants, ["size_bytes"], batch_size=500)
+                log.exception("storage limit of %s not applied; next time", tenant.instance_id)
     return len(tenants)

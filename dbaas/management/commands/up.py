@@ -60,12 +60,12 @@ class Command(BaseCommand):
             from tenants import lifecycle
             from tenants.host.agent import pooler_render
 
-            host = lifecycle.host_register(
+            lifecycle.host_register(
                 name=settings.DBAAS_HOST_NAME,
                 public_host=settings.DBAAS_PUBLIC_HOST,
                 pooler_port=settings.DBAAS_PGBOUNCER_PORT,
             )
-            self.pooler_exposure = pooler_render(host).exposure()
+            self.pooler_exposure = pooler_render().exposure()
 
     def _hosts(self) -> list[tuple[list[str], dict[str, str]]]:
         """How to start each host: its command prefix and its environment."""

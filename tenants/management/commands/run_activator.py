@@ -19,58 +19,47 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
-from django.db import InterfaceError, OperationalError, close_old_connections
 
 from dbaas.env import pooler_user
 from dbaas.files import LogFollower
 from poolers import firewall, login_guard
 from poolers.activator import Activator
 from poolers.registrar import Registrar
-from tenants.host import agent, databases, heartbeat
-from tenants.lifecycle import event_record
-from tenants.models import Tenant
+from tenants.host import agent, databases, heartbeat, report
 
 log = logging.getLogger(__name__)
 CRASH_WATCH_INTERVAL = 0.5
 
 
 def wake(instance_id: str, ready: Callable[[Path], None]) -> Path:
-    close_old_connections()
-    # Only the pk: instance_wake loads the row itself, once, under the lock.
-    tenant = Tenant(pk=agent.tenant_pk_for_instance(instance_id))
+    """Decided on this host, from what it holds: the control plane hears of the
+    wake afterwards (a report), and of a failure as an event."""
     try:
-        return agent.instance_wake(tenant, actor="activator", ready=ready)
-    except (OperationalError, InterfaceError) as exc:
-        # The control plane is down: the host decides alone, the reconcile loop
-        # records it later. The client is not kept waiting for the database.
-        log.warning("control plane unreachable (%s); waking %s on its own", exc, instance_id)
-        return agent.instance_wake_offline(instance_id, ready)
+        return agent.instance_wake(instance_id, actor="activator", ready=ready)
     except Exception as exc:
         # The client hears it at once (the activator refuses its connection); the
         # operators see why in the tenant's events.
-        event_record(
-            tenant=tenant,
-            action="wake_failed",
-            actor="activator",
-            message=f"could not start for a connecting client: {str(exc)[:1000]}",
+        report.event(
+            agent.tenant_pk_for_instance(instance_id),
+            "wake_failed",
+            "activator",
+            f"could not start for a connecting client: {str(exc)[:1000]}",
         )
         raise
 
 
 def decide(instance_id: str, verb: str, name: str) -> str | None:
-    close_old_connections()
     return databases.decide(instance_id, verb, name)
 
 
 def instance_for_role(role: str) -> str | None:
-    close_old_connections()
     return agent.instance_for_role(role)
 
 
 def hand_off(instance_id: str) -> None:
-    close_old_connections()
-    tenant = Tenant.objects.get(pk=agent.tenant_pk_for_instance(instance_id))
-    agent.pooler_reconnect(tenant)
+    tenant = agent.store().get(instance_id)
+    if tenant is not None:
+        agent.pooler_reconnect(tenant)
 
 
 class Command(BaseCommand):
@@ -100,16 +89,15 @@ class Command(BaseCommand):
     def _restart_crashed(self) -> None:
         """Twice a second: a running tenant whose server has exited is started again
         at once, one whose disk is full gets room (agent.instances_watch)."""
-        failing, logs = False, dict[str, LogFollower]()
+        failing, logs, noted = False, dict[str, LogFollower](), set[str]()
         while True:
             time.sleep(CRASH_WATCH_INTERVAL)
-            close_old_connections()
             try:
-                for what in agent.instances_watch(logs):
+                for what in agent.instances_watch(logs, noted):
                     log.warning("crash watch: %s", what)
             except Exception:
                 if not failing:  # once per outage, not twice a second
-                    log.exception("crash watch: failing (the control plane down?); retrying")
+                    log.exception("crash watch: failing; retrying")
                 failing = True
             else:
                 if failing:

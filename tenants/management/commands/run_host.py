@@ -1,7 +1,7 @@
 """`manage.py run_host`: run this machine as one host of the platform: its agent
 (the Celery workers of its queues), its PgBouncer and its activator, under honcho
-(Procfile.host), in the foreground. Point it at the control plane's PostgreSQL and
-Redis (DATABASE_URL, REDIS_URL); it registers itself with its address
+(Procfile.host), in the foreground. Point it at the control plane's Redis
+(REDIS_URL); it never connects to the control plane's database. It registers itself with its address
 (DBAAS_PUBLIC_HOST, where DBAAS_PGBOUNCER_LISTEN is reached) and capacity
 (DBAAS_HOST_CAPACITY). Ctrl-C stops its processes and its tenants' instances; the
 next start brings them back.
@@ -20,7 +20,7 @@ from dbaas import locks
 from dbaas.celery import host_queue
 from dbaas.env import BASE_DIR
 from dbaas.foreground import wait_all
-from tenants import lifecycle
+from tenants.host import report
 from tenants.host.tasks import host_reconcile
 from unikernel_images.paths import instances_dir
 from unikernel_images.runtimes import get_runtime
@@ -38,17 +38,18 @@ class Command(BaseCommand):
     def _run(self) -> None:
         try:
             call_command("build_image")
-            host = lifecycle.host_register(
-                name=settings.DBAAS_HOST_NAME,
-                public_host=settings.DBAAS_PUBLIC_HOST,
-                pooler_port=settings.DBAAS_PGBOUNCER_PORT,
-                max_tenants=settings.DBAAS_HOST_CAPACITY,
+            name = settings.DBAAS_HOST_NAME
+            report.registered(
+                settings.DBAAS_PUBLIC_HOST,
+                settings.DBAAS_PGBOUNCER_PORT,
+                settings.DBAAS_HOST_CAPACITY,
             )
             # The tenants stopped by the last Ctrl-C come back as soon as the agent
-            # is up, not one reconcile interval later.
-            host_reconcile.apply_async((host.name,), queue=host_queue(host.name), expires=300)
+            # is up, not one reconcile interval later (from what this host holds).
+            host_reconcile.apply_async((name,), queue=host_queue(name), expires=300)
             self.stdout.write(
-                f"run_host: host {host.name}, databases at {host.public_host}:{host.pooler_port}"
+                f"run_host: host {name}, databases at "
+                f"{settings.DBAAS_PUBLIC_HOST}:{settings.DBAAS_PGBOUNCER_PORT}"
             )
             self.stdout.flush()
             venv_bin = Path(sys.executable).parent
@@ -57,7 +58,10 @@ class Command(BaseCommand):
                 "DBAAS_DATA_DIR": str(settings.DATA_DIR),
                 "DBAAS_HOST_NAME": settings.DBAAS_HOST_NAME,
                 "PYTHONUNBUFFERED": "1",
+                # The host's processes never reach the control plane's database.
+                "DBAAS_HOST_ONLY": "1",
             }
+            env.pop("DATABASE_URL", None)
             procfile = BASE_DIR / "Procfile.host"
             honcho = subprocess.Popen(
                 [str(venv_bin / "honcho"), "start", "-f", str(procfile)], cwd=BASE_DIR, env=env

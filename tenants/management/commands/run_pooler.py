@@ -1,5 +1,6 @@
-"""`manage.py run_pooler`: register this host, render PgBouncer's files from the
-control plane, then become PgBouncer (foreground, as the service account)."""
+"""`manage.py run_pooler`: register this host (a report to the control plane),
+render PgBouncer's files from what the host holds, then become PgBouncer
+(foreground, as the service account)."""
 
 import os
 
@@ -7,21 +8,17 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from poolers import firewall
-from tenants import lifecycle
-from tenants.host import agent
+from tenants.host import agent, report
 
 
 class Command(BaseCommand):
-    help = "Run this host's PgBouncer with configuration rendered from the control plane."
+    help = "Run this host's PgBouncer, configured from what the host holds."
 
     def handle(self, *args, **options):
-        host = lifecycle.host_register(
-            name=settings.DBAAS_HOST_NAME,
-            public_host=settings.DBAAS_PUBLIC_HOST,
-            pooler_port=settings.DBAAS_PGBOUNCER_PORT,
-            max_tenants=settings.DBAAS_HOST_CAPACITY,
+        report.registered(
+            settings.DBAAS_PUBLIC_HOST, settings.DBAAS_PGBOUNCER_PORT, settings.DBAAS_HOST_CAPACITY
         )
-        bouncer = agent.pooler_render(host)
+        bouncer = agent.pooler_render()
         self._install_firewall()
         exposure = bouncer.exposure()
         (self.stderr if exposure.exposed else self.stdout).write(
@@ -29,7 +26,7 @@ class Command(BaseCommand):
         )
         self.stdout.write(
             f"run_pooler: pgbouncer on {settings.DBAAS_PGBOUNCER_LISTEN}:"
-            f"{settings.DBAAS_PGBOUNCER_PORT} for host {host.name}"
+            f"{settings.DBAAS_PGBOUNCER_PORT} for host {settings.DBAAS_HOST_NAME}"
         )
         self.stdout.flush()
         bouncer.exec_foreground()

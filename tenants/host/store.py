@@ -1,0 +1,304 @@
+"""What a host holds of its tenants, in a SQLite file of its own
+(`<data>/host.sqlite3`), shared by its processes (the agent's workers, the
+activator, the pooler's renderer): the spec the control plane last sent for each
+tenant, the state the host has it in, and the databases each made.
+
+The host reads nothing else to render its pooler, wake a tenant, answer its
+registrar or reconcile; it never connects to the control plane's database
+(docs/spec-agent-plan.md). Every change is one SQLite transaction; WAL lets readers
+go on while one process writes.
+"""
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tenants.host.spec import TenantSpec
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (
+    instance_id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    -- The state the host has it in (running, sleeping, ...), as it reported it.
+    state TEXT NOT NULL,
+    -- Numbers the host's reports on this tenant, so that the control plane applies
+    -- them in order whatever order they arrive in.
+    seq INTEGER NOT NULL DEFAULT 0,
+    -- When its state here last changed (epoch seconds): a reconcile list built
+    -- before that says nothing newer.
+    changed REAL NOT NULL DEFAULT 0,
+    last_active REAL,
+    xact_count INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS databases (
+    -- A name the pooler routes is unique on the host, whoever made it.
+    name TEXT PRIMARY KEY,
+    instance_id TEXT NOT NULL REFERENCES tenants (instance_id) ON DELETE CASCADE,
+    state TEXT NOT NULL  -- reserved (CREATE DATABASE under way), active
+);
+CREATE INDEX IF NOT EXISTS databases_of ON databases (instance_id);
+-- Work this host has taken on (a backup, a restore, a move step), by kind and the
+-- control plane's id: a message delivered twice is done once.
+CREATE TABLE IF NOT EXISTS jobs (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    taken REAL NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+-- Tenants moved to another host: this host's pooler forwards their old connection
+-- strings there until `until` (epoch seconds).
+CREATE TABLE IF NOT EXISTS forwards (
+    instance_id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    address TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    until REAL NOT NULL
+);
+"""
+
+
+class HostStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._ready = False
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """One connection per use (cheap; safe across threads and forks), in one
+        transaction: committed on the way out, rolled back on an error."""
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            conn.execute("PRAGMA foreign_keys = ON")
+            if not self._ready:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.executescript(SCHEMA)
+                self._ready = True
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    # -- tenants -------------------------------------------------------------------
+
+    def put(
+        self, spec: TenantSpec, state: str | None = None, *, decided_here: bool = False
+    ) -> None:
+        """Keep (or replace) the tenant's spec; its state too if given, else the
+        spec's for a tenant new here.
+
+        What this host decides of a tenant stays as it decided it, whatever an older
+        spec from the control plane says: the databases its owner made here (the
+        spec's list is taken only for a tenant new here: moved in, or a store
+        rebuilt) and whether it is over its storage limit (unless `decided_here`:
+        the host changing it)."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT spec FROM tenants WHERE instance_id = ?", (spec.instance_id,)
+            ).fetchone()
+            new = row is None
+            if row is not None and not decided_here:
+                held = json.loads(row[0])
+                spec = spec.but(storage_read_only=held.get("storage_read_only"))
+            # The state given, else the one held (or the spec's, for a tenant new here).
+            now = time.time()
+            db.execute(
+                "INSERT INTO tenants (instance_id, spec, state, changed) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (instance_id) DO UPDATE SET spec = excluded.spec, "
+                "state = coalesce(?, tenants.state), "
+                "changed = CASE WHEN ? IS NULL THEN tenants.changed ELSE ? END",
+                (spec.instance_id, json.dumps(spec.as_json()), state or spec.state, now)
+                + (state, state, now),
+            )
+            for name in spec.databases if new else ():
+                db.execute(
+                    "INSERT INTO databases (name, instance_id, state) VALUES (?, ?, 'active') "
+                    "ON CONFLICT (name) DO UPDATE SET state = 'active' "
+                    "WHERE databases.instance_id = excluded.instance_id",
+                    (name, spec.instance_id),
+                )
+
+    def get(self, instance_id: str) -> TenantSpec | None:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT spec FROM tenants WHERE instance_id = ?", (instance_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            return self._with_databases(db, instance_id, row[0])
+
+    def state(self, instance_id: str) -> str | None:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT state FROM tenants WHERE instance_id = ?", (instance_id,)
+            ).fetchone()
+            return row[0] if row else None
+
+    def all(self, states: tuple[str, ...] | None = None) -> list[tuple[TenantSpec, str]]:
+        """Every tenant held here (in one of `states`), with its state here."""
+        with self._db() as db:
+            rows = db.execute("SELECT instance_id, spec, state FROM tenants").fetchall()
+            databases: dict[str, list[str]] = {}
+            for name, iid in db.execute(
+                "SELECT name, instance_id FROM databases WHERE state = 'active' ORDER BY name"
+            ):
+                databases.setdefault(iid, []).append(name)
+        found = []
+        for iid, spec, state in rows:
+            if states is not None and state not in states:
+                continue
+            parsed = TenantSpec.of_json(json.loads(spec))
+            found.append((parsed.but(databases=tuple(databases.get(iid, ()))), state))
+        return found
+
+    def set_state(self, instance_id: str, state: str, *, active: bool = False) -> int:
+        """The tenant's state here; returns the number of the report that says so."""
+        with self._db() as db:
+            db.execute(
+                "UPDATE tenants SET state = ?, seq = seq + 1, changed = ?, "
+                "last_active = CASE WHEN ? THEN ? ELSE last_active END WHERE instance_id = ?",
+                (state, time.time(), active, time.time(), instance_id),
+            )
+            row = db.execute(
+                "SELECT seq FROM tenants WHERE instance_id = ?", (instance_id,)
+            ).fetchone()
+            return row[0] if row else 0
+
+    def changed(self, instance_id: str) -> float:
+        """When the tenant's state here last changed, or it came here (0: unknown)."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT changed FROM tenants WHERE instance_id = ?", (instance_id,)
+            ).fetchone()
+            return row[0] if row else 0.0
+
+    def activity(self, instance_id: str) -> tuple[float | None, int]:
+        """When a client last used the tenant (epoch seconds; None: not seen yet),
+        and the pooler's transaction count then."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT last_active, xact_count FROM tenants WHERE instance_id = ?",
+                (instance_id,),
+            ).fetchone()
+            return (row[0], row[1]) if row else (None, 0)
+
+    def activity_seen(self, instance_id: str, xact_count: int) -> None:
+        with self._db() as db:
+            db.execute(
+                "UPDATE tenants SET last_active = ?, xact_count = ? WHERE instance_id = ?",
+                (time.time(), xact_count, instance_id),
+            )
+
+    def remove(self, instance_id: str) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM tenants WHERE instance_id = ?", (instance_id,))
+
+    def instance_for_role(self, role: str, states: tuple[str, ...]) -> str | None:
+        """The instance of the tenant whose owner role this is (`<name>_<slug>`)."""
+        for spec, _state in self.all(states):
+            if spec.role_name == role:
+                return spec.instance_id
+        return None
+
+    # -- work taken on ---------------------------------------------------------------
+
+    def job_take(self, kind: str, job: dict) -> bool:
+        """True the first time only: this host does that piece of work once. A job
+        is known by its id and when the control plane made it (ids alone may come
+        again from a control-plane database made anew)."""
+        job_id = f"{job['id']}@{job['created']}"
+        with self._db() as db:
+            return (
+                db.execute(
+                    "INSERT OR IGNORE INTO jobs (kind, id, taken) VALUES (?, ?, ?)",
+                    (kind, job_id, time.time()),
+                ).rowcount
+                > 0
+            )
+
+    # -- tenants moved away ----------------------------------------------------------
+
+    def forward_put(self, spec: TenantSpec, address: str, port: int, until: float) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO forwards (instance_id, spec, address, port, until) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (spec.instance_id, json.dumps(spec.as_json()), address, port, until),
+            )
+
+    def forward_remove(self, instance_id: str) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM forwards WHERE instance_id = ?", (instance_id,))
+
+    def forwards(self) -> list[tuple[TenantSpec, str, int]]:
+        """The live forwards (expired ones are dropped as they are found)."""
+        with self._db() as db:
+            db.execute("DELETE FROM forwards WHERE until < ?", (time.time(),))
+            rows = db.execute("SELECT spec, address, port FROM forwards").fetchall()
+        return [(TenantSpec.of_json(json.loads(spec)), addr, port) for spec, addr, port in rows]
+
+    # -- databases a tenant made ---------------------------------------------------
+
+    def database_reserve(self, instance_id: str, name: str, limit: int) -> str | None:
+        """Reserve `name` for the tenant's CREATE DATABASE; None if done (or done
+        already), else why not: "limit", or "taken" (on this host)."""
+        with self._db() as db:
+            row = db.execute("SELECT instance_id FROM databases WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                return None if row[0] == instance_id else "taken"
+            (made,) = db.execute(
+                "SELECT count(*) FROM databases WHERE instance_id = ?", (instance_id,)
+            ).fetchone()
+            if made + 1 >= limit:
+                return "limit"
+            db.execute(
+                "INSERT INTO databases (name, instance_id, state) VALUES (?, ?, 'reserved')",
+                (name, instance_id),
+            )
+        return None
+
+    def database_activate(self, instance_id: str, name: str) -> bool:
+        with self._db() as db:
+            return (
+                db.execute(
+                    "UPDATE databases SET state = 'active' WHERE name = ? AND instance_id = ?",
+                    (name, instance_id),
+                ).rowcount
+                > 0
+            )
+
+    def database_forget(self, instance_id: str, name: str, only_reserved: bool = False) -> bool:
+        with self._db() as db:
+            return (
+                db.execute(
+                    "DELETE FROM databases WHERE name = ? AND instance_id = ? "
+                    "AND (NOT ? OR state = 'reserved')",
+                    (name, instance_id, only_reserved),
+                ).rowcount
+                > 0
+            )
+
+    def database_owner(self, name: str) -> str | None:
+        with self._db() as db:
+            row = db.execute("SELECT instance_id FROM databases WHERE name = ?", (name,)).fetchone()
+            return row[0] if row else None
+
+    @staticmethod
+    def _with_databases(db: sqlite3.Connection, instance_id: str, spec: str) -> TenantSpec:
+        names = tuple(
+            name
+            for (name,) in db.execute(
+                "SELECT name FROM databases WHERE instance_id = ? AND state = 'active' "
+                "ORDER BY name",
+                (instance_id,),
+            )
+        )
+        return TenantSpec.of_json(json.loads(spec)).but(databases=names)
