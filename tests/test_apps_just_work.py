@@ -278,6 +278,7 @@ def test_create_database_waits_for_a_registrar_that_is_restarting(database, plat
     restarting) CREATE DATABASE waits for it instead of failing."""
     activator: Service = platform["activator"]
     os.killpg(activator.proc.pid, signal.SIGKILL)
+    activator.proc.wait()  # gone, its sockets closed: not a connect racing its exit
     outcome: list[object] = []
 
     def create_database() -> None:

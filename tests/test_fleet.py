@@ -294,7 +294,7 @@ def test_draining_a_host_moves_its_databases_and_their_old_strings_keep_working(
         moved = f"@{target.local.address}:"
         with connect(db["connection_string"].replace(f"@{source.local.address}:", moved)) as conn:
             assert conn.execute("SELECT v FROM kept").fetchone() == (db["name"],)
-    assert Tenant.objects.get(pk=asleep["id"]).state == "running"
+    wait_until(lambda: Tenant.objects.get(pk=asleep["id"]).state == "running", timeout=10)
 
 
 def _environment(pid: int) -> dict[str, str]:

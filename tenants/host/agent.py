@@ -595,6 +595,10 @@ def instance_unsuspend(tenant: TenantSpec, actor: str) -> str:
         started = time.monotonic()
         note = instance_start(tenant)
         route.point(iid, runtime.socket_dir(iid))
+        # Its pooler entries first: the control plane says `running` once this
+        # report arrives, and a client may connect at once.
+        store().put(tenant, state=RUNNING)
+        pooler_sync()
         state_change(
             tenant,
             SUSPENDED,
@@ -605,7 +609,6 @@ def instance_unsuspend(tenant: TenantSpec, actor: str) -> str:
             active=True,
             reason=note,
         )
-        pooler_sync()
     return "running"
 
 

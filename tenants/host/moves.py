@@ -102,7 +102,9 @@ def move_in(job: dict[str, Any], tenant: TenantSpec) -> None:
         copied = _copy_local_backups(job["backups"], source)
         runtime.remember(spec)
         runtime.keep_reserve(iid, settings.DBAAS_DISK_RESERVE_MB << 20)
-        agent.store().put(tenant, state=job["from_state"])
+        held = agent.store()
+        held.forward_remove(iid)  # moved away from here once, and back now
+        held.put(tenant, state=job["from_state"])
         if job["from_state"] == RUNNING:
             agent.instance_start(tenant)
             route.point(iid, runtime.socket_dir(iid))
