@@ -299,16 +299,17 @@ def live(platform, transactional_db):
     deadline = time.monotonic() + 60
     while Tenant.objects.filter(state__in=busy).exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    for tenant in Tenant.objects.all():
-        agent.runtime_for(tenant).destroy(tenant.instance_id)
     # The rows go with the flush: the host forgets them too, as its reconcile would
-    # once the control plane no longer lists them.
+    # once the control plane no longer lists them; first, so that its crash watch
+    # does not start again what is being destroyed here.
     held = agent.store()
     for spec, _state in held.all():
         held.remove(spec.instance_id)
     for spec, _address, _port in held.forwards():
         held.forward_remove(spec.instance_id)
     agent.pooler_sync()
+    for tenant in Tenant.objects.all():
+        agent.runtime_for(tenant).destroy(tenant.instance_id)
 
 
 # -- API helpers ---------------------------------------------------------------------
