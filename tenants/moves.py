@@ -194,3 +194,21 @@ def drain_next(
             f"(clients waited {move.pause_ms} ms)",
         )
     return tenant, False, f"{tenant.database_name}: {move.state}: {move.error or 'still under way'}"
+
+
+def forwards_refresh(tenant: Tenant) -> int:
+    """The hosts that still forward the tenant's old connection string (it moved
+    away from them) get its current spec: after a password reset, the old string
+    works with the new password."""
+    now = timezone.now()
+    sources = {
+        move.source
+        for move in Move.objects.filter(
+            tenant=tenant, state=Move.State.DONE, forward_until__gt=now
+        ).select_related("source")
+        if move.source_id != tenant.host_id
+    }
+    fresh = Tenant.objects.select_related("plan").get(pk=tenant.pk)
+    for source in sources:
+        send_after_commit(host_tasks.forward_refresh, (specs.spec_of(fresh),), queue=source.queue)
+    return len(sources)

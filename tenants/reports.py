@@ -13,6 +13,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from tenants import moves
 from tenants.errors import for_tenant
 from tenants.lifecycle import event_record, host_register, tenant_transition
 from tenants.models import Backup, Host, Move, Restore, Tenant, TenantDatabase
@@ -177,6 +178,7 @@ def secret_applied(host_name: str, tenant_pk: int, secret: str) -> None:
             scram_secret=secret, pending_scram_secret=""
         ):
             event_record(tenant=tenant, action="password_applied", actor="worker")
+            moves.forwards_refresh(tenant)
 
 
 @shared_task

@@ -295,6 +295,21 @@ def test_draining_a_host_moves_its_databases_and_their_old_strings_keep_working(
         with connect(db["connection_string"].replace(f"@{source.local.address}:", moved)) as conn:
             assert conn.execute("SELECT v FROM kept").fetchone() == (db["name"],)
     wait_until(lambda: Tenant.objects.get(pk=asleep["id"]).state == "running", timeout=10)
+    # A new password works through the old string too (the old host's forward has it).
+    reset = alice.call("POST", f"/databases/{awake['id']}/password")
+    assert reset.status_code == 200, reset.content
+    new_string = reset.json()["connection_string"]
+    assert f"@{target.local.address}:" in new_string
+    old_string = new_string.replace(f"@{target.local.address}:", f"@{source.local.address}:")
+
+    def old_string_works() -> bool:
+        try:
+            with connect(old_string) as conn:
+                return conn.execute("SELECT v FROM kept").fetchone() == ("awake",)
+        except psycopg.OperationalError:
+            return False
+
+    wait_until(old_string_works, timeout=15)
 
 
 def _environment(pid: int) -> dict[str, str]:

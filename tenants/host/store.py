@@ -234,6 +234,18 @@ class HostStore:
                 (spec.instance_id, json.dumps(spec.as_json()), address, port, until),
             )
 
+    def forward_update(self, spec: TenantSpec) -> bool:
+        """A forwarded tenant's new spec (its new password, say); False if this host
+        forwards no such tenant."""
+        with self._db() as db:
+            return (
+                db.execute(
+                    "UPDATE forwards SET spec = ? WHERE instance_id = ?",
+                    (json.dumps(spec.as_json()), spec.instance_id),
+                ).rowcount
+                > 0
+            )
+
     def forward_remove(self, instance_id: str) -> None:
         with self._db() as db:
             db.execute("DELETE FROM forwards WHERE instance_id = ?", (instance_id,))

@@ -468,6 +468,16 @@ def backup_delete(store: str, location: str) -> str:
 
 
 @shared_task(acks_late=True)
+def forward_refresh(spec: dict[str, Any]) -> str:
+    """A tenant this host forwards (it moved away) has a new spec (a new password):
+    the forward's pooler entry takes it, so that the old string works with it."""
+    if not agent.store().forward_update(_spec(spec)):
+        return "skipped"
+    agent.pooler_sync()
+    return "refreshed"
+
+
+@shared_task(acks_late=True)
 def instance_move_out(job: dict[str, Any], spec: dict[str, Any]) -> str:
     tenant = _spec(spec)
     with locks.held(work_lock("move", job["id"])):
