@@ -53,12 +53,7 @@ class HostAdmin(admin.ModelAdmin):
         "heartbeat_at",
         "health",
         "down_since",
-        "memory_total_bytes",
-        "memory_used_bytes",
-        "disk_total_bytes",
-        "disk_used_bytes",
-        "pooler_clients",
-        "pooler_servers",
+        *Host.USAGE_FIELDS,
         "usage_at",
     )
     list_filter = ("accepting",)

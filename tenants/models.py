@@ -36,6 +36,16 @@ class Host(models.Model):
     health = models.JSONField(default=dict, blank=True)
     down_since = models.DateTimeField(null=True, blank=True)
 
+    # What its agent measures (tenants/host/usage.py reports them).
+    USAGE_FIELDS = (
+        "memory_total_bytes",
+        "memory_used_bytes",
+        "disk_total_bytes",
+        "disk_used_bytes",
+        "pooler_clients",
+        "pooler_servers",
+    )
+
     def __str__(self) -> str:
         return self.name
 

@@ -31,13 +31,21 @@ def _tenant_on(host_name: str, tenant_pk: int | None) -> Tenant | None:
     return Tenant.objects.select_related("host").filter(pk=tenant_pk, host__name=host_name).first()
 
 
-def _values(values: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
+# Timestamps in reports are epoch seconds.
+TIMES = {"started_at", "finished_at", "verified_at", "paused_at", "forward_until", "last_active_at"}
+
+
+def _row_values(values: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
+    """What a report may set on a row (those of `allowed`), its timestamps as
+    datetimes and an error as its owner may read it."""
     found = {}
     for name, value in values.items():
         if name not in allowed:
             continue
-        if name == "last_active_at" and value is not None:
+        if name in TIMES and value is not None:
             value = datetime.datetime.fromtimestamp(value, tz=datetime.UTC)
+        if name == "error" and value:
+            value = for_tenant(value)[:5000]
         found[name] = value
     return found
 
@@ -51,7 +59,7 @@ def transition(host_name: str, tenant_pk: int, seq: int, change: dict[str, Any])
         tenant = _tenant_on(host_name, tenant_pk) if newer else None
         if tenant is None:
             return False
-        fields = _values(change.get("fields") or {}, TRANSITION_FIELDS)
+        fields = _row_values(change.get("fields") or {}, TRANSITION_FIELDS)
         if change["to_state"] == Tenant.State.DELETED:
             fields["deleted_at"] = timezone.now()
         for name, step in (change.get("increments") or {}).items():
@@ -101,7 +109,7 @@ def note(host_name: str, tenant_pk: int, text: str) -> None:
 
 @shared_task
 def measured(host_name: str, tenant_pk: int, values: dict[str, Any]) -> None:
-    fields = _values(values, MEASURED)
+    fields = _row_values(values, MEASURED)
     if fields:
         Tenant.objects.filter(pk=tenant_pk, host__name=host_name).update(**fields)
 
@@ -122,20 +130,6 @@ BACKUP_FIELDS = {
     "verify_message",
 }
 RESTORE_FIELDS = {"state", "progress", "error", "finished_at"}
-TIMES = {"started_at", "finished_at", "verified_at", "paused_at", "forward_until"}
-
-
-def _row_values(values: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
-    found = {}
-    for name, value in values.items():
-        if name not in allowed:
-            continue
-        if name in TIMES and value is not None:
-            value = datetime.datetime.fromtimestamp(value, tz=datetime.UTC)
-        if name == "error" and value:
-            value = for_tenant(value)[:5000]
-        found[name] = value
-    return found
 
 
 @shared_task
@@ -197,16 +191,8 @@ def database(host_name: str, tenant_pk: int, name: str, made: bool) -> None:
 
 @shared_task
 def host_usage(host_name: str, values: dict) -> None:
-    allowed = {
-        "memory_total_bytes",
-        "memory_used_bytes",
-        "disk_total_bytes",
-        "disk_used_bytes",
-        "pooler_clients",
-        "pooler_servers",
-    }
     Host.objects.filter(name=host_name).update(
-        usage_at=timezone.now(), **{k: v for k, v in values.items() if k in allowed}
+        usage_at=timezone.now(), **{k: v for k, v in values.items() if k in Host.USAGE_FIELDS}
     )
 
 
