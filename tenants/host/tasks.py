@@ -14,6 +14,7 @@ from celery import shared_task
 from django.conf import settings
 
 from dbaas import locks
+from dbaas.celery import host_queue
 from tenants.backup_stores import get_store
 from tenants.host import agent, backups, moves, report, usage
 from tenants.host.spec import (
@@ -326,7 +327,9 @@ def _reconcile_tenant(tenant: TenantSpec, state_age: float, item: dict[str, Any]
             _fail_and_discard(tenant, "provisioning did not finish (worker lost)", "sweep", None)
             return "failed"
         report.event(tenant.pk, "provision_requeued", "sweep", "no worker was provisioning it")
-        instance_provision.apply_async((tenant.as_json(), item.get("source")), queue=_queue())
+        instance_provision.apply_async(
+            (tenant.as_json(), item.get("source")), queue=host_queue(settings.DBAAS_HOST_NAME)
+        )
         return "requeued"
     if wanted == DELETING:
         if state_age > STUCK_AFTER:
@@ -361,12 +364,6 @@ def _reconcile_tenant(tenant: TenantSpec, state_age: float, item: dict[str, Any]
         agent.state_change(tenant, wanted, now, action="state", actor="reconcile")
         return "reported"
     return did
-
-
-def _queue() -> str:
-    from dbaas.celery import host_queue
-
-    return host_queue(settings.DBAAS_HOST_NAME)
 
 
 def _sweep_abandoned(unfinished: dict[str, list[dict[str, Any]]]) -> int:
@@ -514,11 +511,11 @@ def instance_move_in(job: dict[str, Any], spec: dict[str, Any]) -> str:
     return "finishing"
 
 
+# Finishing and aborting are done again if asked again (the control plane's repair
+# asks until the move is over): each step of theirs holds when done twice.
 @shared_task(acks_late=True)
 def instance_move_finish(job: dict[str, Any], spec: dict[str, Any]) -> str:
     with locks.held(work_lock("move", job["id"])):
-        if not agent.store().job_take("move-finish", job):
-            return "skipped"
         moves.move_finish(job, _spec(spec))
         return "done"
 
@@ -526,7 +523,5 @@ def instance_move_finish(job: dict[str, Any], spec: dict[str, Any]) -> str:
 @shared_task(acks_late=True)
 def instance_move_abort(job: dict[str, Any], spec: dict[str, Any], error: str) -> str:
     with locks.held(work_lock("move", job["id"])):
-        if not agent.store().job_take("move-abort", job):
-            return "skipped"
         moves.move_abort(job, _spec(spec), error)
         return "failed"
