@@ -29,6 +29,7 @@ BASE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE))
 
 from dbaas.env import pgbouncer_binary  # noqa: E402
+from poolers import tls  # noqa: E402
 from poolers.pgbouncer import DatabaseEntry, PgBouncer, UserEntry  # noqa: E402
 from poolers.scram import scram_secret  # noqa: E402
 from tests import pgwire  # noqa: E402 - the hand-made protocol client of the tests
@@ -38,6 +39,7 @@ PORT = 6499
 
 def configure(root: Path, n: int, binary: str, user: str) -> PgBouncer:
     bouncer = PgBouncer(root, "127.0.0.1", PORT, service_user=user, binary=binary)
+    tls.ensure_ca(bouncer.pki)  # a CA of the bench's own signs the pooler's certificate
     bouncer.prepare(public_host="127.0.0.1")
     secret = scram_secret("bench-password")  # one secret: hashing 10k is not the point
     users = [UserEntry(f"tenant_{i:06d}", secret) for i in range(n)]

@@ -76,8 +76,10 @@ def data_dir() -> Path:
 
 
 def pki_dir() -> Path:
-    """The platform's CA, which signs every host's pooler certificate. Hosts on one
-    machine (`DBAAS_HOSTS=3 make run`) share the control plane's."""
+    """On the control plane: the platform's CA, which signs every host's pooler
+    certificate (the host on the control plane's own machine signs its own with it).
+    On any other host: the CA's certificate and the host's own certificate and key
+    (tenants/host/identity.py), never the CA's key."""
     return Path(env_str("DBAAS_PKI_DIR", str(data_dir() / "pki"))).resolve()
 
 

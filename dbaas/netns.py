@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from dbaas.env import pki_dir, services_dir
+from dbaas.env import services_dir
 
 NETNS_DIR = Path("/run/netns")
 
@@ -31,12 +31,13 @@ class LocalHost:
 
     def environment(self, data: Path) -> dict[str, str]:
         """What `manage.py run_host` needs to be this host: its name, data root and
-        address, and the control plane's services and CA, which it shares."""
+        address, and the control plane's services (Redis), which it shares. Not the
+        platform's CA: like a host on another machine, it asks the control plane for
+        its certificate, and its token is in its data root (host_identity.install_local)."""
         return {
             "DBAAS_HOST_NAME": self.name,
             "DBAAS_DATA_DIR": str(data),
             "DBAAS_SERVICES_DIR": str(services_dir()),
-            "DBAAS_PKI_DIR": str(pki_dir()),
             "DBAAS_PUBLIC_HOST": self.address,
             "DBAAS_PGBOUNCER_LISTEN": self.address,
         }

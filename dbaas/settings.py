@@ -235,6 +235,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # "host.<name>"), the name clients use in connection strings, the pooler port.
 DBAAS_HOST_NAME = env_str("DBAAS_HOST_NAME", socket.gethostname().split(".")[0])
 DBAAS_PUBLIC_HOST = env_str("DBAAS_PUBLIC_HOST", "127.0.0.1")
+# Who this host is to the control plane (`manage.py host_token NAME` makes it; without
+# it the host reads <DBAAS_DATA_DIR>/host_token): tenants/host/identity.py.
+DBAAS_HOST_TOKEN = env_secret("DBAAS_HOST_TOKEN")
 DBAAS_PGBOUNCER_LISTEN = env_str("DBAAS_PGBOUNCER_LISTEN", "127.0.0.1")
 # How many databases this host takes (it registers this as it starts); new ones go
 # to the host with the most room.

@@ -5,6 +5,7 @@ out (GET /api/v1/ca.pem). An operator's own certificate (not self-signed, not ou
 in the host's files is kept as it is.
 """
 
+import contextlib
 import ipaddress
 import os
 import subprocess
@@ -52,42 +53,81 @@ def ensure_ca(pki: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+class CertificatePending(TlsError):
+    """This host has asked the control plane for its certificate and has none yet."""
+
+
 def ensure_host_certificate(pki: Path, cert: Path, key: Path, public_host: str) -> bool:
-    """The host's certificate for `public_host` (and localhost), signed by the CA;
+    """The host's certificate for `public_host` (and localhost) at `cert`/`key`;
     True if it was (re)made. Kept if it is ours and names the host, or the
-    operator's own."""
-    ca_cert, ca_key = ensure_ca(pki)
-    if cert.exists() and key.exists():
-        if _verifies(cert, ca_cert) and public_host in _names(cert):
+    operator's own. Signed here if this machine holds the CA (the control plane's);
+    otherwise it is the one the control plane signed for this host's request
+    (`host_request` / `install_host_certificate`), and until that has come,
+    CertificatePending."""
+    ca_cert = pki / "ca.crt"
+    if cert.exists() and key.exists() and ca_cert.exists():
+        if certificate_fits(cert, ca_cert, public_host):
             return False
         if not _self_signed(cert) and not _verifies(cert, ca_cert):
             return False  # an operator's certificate, from another CA: theirs to renew
+    if not (pki / "ca.key").exists():
+        issued, issued_key = pki / "host.crt", pki / "host.key"
+        if not (issued.exists() and certificate_fits(issued, ca_cert, public_host)):
+            raise CertificatePending(f"no certificate for {public_host} from the control plane yet")
+        _copy(issued_key, key)
+        _copy(issued, cert)
+        return True
+    new_key = key.with_name(key.name + ".new")
+    new_key.unlink(missing_ok=True)
+    csr = host_request(new_key, public_host)
+    new_cert = cert.with_name(cert.name + ".new")
+    new_cert.write_text(sign_request(pki, csr, public_host))
+    os.replace(new_key, key)
+    os.replace(new_cert, cert)
+    return True
+
+
+def certificate_fits(cert: Path, ca_cert: Path, public_host: str) -> bool:
+    """Signed by our CA, and names `public_host`."""
+    return _verifies(cert, ca_cert) and public_host in _names(cert)
+
+
+def host_request(key: Path, public_host: str) -> str:
+    """A certificate request (PEM) for `public_host`, with the key at `key` (made
+    now if there is none: it never leaves this machine)."""
+    if not key.exists():
+        with tempfile.TemporaryDirectory(dir=key.parent) as tmp:
+            made = Path(tmp) / "key.pem"
+            _openssl(
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                str(made),
+            )
+            os.chmod(made, 0o600)
+            with contextlib.suppress(FileExistsError):  # a racing maker's key wins
+                os.link(made, key)
+    return _openssl("req", "-new", "-key", str(key), "-subj", f"/CN={public_host}")
+
+
+def sign_request(pki: Path, request: str, public_host: str) -> str:
+    """The host certificate (PEM) for a request, naming `public_host` (whatever
+    names the request asks for), signed by the CA."""
+    ca_cert, ca_key = ensure_ca(pki)
     with tempfile.TemporaryDirectory() as tmp:
         csr, ext = Path(tmp) / "host.csr", Path(tmp) / "ext.cnf"
+        csr.write_text(request)
+        _openssl("req", "-in", str(csr), "-noout", "-verify")  # signed by its own key
         ext.write_text(
             f"subjectAltName={_san(public_host)}\n"
             "basicConstraints=critical,CA:FALSE\n"
             "keyUsage=critical,digitalSignature\n"
             "extendedKeyUsage=serverAuth\n"
         )
-        new_key = key.with_name(key.name + ".new")
-        _openssl(
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            f"/CN={public_host}",
-            "-keyout",
-            str(new_key),
-            "-out",
-            str(csr),
-        )
-        new_cert = cert.with_name(cert.name + ".new")
-        _openssl(
+        return _openssl(
             "x509",
             "-req",
             "-in",
@@ -99,14 +139,28 @@ def ensure_host_certificate(pki: Path, cert: Path, key: Path, public_host: str) 
             "-CAcreateserial",
             "-days",
             str(HOST_DAYS),
+            "-subj",
+            f"/CN={public_host}",
             "-extfile",
             str(ext),
-            "-out",
-            str(new_cert),
         )
-    os.replace(new_key, key)
-    os.replace(new_cert, cert)
-    return True
+
+
+def install_host_certificate(pki: Path, certificate: str, ca_certificate: str) -> None:
+    """What the control plane sent for this host's request (see ensure_host_certificate)."""
+    pki.mkdir(parents=True, exist_ok=True)
+    for name, text in (("ca.crt", ca_certificate), ("host.crt", certificate)):
+        temporary = pki / f"{name}.new"
+        temporary.write_text(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, pki / name)
+
+
+def _copy(source: Path, target: Path) -> None:
+    temporary = target.with_name(target.name + ".new")
+    temporary.write_bytes(source.read_bytes())
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, target)
 
 
 def _san(public_host: str) -> str:

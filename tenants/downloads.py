@@ -8,6 +8,7 @@ from django.conf import settings
 from django.http import StreamingHttpResponse
 
 from dbaas.env import pki_dir
+from tenants import host_identity
 from tenants.backup_stores import get_store
 from tenants.errors import Unavailable
 from tenants.host import exports
@@ -31,7 +32,10 @@ def _from_host(tenant: Tenant, backup: Backup) -> Iterator[bytes]:
     host = tenant.host
     try:
         return exports.fetch(
-            host.public_host, settings.DBAAS_EXPORTS_PORT, pki_dir(), backup.location
+            host.public_host,
+            settings.DBAAS_EXPORTS_PORT,
+            pki_dir() / "ca.crt",
+            host_identity.export_path(host, backup.location),
         )
     except exports.FetchError as exc:
         raise Unavailable(

@@ -35,6 +35,9 @@ class Host(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     health = models.JSONField(default=dict, blank=True)
     down_since = models.DateTimeField(null=True, blank=True)
+    # The host token's generation (tenants/host_identity.py): `host_token NAME --rotate`
+    # counts it up, and the tokens of earlier generations stop working.
+    token_generation = models.PositiveIntegerField(default=1)
 
     # What its agent measures (tenants/host/usage.py reports them).
     USAGE_FIELDS = (

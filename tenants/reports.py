@@ -1,5 +1,6 @@
 """What hosts report (tenants/host/report.py), applied to the control plane's rows:
-Celery tasks on the control queue, sent by name. A report on a tenant is applied
+Celery tasks on the control queue, sent by name, each signed by its host's token
+(tenants/host_identity.py: one that is not is dropped). A report on a tenant is applied
 only if the tenant is on the host that sends it; a change of state only if it is
 newer than the last one applied from that host (Tenant.host_seq), so that two
 reports applied out of order by the control worker's two slots never leave the
@@ -15,6 +16,7 @@ from django.utils import timezone
 
 from tenants import moves
 from tenants.errors import for_tenant
+from tenants.host_identity import SignedReport, certificate_send
 from tenants.lifecycle import event_record, host_register, tenant_transition
 from tenants.models import Backup, Host, Move, Restore, Tenant, TenantDatabase
 
@@ -50,7 +52,7 @@ def _row_values(values: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
     return found
 
 
-@shared_task
+@shared_task(base=SignedReport)
 def transition(host_name: str, tenant_pk: int, seq: int, change: dict[str, Any]) -> bool:
     with transaction.atomic():
         newer = Tenant.objects.filter(pk=tenant_pk, host__name=host_name, host_seq__lt=seq).update(
@@ -77,7 +79,7 @@ def transition(host_name: str, tenant_pk: int, seq: int, change: dict[str, Any])
         )
 
 
-@shared_task
+@shared_task(base=SignedReport)
 def event(
     host_name: str,
     tenant_pk: int | None,
@@ -102,12 +104,12 @@ def event(
     )
 
 
-@shared_task
+@shared_task(base=SignedReport)
 def note(host_name: str, tenant_pk: int, text: str) -> None:
     Tenant.objects.filter(pk=tenant_pk, host__name=host_name).update(state_reason=for_tenant(text))
 
 
-@shared_task
+@shared_task(base=SignedReport)
 def measured(host_name: str, tenant_pk: int, values: dict[str, Any]) -> None:
     fields = _row_values(values, MEASURED)
     if fields:
@@ -132,7 +134,7 @@ BACKUP_FIELDS = {
 RESTORE_FIELDS = {"state", "progress", "error", "finished_at"}
 
 
-@shared_task
+@shared_task(base=SignedReport)
 def backup(host_name: str, backup_id: int, from_states: list[str], values: dict) -> bool:
     return bool(
         Backup.objects.filter(
@@ -141,7 +143,7 @@ def backup(host_name: str, backup_id: int, from_states: list[str], values: dict)
     )
 
 
-@shared_task
+@shared_task(base=SignedReport)
 def restore(host_name: str, restore_id: int, from_states: list[str], values: dict) -> bool:
     return bool(
         Restore.objects.filter(
@@ -150,7 +152,7 @@ def restore(host_name: str, restore_id: int, from_states: list[str], values: dic
     )
 
 
-@shared_task
+@shared_task(base=SignedReport)
 def abandoned(host_name: str, kind: str, job_id: int, why: str) -> None:
     """A backup or restore its host took on and nobody is doing any more: failed."""
     rows = (Backup if kind == "backup" else Restore).objects.filter(
@@ -161,7 +163,7 @@ def abandoned(host_name: str, kind: str, job_id: int, why: str) -> None:
         event_record(tenant=tenant, action=kind, actor="sweep", message=f"#{job_id} failed: {why}")
 
 
-@shared_task
+@shared_task(base=SignedReport)
 def secret_applied(host_name: str, tenant_pk: int, secret: str) -> None:
     """The password reset is done: the API sees it once its host has applied it."""
     tenant = _tenant_on(host_name, tenant_pk)
@@ -175,7 +177,7 @@ def secret_applied(host_name: str, tenant_pk: int, secret: str) -> None:
             moves.forwards_refresh(tenant)
 
 
-@shared_task
+@shared_task(base=SignedReport)
 def database(host_name: str, tenant_pk: int, name: str, made: bool) -> None:
     """A database its owner made (or dropped) on its server, routed by its host."""
     tenant = _tenant_on(host_name, tenant_pk)
@@ -189,18 +191,26 @@ def database(host_name: str, tenant_pk: int, name: str, made: bool) -> None:
         TenantDatabase.objects.filter(tenant=tenant, name=name).delete()
 
 
-@shared_task
+@shared_task(base=SignedReport)
 def host_usage(host_name: str, values: dict) -> None:
     Host.objects.filter(name=host_name).update(
         usage_at=timezone.now(), **{k: v for k, v in values.items() if k in Host.USAGE_FIELDS}
     )
 
 
-@shared_task
-def registered(host_name: str, public_host: str, pooler_port: int, max_tenants: int) -> None:
-    host_register(
+@shared_task(base=SignedReport)
+def registered(
+    host_name: str,
+    public_host: str,
+    pooler_port: int,
+    max_tenants: int,
+    certificate_request: str = "",
+) -> None:
+    host = host_register(
         name=host_name, public_host=public_host, pooler_port=pooler_port, max_tenants=max_tenants
     )
+    if certificate_request:
+        certificate_send(host, certificate_request)
 
 
 MOVE_FIELDS = {
@@ -215,7 +225,7 @@ MOVE_FIELDS = {
 }
 
 
-@shared_task
+@shared_task(base=SignedReport)
 def move(host_name: str, move_id: int, from_states: list[str], values: dict) -> bool:
     """A step of a move (tenants/host/moves.py), from the host that did it: the
     tenant changes host when its data has left the source, gets its state back

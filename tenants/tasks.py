@@ -16,6 +16,7 @@ from tenants.host.tasks import (
     partials_discard,
     usage_record,
 )
+from tenants.host_identity import SignedReport
 from tenants.models import Backup, Host
 
 
@@ -89,7 +90,7 @@ def hosts_check_heartbeats() -> int:
     return services.hosts_mark_down()
 
 
-@shared_task
+@shared_task(base=SignedReport)
 def heartbeat_received(host_name: str, checks: dict[str, str]) -> None:
     """A host's heartbeat (sent by name from tenants/host/heartbeat.py)."""
     services.host_heartbeat_record(name=host_name, checks=checks)

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.management import call_command
 
 from dbaas.env import BASE_DIR
-from tenants import lifecycle
+from tenants import host_identity, lifecycle
 from tenants.host import agent
 from tenants.models import Plan
 from unikernel_images.paths import instances_dir
@@ -117,11 +117,14 @@ def ensure_platform_rows():
         name="free",
         defaults={"max_databases": 3, "is_default": True, "connection_limit": 20},
     )
-    return lifecycle.host_register(
+    host = lifecycle.host_register(
         name=settings.DBAAS_HOST_NAME,
         public_host=settings.DBAAS_PUBLIC_HOST,
         pooler_port=settings.DBAAS_PGBOUNCER_PORT,
     )
+    # The session's host signs its reports with its token, as any host does.
+    host_identity.install_local(host.name, settings.DATA_DIR)
+    return host
 
 
 # SeaweedFS also takes port + 10000 (gRPC) for each of its ports; TEST_SLOT (see

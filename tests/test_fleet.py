@@ -7,6 +7,7 @@ stops is shown down, and its databases serve again when it is back."""
 import hashlib
 import io
 import os
+import shutil
 import sys
 import threading
 import time
@@ -17,7 +18,7 @@ from django.conf import settings
 from django.core.management import call_command
 
 from dbaas import netns
-from tenants import backups, lifecycle
+from tenants import backups, host_identity, lifecycle
 from tenants.models import Backup, Event, Host, Move, Plan, Tenant
 from tests.conftest import Service, connect, wait_until
 from tests.helpers import back_up, create, descendants, kill_tree, restore, wait_for
@@ -38,11 +39,17 @@ class FleetHost:
         self.service: Service | None = None
 
     def forget(self) -> None:
-        """What the host held from an earlier session (whose database is gone)."""
+        """What the host held from an earlier session (whose database is gone), and
+        its certificate (asked for anew, as a new host does)."""
         for path in self.data_dir.glob("host.sqlite3*"):
             path.unlink()
+        shutil.rmtree(self.data_dir / "pki", ignore_errors=True)
+        for name in ("server.crt", "server.key", "ca.crt"):
+            (self.data_dir / "pgbouncer" / name).unlink(missing_ok=True)
 
     def start(self, generation: int = 1) -> None:
+        # Its token where run_host looks for it (as `make run` puts it).
+        host_identity.install_local(self.name, self.data_dir)
         command = [*self.local.enter(), sys.executable, "manage.py", "run_host"]
         env = self.local.environment(self.data_dir)
         self.service = Service(f"{self.name}-{generation}", command, env=env)
@@ -85,13 +92,14 @@ class FleetHost:
 
 
 @pytest.fixture(scope="module")
-def fleet(platform):
+def fleet(platform, django_db_blocker):
     names = [f"{settings.DBAAS_HOST_NAME}-f{n}" for n in (2, 3)]
     hosts = [FleetHost(local) for local in netns.fleet_up(names, slot=SLOT)]
     try:
         for host in hosts:
             host.forget()
-            host.start()
+            with django_db_blocker.unblock():  # their tokens, and rows to register
+                host.start()
         yield hosts
     finally:
         for host in hosts:
@@ -187,18 +195,21 @@ def test_a_host_serves_only_urls_the_control_plane_signed(live, fleet):
     import urllib.request
 
     from dbaas.env import pki_dir
-    from tenants.host import exports
+    from tenants.host import exports, identity
 
-    target = fleet[0]
+    target, other = fleet
     location = "nobody/1-x.dump"
     context = ssl.create_default_context(cafile=str(pki_dir() / "ca.crt"))
     base = f"https://{target.local.address}:{settings.DBAAS_EXPORTS_PORT}"
-    key = exports.signing_key(pki_dir())
+    key = identity.exports_key(host_identity.issue(target.name).key)
     good = exports.signed_path(key, location)
+    # Another host's key signs nothing here: a host cannot reach another's exports.
+    others = identity.exports_key(host_identity.issue(other.name).key)
     for path, status in [
         (good, 404),  # signed, but no such file: nothing else is said
         (good.replace("sig=", "sig=0"), 403),
         (exports.signed_path(b"another key", location), 403),
+        (exports.signed_path(others, location), 403),
         (exports.signed_path(key, location, now=time.time() - 3600), 403),
         (exports.signed_path(key, "../../pki/ca.key"), 404),
         ("/exports/x", 403),
@@ -334,6 +345,16 @@ def test_a_host_does_all_its_work_without_the_control_planes_database(live, alic
     assert len(agents) >= 5, processes  # workers, pooler, activator, exports (and honcho)
     for env in agents:
         assert env.get("DBAAS_HOST_ONLY") == "1" and "DATABASE_URL" not in env
+    # Nor the platform's CA: its pooler's certificate is the one the control plane
+    # signed for its request, for the address it registered.
+    from dbaas.env import pki_dir
+    from poolers import tls
+
+    pki = host.data_dir / "pki"
+    assert not (pki / "ca.key").exists() and "DBAAS_PKI_DIR" not in agents[0]
+    assert (pki / "ca.crt").read_bytes() == (pki_dir() / "ca.crt").read_bytes()
+    served = host.data_dir / "pgbouncer" / "server.crt"
+    assert tls.certificate_fits(served, pki_dir() / "ca.crt", host.local.address)
 
     Host.objects.exclude(name=host.name).update(accepting=False)
     db = create(alice, "hostonly")

@@ -26,6 +26,7 @@ CONTROL_PLANE = {
     "tenants.specs",
     "tenants.reports",
     "tenants.moves",
+    "tenants.host_identity",
     "tenants.services",
     "tenants.tasks",
     "tenants.backups",

@@ -12,6 +12,7 @@ import pytest
 from django.conf import settings
 
 from dbaas.env import pooler_user
+from poolers import tls
 from poolers.pgbouncer import ADMIN_USER, DatabaseEntry, PgBouncer, UserEntry
 from poolers.scram import scram_secret
 from tests import pgwire
@@ -51,6 +52,7 @@ def bouncer(tmp_path):
         service_user=pooler_user(),
         binary=settings.DBAAS_PGBOUNCER_BIN,
     )
+    tls.ensure_ca(tmp_path / "pki")  # this machine's CA signs its certificate
     pooler.prepare(public_host="127.0.0.1")
     servers = tmp_path / "servers"
     servers.mkdir()

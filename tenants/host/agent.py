@@ -22,6 +22,7 @@ from django.conf import settings
 from dbaas import locks
 from dbaas.env import data_dir, pki_dir, pooler_user
 from dbaas.files import LogFollower
+from poolers import tls
 from poolers.pgbouncer import SERVER_COLUMNS, DatabaseEntry, PgBouncer, UserEntry
 from poolers.routes import Routes
 from tenants.host import report
@@ -264,6 +265,24 @@ def pooler_sync() -> bool:
         if changed:
             bouncer.reload()
         return changed
+
+
+def register() -> None:
+    """Tell the control plane this host has started: where clients reach it, how
+    many databases it takes, and, unless this machine holds the platform's CA or
+    already has a certificate for its address from the control plane, a request for
+    one (tasks.host_certificate installs what comes back)."""
+    pki, public_host = pki_dir(), settings.DBAAS_PUBLIC_HOST
+    request = ""
+    issued, ca_cert = pki / "host.crt", pki / "ca.crt"
+    if not (pki / "ca.key").exists() and not (
+        issued.exists() and ca_cert.exists() and tls.certificate_fits(issued, ca_cert, public_host)
+    ):
+        pki.mkdir(mode=0o700, parents=True, exist_ok=True)
+        request = tls.host_request(pki / "host.key", public_host)
+    report.registered(
+        public_host, settings.DBAAS_PGBOUNCER_PORT, settings.DBAAS_HOST_CAPACITY, request
+    )
 
 
 def pooler_render() -> PgBouncer:

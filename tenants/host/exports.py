@@ -5,9 +5,10 @@ owner: the web server may run on another machine than the host that made them.
 Each host serves `GET /exports/<key>` over TLS (its pooler's certificate, signed by
 the platform's CA) on its public address, port DBAAS_EXPORTS_PORT, and only for a
 URL the control plane signed: HMAC-SHA256 over the key and an expiry a few minutes
-ahead, with a key both derive from the platform CA's private key (the one secret
-every host already holds). A URL that is altered, expired or for a key outside the
-store answers 403 or 404, never a file.
+ahead, with a key derived from the host's token (tenants/host/identity.py), which
+only that host and the control plane know: one host cannot sign URLs for another's
+exports. A URL that is altered, expired or for a key outside the store answers 403
+or 404, never a file.
 """
 
 import hashlib
@@ -31,10 +32,6 @@ URL_LIFETIME_SECONDS = 300
 CHUNK = 1 << 20
 
 
-def signing_key(pki: Path) -> bytes:
-    return hashlib.sha256(b"dbaas exports\0" + (pki / "ca.key").read_bytes()).digest()
-
-
 def signature(key: bytes, location: str, expires: int) -> str:
     return hmac.new(key, f"{location}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
@@ -50,14 +47,15 @@ class FetchError(Exception):
     """The host did not serve the object: it refused (status), or did not answer."""
 
 
-def fetch(public_host: str, port: int, pki: Path, location: str) -> Iterator[bytes]:
-    """An object of another host's local store, as that host serves it, over TLS
-    checked against the platform's CA (the host's certificate names its public
-    address). Opened before the first chunk is asked for, so that a host that does
-    not answer is an error at once, not a broken stream."""
-    path = signed_path(signing_key(pki), location)
+def fetch(public_host: str, port: int, ca_cert: Path, path: str) -> Iterator[bytes]:
+    """An object of another host's local store, as that host serves it, at `path`
+    (signed_path, signed with that host's key), over TLS checked against the
+    platform's CA (the host's certificate names its public address). Opened before
+    the first chunk is asked for, so that a host that does not answer is an error at
+    once, not a broken stream."""
     url = f"https://{public_host}:{port}{path}"
-    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    location = urllib.parse.unquote(urllib.parse.urlsplit(path).path.removeprefix("/exports/"))
+    context = ssl.create_default_context(cafile=str(ca_cert))
     try:
         answer = urllib.request.urlopen(url, timeout=30, context=context)  # noqa: S310
     except urllib.error.HTTPError as exc:

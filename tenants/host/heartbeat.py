@@ -8,12 +8,11 @@ says so, and the control plane does not count that as a sign of life."""
 import logging
 import threading
 
-from celery import current_app
 from django.conf import settings
 
 from dbaas import locks
 from dbaas.celery import AGENT_LOCK
-from tenants.host import agent
+from tenants.host import agent, report
 
 log = logging.getLogger(__name__)
 HEARTBEAT_RECEIVED = "tenants.tasks.heartbeat_received"
@@ -30,10 +29,9 @@ def checks() -> dict[str, str]:
 
 def send() -> dict[str, str]:
     found = checks()
-    current_app.send_task(
+    report.send_signed(
         HEARTBEAT_RECEIVED,
-        (settings.DBAAS_HOST_NAME, found),
-        queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+        found,
         # One the control plane has not read before the next is sent says nothing new.
         expires=settings.DBAAS_HEARTBEAT_INTERVAL * 3,
     )

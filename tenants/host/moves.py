@@ -16,7 +16,8 @@ as it was (move_abort). Each step reports to the control plane (report.move).
 
 The job (a dict) says: id, from_state, requested_by, source and target (name,
 address, pooler port), the tenant's local backups (id, location, sha256), and, from
-step 1 on, where the pack is and its hash.
+step 1 on, where the pack is, its hash, and the URLs (signed by the source with its
+own key) at which the target fetches the pack and the backups from the source.
 """
 
 import logging
@@ -27,7 +28,7 @@ from django.conf import settings
 
 from dbaas.env import pki_dir
 from tenants.backup_stores import get_store
-from tenants.host import agent, exports, report
+from tenants.host import agent, exports, identity, report
 from tenants.host.backup_stream import Counter, compress, decompress_verified
 from tenants.host.spec import MOVING, RUNNING, TenantSpec
 from unikernel_images.runtimes.base import InstanceState
@@ -60,11 +61,16 @@ def move_out(job: dict[str, Any], tenant: TenantSpec) -> dict[str, Any]:
         bouncer.pause(agent.aliases(tenant), release=stop)
         with runtime.export_data(iid) as stream:
             stored = store.put(key, counter.hash_stored(compress(counter.count(stream.chunks()))))
+    # The target fetches the pack and the backups from this host's export server,
+    # at URLs this host signs with its own key (good for a few minutes).
+    signing = identity.exports_key(identity.own_token().key)
+    fetched = [key, *(backup["location"] for backup in job["backups"])]
     job = job | {
         "archive_location": key,
         "archive_sha256": counter.sha256.hexdigest(),
         "archive_bytes": stored,
         "paused_at": paused_at,
+        "fetch": {location: exports.signed_path(signing, location) for location in fetched},
     }
     # From here the source's entries forward to the target (still paused).
     target = job["target"]
@@ -89,17 +95,16 @@ def move_out(job: dict[str, Any], tenant: TenantSpec) -> dict[str, Any]:
 
 def move_in(job: dict[str, Any], tenant: TenantSpec) -> None:
     """Step 2, on the target: fetch, unpack, start it if it was running, route it."""
-    source = job["source"]
     runtime, route, iid = agent.runtime_for(tenant), agent.routes(), tenant.instance_id
     spec = agent.instance_spec(tenant)
     started = time.monotonic()
     with agent.instance_lock(tenant):
         runtime.destroy(iid)  # what an earlier attempt left
-        archive = _fetch(source, job["archive_location"])
+        archive = _fetch(job, job["archive_location"])
         runtime.import_data(spec, decompress_verified(archive, job["archive_sha256"]))
         runtime.swap_in_imported(spec)
         runtime.drop_previous(iid)
-        copied = _copy_local_backups(job["backups"], source)
+        copied = _copy_local_backups(job)
         runtime.remember(spec)
         runtime.keep_reserve(iid, settings.DBAAS_DISK_RESERVE_MB << 20)
         held = agent.store()
@@ -123,17 +128,25 @@ def move_in(job: dict[str, Any], tenant: TenantSpec) -> None:
     log.info("moved %s in: %d local backups copied", iid, copied)
 
 
-def _fetch(source: dict[str, Any], location: str):
-    return exports.fetch(source["public_host"], settings.DBAAS_EXPORTS_PORT, pki_dir(), location)
+def _fetch(job: dict[str, Any], location: str):
+    """An object of the source's own store, at the URL the source signed for it
+    (move_out)."""
+    return exports.fetch(
+        job["source"]["public_host"],
+        settings.DBAAS_EXPORTS_PORT,
+        pki_dir() / "ca.crt",
+        job["fetch"][location],
+    )
 
 
-def _copy_local_backups(backups: list[dict[str, Any]], source: dict[str, Any]) -> int:
+def _copy_local_backups(job: dict[str, Any]) -> int:
     """The tenant's backups in the source's own store, into this host's, checked
     against their sha256: its backups stay restorable and expire here."""
     store = get_store("local", settings.DATA_DIR)
+    backups = job["backups"]
     for backup in backups:
         counter = Counter()
-        store.put(backup["location"], counter.hash_stored(_fetch(source, backup["location"])))
+        store.put(backup["location"], counter.hash_stored(_fetch(job, backup["location"])))
         if counter.sha256.hexdigest() != backup["sha256"]:
             store.delete(backup["location"])
             raise MoveFailed(f"backup {backup['id']} arrived corrupted (sha256 differs)")

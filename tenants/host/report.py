@@ -13,13 +13,28 @@ from typing import Any
 from celery import current_app
 from django.conf import settings
 
+from tenants.host import identity
+
 PREFIX = "tenants.reports."
 
 
-def _send(name: str, *args: Any) -> None:
+def send_signed(task_name: str, *args: Any, **options: Any) -> None:
+    """Task `task_name` on the control queue with this host's name first, signed
+    with its token (tenants/host/identity.py): the control plane drops a report
+    whose signature is not that host's."""
+    args = (settings.DBAAS_HOST_NAME, *args)
+    signature = identity.report_signature(identity.own_token().key, task_name, args)
     current_app.send_task(
-        PREFIX + name, (settings.DBAAS_HOST_NAME, *args), queue=settings.CELERY_TASK_DEFAULT_QUEUE
+        task_name,
+        args,
+        {"host_signature": signature},
+        queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+        **options,
     )
+
+
+def _send(name: str, *args: Any) -> None:
+    send_signed(PREFIX + name, *args)
 
 
 def transition(
@@ -100,9 +115,13 @@ def host_usage(values: dict[str, Any]) -> None:
     _send("host_usage", values)
 
 
-def registered(public_host: str, pooler_port: int, max_tenants: int) -> None:
-    """This host has started: where clients reach it, and how many databases it takes."""
-    _send("registered", public_host, pooler_port, max_tenants)
+def registered(
+    public_host: str, pooler_port: int, max_tenants: int, certificate_request: str = ""
+) -> None:
+    """This host has started: where clients reach it, how many databases it takes,
+    and, if it has no certificate for that address yet, its certificate request
+    (the control plane sends the certificate back: tasks.host_certificate)."""
+    _send("registered", public_host, pooler_port, max_tenants, certificate_request)
 
 
 def abandoned(kind: str, job_id: int, why: str) -> None:

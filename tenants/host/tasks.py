@@ -15,6 +15,8 @@ from django.conf import settings
 
 from dbaas import locks
 from dbaas.celery import host_queue
+from dbaas.env import pki_dir
+from poolers import tls
 from tenants.backup_stores import get_store
 from tenants.host import agent, backups, moves, report, usage
 from tenants.host.spec import (
@@ -472,6 +474,16 @@ def forward_refresh(spec: dict[str, Any]) -> str:
         return "skipped"
     agent.pooler_sync()
     return "refreshed"
+
+
+@shared_task
+def host_certificate(host_name: str, certificate: str, ca_certificate: str) -> str:
+    """The certificate the control plane signed for this host's request (sent with
+    its registration: tenants/host/identity.py); run_pooler waits for it."""
+    if host_name != settings.DBAAS_HOST_NAME:
+        return f"not for this host ({host_name})"
+    tls.install_host_certificate(pki_dir(), certificate, ca_certificate)
+    return "installed"
 
 
 @shared_task(acks_late=True)

@@ -57,9 +57,10 @@ class Command(BaseCommand):
         if settings.DBAAS_HOSTS == 1:
             # This machine is the host: its pooler's files rendered now so that the
             # banner can tell whether they keep the pooler's known flaws closed.
-            from tenants import lifecycle
+            from tenants import host_identity, lifecycle
             from tenants.host.agent import pooler_render
 
+            host_identity.install_local(settings.DBAAS_HOST_NAME, settings.DATA_DIR)
             lifecycle.host_register(
                 name=settings.DBAAS_HOST_NAME,
                 public_host=settings.DBAAS_PUBLIC_HOST,
@@ -75,8 +76,12 @@ class Command(BaseCommand):
             raise CommandError("DBAAS_HOSTS > 1 makes network namespaces: run it as root")
         names = [f"{settings.DBAAS_HOST_NAME}-{n}" for n in range(1, settings.DBAAS_HOSTS + 1)]
         hosts = []
+        from tenants import host_identity
+
         for local in netns.fleet_up(names, settings.DBAAS_NETNS_SLOT):
-            env = local.environment(settings.DATA_DIR / "hosts" / local.name)
+            data = settings.DATA_DIR / "hosts" / local.name
+            host_identity.install_local(local.name, data)
+            env = local.environment(data)
             hosts.append((local.enter(), env))
         return hosts
 

@@ -6,8 +6,7 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from dbaas.env import pki_dir
-from tenants.host import agent, exports
+from tenants.host import agent, exports, identity
 
 
 class Command(BaseCommand):
@@ -26,7 +25,7 @@ class Command(BaseCommand):
             settings.DBAAS_PGBOUNCER_LISTEN,
             settings.DBAAS_EXPORTS_PORT,
             settings.DATA_DIR / "backups",
-            exports.signing_key(pki_dir()),
+            identity.exports_key(identity.own_token().key),
             exports.tls_context(bouncer.tls_cert, bouncer.tls_key),
         )
         self.stdout.write(

@@ -1,7 +1,9 @@
 """`manage.py run_host`: run this machine as one host of the platform: its agent
 (the Celery workers of its queues), its PgBouncer and its activator, under honcho
 (Procfile.host), in the foreground. Point it at the control plane's Redis
-(REDIS_URL); it never connects to the control plane's database. It registers itself with its address
+(REDIS_URL) and give it its host token (DBAAS_HOST_TOKEN, from `manage.py
+host_token NAME` on the control plane); it never connects to the control plane's
+database. It registers itself with its address
 (DBAAS_PUBLIC_HOST, where DBAAS_PGBOUNCER_LISTEN is reached) and capacity
 (DBAAS_HOST_CAPACITY). Ctrl-C stops its processes and its tenants' instances; the
 next start brings them back.
@@ -20,7 +22,7 @@ from dbaas import locks
 from dbaas.celery import host_queue
 from dbaas.env import BASE_DIR
 from dbaas.foreground import wait_all
-from tenants.host import report
+from tenants.host import agent, identity
 from tenants.host.tasks import host_reconcile
 from unikernel_images.paths import instances_dir
 from unikernel_images.runtimes import get_runtime
@@ -30,6 +32,10 @@ class Command(BaseCommand):
     help = "Run this machine as a host of the platform (Ctrl-C stops it)."
 
     def handle(self, *args, **options):
+        try:
+            identity.own_token()
+        except identity.TokenError as exc:
+            raise CommandError(str(exc)) from None
         with locks.held("host", timeout=0) as mine:
             if not mine:
                 raise CommandError(f"a host already runs from {settings.DATA_DIR}")
@@ -39,11 +45,7 @@ class Command(BaseCommand):
         try:
             call_command("build_image")
             name = settings.DBAAS_HOST_NAME
-            report.registered(
-                settings.DBAAS_PUBLIC_HOST,
-                settings.DBAAS_PGBOUNCER_PORT,
-                settings.DBAAS_HOST_CAPACITY,
-            )
+            agent.register()
             # The tenants stopped by the last Ctrl-C come back as soon as the agent
             # is up, not one reconcile interval later (from what this host holds).
             host_reconcile.apply_async((name,), queue=host_queue(name), expires=300)

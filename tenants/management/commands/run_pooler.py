@@ -1,24 +1,25 @@
-"""`manage.py run_pooler`: register this host (a report to the control plane),
-render PgBouncer's files from what the host holds, then become PgBouncer
-(foreground, as the service account)."""
+"""`manage.py run_pooler`: register this host (a report to the control plane, with
+a request for its certificate if it has none), render PgBouncer's files from what
+the host holds once it has one, then become PgBouncer (foreground, as the service
+account)."""
 
 import os
+import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from poolers import firewall
-from tenants.host import agent, report
+from poolers import firewall, tls
+from tenants.host import agent
+
+ASK_AGAIN_AFTER = 15
 
 
 class Command(BaseCommand):
     help = "Run this host's PgBouncer, configured from what the host holds."
 
     def handle(self, *args, **options):
-        report.registered(
-            settings.DBAAS_PUBLIC_HOST, settings.DBAAS_PGBOUNCER_PORT, settings.DBAAS_HOST_CAPACITY
-        )
-        bouncer = agent.pooler_render()
+        bouncer = self._render()
         self._install_firewall()
         exposure = bouncer.exposure()
         (self.stderr if exposure.exposed else self.stdout).write(
@@ -30,6 +31,26 @@ class Command(BaseCommand):
         )
         self.stdout.flush()
         bouncer.exec_foreground()
+
+    def _render(self):
+        """The pooler's files, once this host has its certificate: a host that asks
+        the control plane for it (tenants/host/identity.py) waits for the answer,
+        and asks again now and then (a request can be lost with its worker)."""
+        asked = 0.0
+        while True:
+            if time.monotonic() - asked > ASK_AGAIN_AFTER:
+                agent.register()
+                asked = time.monotonic()
+            try:
+                return agent.pooler_render()
+            except tls.CertificatePending as exc:
+                if self._said != str(exc):  # once per reason
+                    self.stdout.write(f"run_pooler: waiting: {exc}")
+                    self.stdout.flush()
+                    self._said = str(exc)
+                time.sleep(0.3)
+
+    _said = ""
 
     def _install_firewall(self) -> None:
         limit, port = settings.DBAAS_POOLER_CONNECTIONS_PER_ADDRESS, settings.DBAAS_PGBOUNCER_PORT
