@@ -160,3 +160,14 @@ def measure(host) -> None:
         held.put(TenantSpec.of_json(item["spec"]))
     usage.record()
     reports_applied()
+
+
+def in_instance_data(runtime, instance_id: str, script: str) -> None:
+    """Run a shell script on a stopped instance's data as the instance sees it
+    ($1: its data directory), as an operator's repair would."""
+    data = str(runtime.data_dir(instance_id))
+    subprocess.run(
+        [*runtime.with_data(instance_id), "sh", "-c", script, "sh", data],
+        check=True,
+        timeout=30,
+    )

@@ -11,6 +11,7 @@ import pytest
 from django.conf import settings
 
 from dbaas.env import controlplane_user, pooler_user
+from tests.helpers import in_instance_data
 from unikernel_images.image import build_image, image_name, load_image, newest_major
 from unikernel_images.paths import images_dir
 from unikernel_images.runtimes import get_runtime
@@ -146,8 +147,9 @@ def test_an_instance_starts_stops_and_is_isolated(sandbox):
 def test_a_start_failure_says_why(sandbox):
     runtime, spec = sandbox
     runtime.create(spec)
-    conf = runtime.data_dir(spec.instance_id) / "instance.conf"
-    conf.write_text("max_connections = 'lots'\n")
+    in_instance_data(
+        runtime, spec.instance_id, "echo \"max_connections = 'lots'\" > $1/instance.conf"
+    )
     with pytest.raises(InstanceError, match="max_connections"):
         runtime.start(spec)
     assert runtime.status(spec.instance_id).state is InstanceState.STOPPED

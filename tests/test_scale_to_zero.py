@@ -14,7 +14,14 @@ from django.conf import settings
 from tenants.host import agent
 from tenants.models import Event, Plan, Tenant
 from tests.conftest import Service, connect, wait_until
-from tests.helpers import create, instance_state, put_to_sleep, reports_applied, wait_for_state
+from tests.helpers import (
+    create,
+    in_instance_data,
+    instance_state,
+    put_to_sleep,
+    reports_applied,
+    wait_for_state,
+)
 from unikernel_images.runtimes.base import InstanceState
 
 pytestmark = pytest.mark.timeout(180)
@@ -258,9 +265,9 @@ def test_after_a_wake_the_activator_hands_its_connections_over(napper, alice, pl
 def test_a_database_that_cannot_start_is_refused_at_once_and_the_operators_see_why(napper, alice):
     put_to_sleep(alice, napper)
     tenant = Tenant.objects.get(pk=napper["id"])
-    control = agent.runtime_for(tenant).data_dir(tenant.instance_id) / "global" / "pg_control"
-    hidden = control.with_name("pg_control.hidden")
-    control.rename(hidden)  # postgres cannot start without it
+    runtime = agent.runtime_for(tenant)
+    # postgres cannot start without it
+    in_instance_data(runtime, tenant.instance_id, 'mv "$1/global/pg_control" "$1/global/hidden"')
     try:
         started = time.monotonic()
         with pytest.raises(psycopg.OperationalError, match="could not be started"):
@@ -271,7 +278,9 @@ def test_a_database_that_cannot_start_is_refused_at_once_and_the_operators_see_w
         )
         assert "pg_control" in event.message or "exited" in event.message
     finally:
-        hidden.rename(control)
+        in_instance_data(
+            runtime, tenant.instance_id, 'mv "$1/global/hidden" "$1/global/pg_control"'
+        )
 
     # Once it can start again, the next connection wakes it.
     def woken() -> bool:

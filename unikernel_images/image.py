@@ -459,6 +459,13 @@ def _build_template(template: Path, name: str, major: str, build_user: str | Non
             # database is this one, renamed and handed over at provisioning.
             psql("postgres", "-c", f"CREATE DATABASE {TENANT_DATABASE}")
             psql("postgres", "-c", "REVOKE ALL ON DATABASE postgres, template1 FROM PUBLIC")
+            # Frozen, hint bits set: a tenant that only reads the template's
+            # catalogs never writes them, so they stay shared (runtimes/sandbox.py
+            # layers each instance over the template). Then a checkpoint, so that
+            # the template keeps as little WAL as min_wal_size allows.
+            for database in ("template1", "postgres", TENANT_DATABASE):
+                psql(database, "-c", "VACUUM (FREEZE, ANALYZE)")
+            psql("postgres", "-c", "CHECKPOINT")
         finally:
             server.send_signal(signal.SIGINT)  # fast shutdown: clean checkpoint
             server.wait(timeout=60)

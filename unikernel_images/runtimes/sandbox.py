@@ -7,6 +7,13 @@ no network at all. As root, bubblewrap builds the namespaces and `setpriv` then 
 to the instance's own uid with no capabilities; as an ordinary user, bubblewrap uses
 an unprivileged user namespace instead.
 
+As root, an instance's data is layered (unikernel_images/overlay.py): the image's
+template cluster, shared, under the instance's own layer (`<instance>/layer/
+{upper,work,lower}`, lower a link to the shared template or, for data restored or
+moved in, to an empty directory), mounted at `<instance>/data` only in the mount
+namespace the instance runs in. As an ordinary user, `<instance>/data` is a plain
+copy of the template.
+
 Whether an instance runs is decided by a lock, not by pids: the launcher takes an
 exclusive flock on `instance.lock` and hands the descriptor to the sandbox, so the
 lock is held exactly as long as any process of the instance lives.
@@ -16,13 +23,14 @@ import fcntl
 import json
 import os
 import select
+import shlex
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-from unikernel_images import cgroups
+from unikernel_images import cgroups, overlay
 from unikernel_images.image import REGISTRAR_DIR, SUPERUSER, Image, pg_tool
 from unikernel_images.runtimes.base import (
     ExportStream,
@@ -47,10 +55,102 @@ class SandboxRuntime(Runtime):
     def data_dir(self, instance_id: str) -> Path:
         return self.instance_dir(instance_id) / "data"
 
+    # -- the layered data directory (unikernel_images/overlay.py) ---------------------
+
+    def _layer(self, instance_id: str) -> Path:
+        return self.instance_dir(instance_id) / "layer"
+
+    def _layered(self, instance_id: str) -> bool:
+        return (self._layer(instance_id) / "upper").is_dir()
+
+    def _own_files(self, instance_id: str) -> Path:
+        """Where the files the instance wrote itself are (postmaster.pid, and all it
+        changed), readable without the overlay mounted."""
+        if self._layered(instance_id):
+            return self._layer(instance_id) / "upper"
+        return self.data_dir(instance_id)
+
+    def _mount_command(self, instance_id: str) -> list[str]:
+        layer = self._layer(instance_id)
+        return overlay.mount_command(
+            layer / "lower", layer / "upper", layer / "work", self.data_dir(instance_id)
+        )
+
+    def _read_data_file(self, instance_id: str, name: str) -> str:
+        """A file of the cluster as the instance sees it (its own, else the template's)."""
+        own = self._own_files(instance_id) / name
+        if own.exists() or not self._layered(instance_id):
+            return own.read_text()
+        return (self._layer(instance_id) / "lower" / name).read_text()
+
+    def with_data(self, instance_id: str) -> list[str]:
+        """The command prefix that runs what follows with the instance's data at
+        data_dir, as the instance sees it (nothing for a plain copy): for reading it
+        whole while the instance is stopped (an offline backup), or an operator's
+        repair."""
+        if not self._layered(instance_id):
+            return []
+        mount = shlex.join(self._mount_command(instance_id))
+        return [*overlay.private_namespace(), "sh", "-c", f'{mount} && exec "$@"', "sh"]
+
+    def _settings_dir(self, instance_id: str) -> Path:
+        """Where to write the instance's settings files: into its own layer while it
+        is stopped; through its own view of its data while it runs (the overlay
+        exists only in its mount namespace, and the layer under a mounted overlay
+        must not be changed)."""
+        if not self._layered(instance_id):
+            return self.data_dir(instance_id)
+        status = self.status(instance_id)
+        if status.state is not InstanceState.STOPPED and status.pid is not None:
+            return Path(f"/proc/{status.pid}/root/data")
+        return self._layer(instance_id) / "upper"
+
+    def _shared_template(self, image: Image) -> Path:
+        """The image's template as every layered instance of it shares it, made once
+        (a copy whose files the instances' uids may open: see overlay.py)."""
+        shared = image.path / "shared"
+        layer = shared / "layer"
+        if layer.exists():
+            return layer
+        shared.mkdir(mode=0o700, exist_ok=True)
+        lock_fd = os.open(shared / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            if not layer.exists():
+                staging = shared / "layer.partial"
+                shutil.rmtree(staging, ignore_errors=True)
+                _copy_template(image.template, staging)
+                overlay.shareable(staging)
+                _run(["sync", "-f", str(staging)])
+                staging.rename(layer)
+        finally:
+            os.close(lock_fd)
+        return layer
+
+    def _empty_lower(self) -> Path:
+        """The lower layer of data restored or moved in: nothing below it."""
+        empty = self.instances_dir / ".empty"
+        empty.mkdir(mode=0o755, exist_ok=True)
+        return empty
+
+    def _layers_possible(self, spec: InstanceSpec) -> bool:
+        # Mounting needs root; an ordinary user's instances are plain copies.
+        return os.geteuid() == 0 and spec.uid is not None
+
     def data_usage(self, instance_id: str) -> int:
         # Each database is a directory of base/ named by its OID; initdb gives the
         # platform's (template1, template0, postgres) fixed ones. pgsql_tmp holds
         # temporary files, limited apart (temp_file_limit); pg_wal is not in base/.
+        # Of a layered instance too, the whole of its databases as it sees them
+        # (pg_database_size's view), shared template files included: what an owner
+        # counts does not depend on how the host stores it.
+        if self._layered(instance_id):
+            layer = self._layer(instance_id)
+            upper, lower = layer / "upper" / "base", layer / "lower" / "base"
+            names = {e.name for e in _entries(upper)} | {e.name for e in _entries(lower)}
+            return sum(
+                overlay.merged_bytes(lower / name, upper / name) for name in names - NOT_TENANT_DATA
+            )
         base = self.data_dir(instance_id) / "base"
         try:
             databases = [d for d in base.iterdir() if d.name not in NOT_TENANT_DATA]
@@ -69,10 +169,13 @@ class SandboxRuntime(Runtime):
     def create(self, spec: InstanceSpec) -> None:
         inst = self.instance_dir(spec.instance_id)
         data = self.data_dir(spec.instance_id)
-        if data.exists():
-            raise InstanceError(f"instance {spec.instance_id} already has data in {data}")
+        if self._has_data(spec.instance_id):
+            raise InstanceError(f"instance {spec.instance_id} already has data in {inst}")
         inst.mkdir(parents=True, exist_ok=True)
         os.chmod(inst, 0o711)
+        if self._layers_possible(spec):
+            self._create_layered(spec)
+            return
         # Prepare next to the final place, then rename: a crash never leaves a
         # half-made data directory that looks complete.
         staging = inst / "data.partial"
@@ -85,6 +188,36 @@ class SandboxRuntime(Runtime):
         staging.rename(data)
         _run(["sync", "-f", str(data)])
         self._make_socket_dir(spec)
+
+    def _create_layered(self, spec: InstanceSpec) -> None:
+        """A layer of its own over the image's shared template: nothing is copied
+        but the settings it is given. Made beside, then renamed into place."""
+        iid = spec.instance_id
+        staging = self.instance_dir(iid) / "layer.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        self._make_layer(staging, self._shared_template(spec.image), spec)
+        render_postgres_config(self.kind, spec, staging / "upper")
+        _run(["sync", "-f", str(staging)])
+        staging.rename(self._layer(iid))
+        self.data_dir(iid).mkdir(mode=0o700, exist_ok=True)  # where it is mounted
+        self._make_socket_dir(spec)
+
+    def _make_layer(
+        self, layer: Path, lower: Path, spec: InstanceSpec, upper: Path | None = None
+    ) -> None:
+        """`layer` with `upper` (or an empty one) over `lower`."""
+        layer.mkdir(mode=0o700)
+        if upper is None:
+            (layer / "upper").mkdir(mode=0o700)
+        else:
+            upper.rename(layer / "upper")
+        (layer / "work").mkdir(mode=0o700)
+        (layer / "lower").symlink_to(lower)
+        if spec.uid is not None:
+            os.chown(layer / "upper", spec.uid, spec.uid)
+
+    def _has_data(self, instance_id: str) -> bool:
+        return self._layered(instance_id) or (self.data_dir(instance_id) / "PG_VERSION").exists()
 
     # -- spares: template copies made ahead of time ---------------------------------
     # Copying the ~40 MB template and syncing it is most of a provisioning's time,
@@ -104,6 +237,11 @@ class SandboxRuntime(Runtime):
         return False
 
     def prepare_spares(self, image: Image, count: int) -> int:
+        if os.geteuid() == 0:
+            # Layered instances copy nothing: no spares (and none left behind).
+            shutil.rmtree(self.instances_dir / ".spares", ignore_errors=True)
+            self._shared_template(image)  # made ahead, as spares were
+            return 0
         spares = self._spares_dir(image)
         spares.mkdir(parents=True, exist_ok=True)
         os.chmod(spares, 0o700)
@@ -140,18 +278,16 @@ class SandboxRuntime(Runtime):
         os.chmod(sockets, 0o750)
 
     def configure(self, spec: InstanceSpec) -> None:
-        data = self.data_dir(spec.instance_id)
-        if not data.exists():
+        if not self._has_data(spec.instance_id):
             raise InstanceError(f"instance {spec.instance_id} has no data directory")
-        if render_postgres_config(self.kind, spec, data):
+        if render_postgres_config(self.kind, spec, self._settings_dir(spec.instance_id)):
             status = self.status(spec.instance_id)
             if status.state is InstanceState.RUNNING and status.pid:
                 os.kill(status.pid, signal.SIGHUP)
 
     def start(self, spec: InstanceSpec, timeout: float = 30) -> None:
         iid = spec.instance_id
-        data = self.data_dir(iid)
-        if not (data / "PG_VERSION").exists():
+        if not self._has_data(iid):
             raise InstanceError(f"instance {iid} has no data directory; create it first")
         lock_fd = os.open(self._lock_file(iid), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -168,7 +304,7 @@ class SandboxRuntime(Runtime):
             # left by a killed one is stale; postgres cannot tell across pid
             # namespaces (it sees its own pid 1 in the file). Our own record of
             # the old pid goes too, so nobody signals a recycled pid.
-            (data / "postmaster.pid").unlink(missing_ok=True)
+            (self._own_files(iid) / "postmaster.pid").unlink(missing_ok=True)
             self._pid_file(iid).unlink(missing_ok=True)
             pid = self._launch(spec, lock_fd)
         finally:
@@ -209,25 +345,25 @@ class SandboxRuntime(Runtime):
                 os.close(info_w)
 
     def _limited(self, spec: InstanceSpec) -> list[str]:
-        """The start of the launch command that puts the instance in its cgroups and
-        caps each of its processes' memory (every process it forks inherits both):
-        a backend that asks for more than the plan's memory gets "out of memory",
-        and all of them together cannot take more than the plan's memory."""
-        if spec.limits is None:
-            return []
-        prefix = ["prlimit", f"--as={spec.limits.process_address_space_bytes}", "--"]
-        groups = cgroups.detect()
-        if groups is None:
-            return prefix
-        groups.apply(spec.instance_id, spec.limits)
-        procs = " ".join(str(path) for path in groups.procs_files(spec.instance_id))
-        join = 'for procs in $0; do echo $$ > "$procs"; done; exec "$@"'
-        return ["sh", "-c", join, procs, *prefix]
-
-    def destroy(self, instance_id: str) -> None:
-        super().destroy(instance_id)
-        if (groups := cgroups.detect()) is not None:
-            groups.remove(instance_id)
+        """The start of the launch command: the instance's data mounted (in a mount
+        namespace of its own, which the sandbox inherits), its cgroups joined and
+        each of its processes' memory capped (every process it forks inherits
+        both): a backend that asks for more than the plan's memory gets "out of
+        memory", and all of them together cannot take more than the plan's memory."""
+        iid = spec.instance_id
+        steps, prefix = [], []
+        if self._layered(iid):
+            prefix = overlay.private_namespace()
+            steps.append(shlex.join(self._mount_command(iid)))
+        if spec.limits is not None and (groups := cgroups.detect()) is not None:
+            groups.apply(iid, spec.limits)
+            procs = " ".join(shlex.quote(str(path)) for path in groups.procs_files(iid))
+            steps.append(f'for procs in {procs}; do echo $$ > "$procs"; done')
+        if steps:
+            prefix += ["sh", "-c", " && ".join([*steps, 'exec "$@"']), "sh"]
+        if spec.limits is not None:
+            prefix += ["prlimit", f"--as={spec.limits.process_address_space_bytes}", "--"]
+        return prefix
 
     def _bwrap_args(self, spec: InstanceSpec, info_fd: int) -> list[str]:
         iid = spec.instance_id
@@ -305,7 +441,7 @@ class SandboxRuntime(Runtime):
 
     def _wait_ready(self, iid: str, pid: int, timeout: float) -> None:
         """Return once postmaster.pid says `ready`: never expose a starting instance."""
-        pidfile = self.data_dir(iid) / "postmaster.pid"
+        pidfile = self._own_files(iid) / "postmaster.pid"
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -377,7 +513,7 @@ class SandboxRuntime(Runtime):
         return not self._lock_held(instance_id)
 
     def status(self, instance_id: str) -> InstanceStatus:
-        if not (self.data_dir(instance_id) / "PG_VERSION").exists():
+        if not self._has_data(instance_id):
             return InstanceStatus(InstanceState.MISSING)
         if not self._lock_held(instance_id):
             return InstanceStatus(InstanceState.STOPPED)
@@ -390,7 +526,7 @@ class SandboxRuntime(Runtime):
         # The lock is held, so postmaster.pid is this instance's (start removes
         # a stale one before launching): its status line says how far it got.
         try:
-            lines = (self.data_dir(instance_id) / "postmaster.pid").read_text().splitlines()
+            lines = (self._own_files(instance_id) / "postmaster.pid").read_text().splitlines()
             phase = lines[7].strip() if len(lines) >= 8 else "starting"
         except FileNotFoundError:
             phase = "starting"
@@ -407,7 +543,7 @@ class SandboxRuntime(Runtime):
             # Online: a base backup over the instance's socket, WAL included, as
             # one tar stream on stdout (never staged on disk or in memory).
             # The client of the server's own major (its data directory says which).
-            major = (self.data_dir(instance_id) / "PG_VERSION").read_text().strip()
+            major = self._read_data_file(instance_id, "PG_VERSION").strip()
             args = [
                 pg_tool(major, "pg_basebackup"),
                 "-h",
@@ -425,8 +561,10 @@ class SandboxRuntime(Runtime):
             ]
             what = "pg_basebackup"
         elif state is InstanceState.STOPPED:
-            # Asleep: its cleanly shut-down directory is consistent as it is.
+            # Asleep: its cleanly shut-down directory is consistent as it is (a
+            # layered one read through its overlay, in a namespace of the tar's own).
             args = [
+                *self.with_data(instance_id),
                 "tar",
                 "-C",
                 str(self.data_dir(instance_id)),
@@ -486,46 +624,87 @@ class SandboxRuntime(Runtime):
             shutil.rmtree(incoming, ignore_errors=True)
             raise
 
+    def _previous_layer(self, instance_id: str) -> Path:
+        return self.instance_dir(instance_id) / "layer.previous"
+
+    def _current(self, instance_id: str) -> Path:
+        """Where the instance's data is: its layer, or a plain data directory."""
+        return (
+            self._layer(instance_id) if self._layered(instance_id) else self.data_dir(instance_id)
+        )
+
+    def _kept(self, instance_id: str) -> tuple[Path, Path] | None:
+        """The data swap_in_imported kept, and where it goes back to."""
+        if self._previous_layer(instance_id).exists():
+            return self._previous_layer(instance_id), self._layer(instance_id)
+        if self._previous(instance_id).exists():
+            return self._previous(instance_id), self.data_dir(instance_id)
+        return None
+
     def swap_in_imported(self, spec: InstanceSpec) -> None:
         iid = spec.instance_id
         if self.status(iid).state not in (InstanceState.STOPPED, InstanceState.MISSING):
             raise InstanceError(f"instance {iid} must be stopped to swap its data")
-        previous = self._previous(iid)
-        shutil.rmtree(previous, ignore_errors=True)
-        if self.data_dir(iid).exists():  # a new instance made from a backup has none
-            self.data_dir(iid).rename(previous)
-        self._incoming(iid).rename(self.data_dir(iid))
+        self.drop_previous(iid, keep_incoming=True)
+        current = self._current(iid)
+        if current.exists():  # a new instance made from a backup has none
+            layered = current == self._layer(iid)
+            current.rename(self._previous_layer(iid) if layered else self._previous(iid))
+        if self._layers_possible(spec):
+            # The imported cluster is whole: a layer over nothing.
+            self._make_layer(self._layer(iid), self._empty_lower(), spec, upper=self._incoming(iid))
+            self.data_dir(iid).mkdir(mode=0o700, exist_ok=True)  # where it is mounted
+        else:
+            self._incoming(iid).rename(self.data_dir(iid))
         self._make_socket_dir(spec)
 
     def swap_back(self, spec: InstanceSpec) -> None:
         iid = spec.instance_id
         self.stop(iid)
+        kept = self._kept(iid)
+        if kept is None:
+            raise InstanceError(f"instance {iid} has no data kept to swap back to")
         failed = self._incoming(iid)
         shutil.rmtree(failed, ignore_errors=True)
-        self.data_dir(iid).rename(failed)
-        self._previous(iid).rename(self.data_dir(iid))
+        self._current(iid).rename(failed)
+        kept[0].rename(kept[1])
         shutil.rmtree(failed, ignore_errors=True)
 
-    def drop_previous(self, instance_id: str) -> None:
+    def drop_previous(self, instance_id: str, keep_incoming: bool = False) -> None:
         shutil.rmtree(self._previous(instance_id), ignore_errors=True)
-        shutil.rmtree(self._incoming(instance_id), ignore_errors=True)
+        shutil.rmtree(self._previous_layer(instance_id), ignore_errors=True)
+        if not keep_incoming:
+            shutil.rmtree(self._incoming(instance_id), ignore_errors=True)
 
     def import_leftovers(self, instance_id: str) -> bool:
-        return self._incoming(instance_id).exists() or self._previous(instance_id).exists()
+        return any(
+            path.exists()
+            for path in (
+                self._incoming(instance_id),
+                self._previous(instance_id),
+                self._previous_layer(instance_id),
+            )
+        )
 
     def abandon_import(self, spec: InstanceSpec) -> bool:
         iid = spec.instance_id
-        previous, incoming = self._previous(iid), self._incoming(iid)
-        if not previous.exists():  # the swap never began: the data is the current one
+        incoming, kept = self._incoming(iid), self._kept(iid)
+        if kept is None:  # the swap never began: the data is the current one
             _remove_tree(incoming)
             return False
         self.stop(iid)
         _remove_tree(incoming)
-        if self.data_dir(iid).exists():  # swapped in already (it may not have started)
-            self.data_dir(iid).rename(incoming)
-        previous.rename(self.data_dir(iid))
+        current = self._current(iid)
+        if current.exists():  # swapped in already (it may not have started)
+            current.rename(incoming)
+        kept[0].rename(kept[1])
         _remove_tree(incoming)
         return True
+
+    def destroy(self, instance_id: str) -> None:
+        super().destroy(instance_id)
+        if (groups := cgroups.detect()) is not None:
+            groups.remove(instance_id)
 
     def _lock_held(self, instance_id: str) -> bool:
         try:
@@ -546,6 +725,13 @@ class SandboxRuntime(Runtime):
         except FileNotFoundError:
             return "(no log)"
         return " | ".join(text.strip().splitlines()[-lines:])
+
+
+def _entries(path: Path) -> list[os.DirEntry]:
+    try:
+        return list(os.scandir(path))
+    except OSError:
+        return []
 
 
 def _lock_unless_held(fd: int, patience: float = 0.5) -> bool:
