@@ -7,7 +7,12 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
-from tenants.host.spec import database_name_of, instance_id_of, major_of
+from tenants.host.spec import (
+    database_name_of,
+    instance_id_of,
+    major_of,
+    postgres_setting_errors,
+)
 
 
 class Host(models.Model):
@@ -90,6 +95,18 @@ EXTENSION_NAME = re.compile(r"[a-z0-9_-]{1,63}")
 
 
 class Plan(models.Model):
+    # The free plan's servers (migration 0019 gives it these): measured for memory
+    # per awake idle server, bench/instances.py and docs/benchmarks.md.
+    FREE_POSTGRES_SETTINGS = {
+        "shared_buffers": "1MB",
+        "wal_buffers": "64kB",
+        "max_locks_per_transaction": "32",
+        "max_pred_locks_per_transaction": "32",
+        "max_files_per_process": "100",
+        "autovacuum_max_workers": "1",
+        "autovacuum_naptime": "5min",
+    }
+
     name = models.SlugField(max_length=40, unique=True)
     max_databases = models.PositiveIntegerField(default=3)
     storage_limit_mb = models.PositiveIntegerField(default=512)
@@ -137,6 +154,14 @@ class Plan(models.Model):
         "image has; applied when an instance starts).",
     )
 
+    postgres_settings = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='PostgreSQL settings of the plan\'s servers, e.g. {"shared_buffers": '
+        '"2MB"} (of those tenants.host.spec.POSTGRES_SETTINGS names); applied when a '
+        "server starts.",
+    )
+
     def __str__(self) -> str:
         return self.name
 
@@ -152,6 +177,10 @@ class Plan(models.Model):
         ]
         if bad:
             raise ValidationError({"extensions": f"not extension names: {', '.join(bad)}"})
+        if not isinstance(self.postgres_settings, dict):
+            raise ValidationError({"postgres_settings": "an object of setting names and values"})
+        if errors := postgres_setting_errors(self.postgres_settings):
+            raise ValidationError({"postgres_settings": errors})
 
     @property
     def storage_limit_bytes(self) -> int:

@@ -24,6 +24,7 @@ def plan_spec(plan: Plan) -> dict[str, Any]:
         "work_mem_max_mb": plan.work_mem_max_mb,
         "databases_per_server": plan.databases_per_server,
         "extension_list": plan.extension_list,
+        "postgres_settings": dict(plan.postgres_settings),
     }
 
 

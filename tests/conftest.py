@@ -115,7 +115,12 @@ def ensure_platform_rows():
     """Rows that transactional tests flush away: the default plan and this host."""
     Plan.objects.get_or_create(
         name="free",
-        defaults={"max_databases": 3, "is_default": True, "connection_limit": 20},
+        defaults={
+            "max_databases": 3,
+            "is_default": True,
+            "connection_limit": 20,
+            "postgres_settings": Plan.FREE_POSTGRES_SETTINGS,
+        },
     )
     host = lifecycle.host_register(
         name=settings.DBAAS_HOST_NAME,

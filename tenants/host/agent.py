@@ -33,6 +33,7 @@ from tenants.host.spec import (
     SLEEPING,
     SUSPENDED,
     TenantSpec,
+    postgres_config,
 )
 from tenants.host.store import HostStore
 from unikernel_images import postgres_admin
@@ -129,6 +130,7 @@ def instance_spec(tenant: TenantSpec) -> InstanceSpec:
         ),
         temp_file_limit_mb=tenant.plan.temp_file_limit_mb,
         work_mem_max_mb=tenant.plan.work_mem_max_mb,
+        extra_settings=postgres_config(tenant.plan.postgres_settings),
     )
 
 

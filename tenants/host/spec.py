@@ -25,6 +25,51 @@ MOVING = "moving"
 EXTENSION_NAME = re.compile(r"[a-z_][a-z0-9_-]*")
 
 
+# PostgreSQL settings a plan may set for its servers (Plan.postgres_settings), with
+# the form each value must have: they go into the instance's config file as they
+# are, quoted. Memory and processes of small servers (docs/density.md).
+_MEMORY = re.compile(r"[0-9]{1,7}(kB|MB|GB)")
+_INTEGER = re.compile(r"[0-9]{1,7}")
+_DURATION = re.compile(r"[0-9]{1,7}(ms|s|min|h|d)?")
+_SWITCH = re.compile(r"on|off")
+POSTGRES_SETTINGS = {
+    "shared_buffers": _MEMORY,
+    "wal_buffers": _MEMORY,
+    "max_wal_size": _MEMORY,
+    "min_wal_size": _MEMORY,
+    "max_locks_per_transaction": _INTEGER,
+    "max_pred_locks_per_transaction": _INTEGER,
+    "max_files_per_process": _INTEGER,
+    "autovacuum": _SWITCH,
+    "autovacuum_max_workers": _INTEGER,
+    "autovacuum_naptime": _DURATION,
+    "checkpoint_timeout": _DURATION,
+    "jit": _SWITCH,
+}
+
+
+def postgres_setting_errors(values: dict[str, Any]) -> list[str]:
+    """What is wrong with a plan's PostgreSQL settings (nothing: [])."""
+    errors = []
+    for name, value in values.items():
+        form = POSTGRES_SETTINGS.get(name)
+        if form is None:
+            errors.append(f"{name}: not a setting a plan may set ({', '.join(POSTGRES_SETTINGS)})")
+        elif not isinstance(value, str) or not form.fullmatch(value):
+            errors.append(f"{name}: {value!r} is not a value of its kind ({form.pattern})")
+    return errors
+
+
+def postgres_config(values: dict[str, Any]) -> dict[str, str]:
+    """A plan's settings as lines of the instance's config (name -> quoted value),
+    the valid ones only."""
+    return {
+        name: f"'{value}'"
+        for name, value in sorted(values.items())
+        if not postgres_setting_errors({name: value})
+    }
+
+
 def instance_id_of(pk: int) -> str:
     """A tenant's instance: its directory, lock, route and registrar socket."""
     return f"t{pk}"
@@ -55,6 +100,7 @@ class PlanSpec:
     work_mem_max_mb: int
     databases_per_server: int
     extension_list: tuple[str, ...] = ()
+    postgres_settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def storage_limit_bytes(self) -> int:
@@ -101,7 +147,11 @@ class TenantSpec:
 
     @classmethod
     def of_json(cls, data: dict[str, Any]) -> "TenantSpec":
-        plan = dict(data["plan"])
+        # Fields this host's code does not know (a newer control plane's) are left
+        # out, not an error.
+        plan_fields = {f.name for f in dataclasses.fields(PlanSpec)}
+        plan = {k: v for k, v in data["plan"].items() if k in plan_fields}
+        plan["postgres_settings"] = dict(plan.get("postgres_settings") or {})
         plan["extension_list"] = tuple(
             name for name in plan.get("extension_list", ()) if EXTENSION_NAME.fullmatch(name)
         )
