@@ -9,7 +9,8 @@ platform's own templates, no tenant servers needed, and measures side by side:
 - the time from a StartupMessage to PgBouncer's first answer (AuthenticationSASL),
   which is where PgBouncer evaluates its hba rules, for the tenant whose rules come
   last: `auth_type = hba` (the mitigation) against `auth_type = scram-sha-256`;
-- the time of a RELOAD with each.
+- the time of a RELOAD with each, and the longest a client's query waited during it
+  (PgBouncer does nothing else while it reloads).
 
 As root: .venv/bin/python bench/pooler_hba.py [--tenants 100,1000,10000] [--logins 300]
 """
@@ -22,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -85,13 +87,36 @@ def first_answer_ms(user: str, database: str, count: int) -> list[float]:
     return times
 
 
-def reload_ms(bouncer: PgBouncer, count: int = 5) -> float:
+def reload_ms(bouncer: PgBouncer, count: int = 5) -> tuple[float, float]:
+    """The median RELOAD, and the longest a client's query (an admin console
+    `SHOW VERSION` in a loop on a connection of its own) waited meanwhile."""
+    conn = bouncer.admin_connect()
+    conn.autocommit = True
+    worst, stop = [0.0], threading.Event()
+
+    def query_in_a_loop() -> None:
+        while not stop.is_set():
+            began = time.perf_counter()
+            conn.execute("SHOW VERSION").fetchall()
+            worst[0] = max(worst[0], (time.perf_counter() - began) * 1000)
+            time.sleep(0.001)
+
+    client = threading.Thread(target=query_in_a_loop)
+    client.start()
     times = []
-    for _ in range(count):
-        started = time.perf_counter()
-        bouncer.reload()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+    try:
+        time.sleep(0.2)
+        worst[0] = 0.0
+        for _ in range(count):
+            started = time.perf_counter()
+            bouncer.reload()
+            times.append((time.perf_counter() - started) * 1000)
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        client.join()
+        conn.close()
+    return statistics.median(times), worst[0]
 
 
 def run(n: int, logins: int, binary: str, user: str) -> list[tuple]:
@@ -125,7 +150,7 @@ def run(n: int, logins: int, binary: str, user: str) -> list[tuple]:
                     auth_type,
                     statistics.median(times),
                     sorted(times)[int(len(times) * 0.95)],
-                    reload_ms(bouncer),
+                    *reload_ms(bouncer),
                 )
             )
             proc.terminate()
@@ -151,11 +176,14 @@ def main() -> None:
     print(f"{version}; {args.logins} logins per row, the tenant whose rules come last")
     print(
         f"{'tenants':>8} {'auth_type':>14} {'first answer p50 ms':>20} {'p95 ms':>8} "
-        f"{'RELOAD ms':>10}"
+        f"{'RELOAD ms':>10} {'stall ms':>9}"
     )
     for n in (int(x) for x in args.tenants.split(",")):
         for row in run(n, args.logins, args.pgbouncer, args.user):
-            print(f"{row[0]:>8} {row[1]:>14} {row[2]:>20.3f} {row[3]:>8.3f} {row[4]:>10.1f}")
+            print(
+                f"{row[0]:>8} {row[1]:>14} {row[2]:>20.3f} {row[3]:>8.3f} {row[4]:>10.1f} "
+                f"{row[5]:>9.1f}"
+            )
 
 
 if __name__ == "__main__":
