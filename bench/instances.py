@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""What one tenant's instance costs the host, at many instances: disk per sleeping
+instance, memory per awake idle instance, and the CPU and time of one start (a
+wake without the pooler and activator), for sets of PostgreSQL settings side by
+side. It drives the sandbox runtime directly (no control plane, no pooler), on a
+scratch directory, with the image `manage.py build_image` made.
+
+As root: .venv/bin/python bench/instances.py [-n 200] [--profiles current,small]
+
+For each profile: N instances are made (as provisioning makes them), started one
+at a time (the start's wall time and the whole machine's CPU time during it), left
+idle, then measured: PSS of every process of each instance (/proc/PID/smaps_rollup,
+its own uid's processes and its bubblewrap), the host's used memory (MemTotal -
+MemAvailable) against before; then stopped (asleep) and measured on disk (the
+blocks of the instance's own layer, or of its plain copy). All is removed at the end.
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+BASE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dbaas.settings")
+import django  # noqa: E402
+
+django.setup()
+
+from tenants.host.spec import postgres_config  # noqa: E402
+from tenants.models import Plan  # noqa: E402
+from unikernel_images.image import default_image_name, load_image  # noqa: E402
+from unikernel_images.paths import images_dir  # noqa: E402
+from unikernel_images.runtimes.base import InstanceSpec, allocated_bytes  # noqa: E402
+from unikernel_images.runtimes.sandbox import SandboxRuntime  # noqa: E402
+
+# PostgreSQL settings per profile, over the image's postgresql.conf.
+# PostgreSQL settings per profile, over the image's postgresql.conf; "free" is what
+# the free plan sets (Plan.FREE_POSTGRES_SETTINGS).
+PROFILES: dict[str, dict[str, str]] = {
+    "current": {},
+    "small": {"shared_buffers": "2MB", "wal_buffers": "256kB", "autovacuum_naptime": "5min"},
+    "free": Plan.FREE_POSTGRES_SETTINGS,
+    "no-autovacuum": {
+        "shared_buffers": "1MB",
+        "wal_buffers": "64kB",
+        "max_locks_per_transaction": "16",
+        "autovacuum": "off",
+    },
+}
+UID_BASE = 390000  # apart from the platform's tenants' (DBAAS_TENANT_UID_BASE)
+
+
+def memory_used_kb() -> int:
+    info = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, value = line.split(":")
+            info[key] = int(value.split()[0])
+    return info["MemTotal"] - info["MemAvailable"]
+
+
+def cpu_seconds() -> float:
+    """The whole machine's busy CPU time (user + system and the rest, not idle)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def processes_by_uid(uids: set[int]) -> dict[int, list[int]]:
+    found: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            uid = proc.stat().st_uid
+        except FileNotFoundError:
+            continue
+        if uid in uids:
+            found.setdefault(uid, []).append(int(proc.name))
+    return found
+
+
+def pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def bwrap_of(pids: list[int]) -> list[int]:
+    """The bubblewrap process above an instance's processes (root's, so not in
+    its uid's list)."""
+    parents = set()
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        try:
+            if Path(f"/proc/{ppid}/comm").read_text().strip() == "bwrap":
+                parents.add(ppid)
+        except FileNotFoundError:
+            continue
+    return sorted(parents)
+
+
+def run(profile: str, n: int, root: Path) -> dict[str, float]:
+    image = load_image(images_dir(), default_image_name())
+    runtime = SandboxRuntime(root)
+    specs = [
+        InstanceSpec(
+            instance_id=f"b{i}",
+            image=image,
+            uid=UID_BASE + i,
+            socket_group=None,
+            max_connections=25,
+            logins=(("all", "bench"),),
+            platform_accounts=("root",),
+            extra_settings=postgres_config(PROFILES[profile]),
+        )
+        for i in range(n)
+    ]
+    before = memory_used_kb()
+    starts, cpus, creates = [], [], []
+    try:
+        for spec in specs:
+            began = time.perf_counter()
+            runtime.create(spec)
+            creates.append((time.perf_counter() - began) * 1000)
+            cpu, began = cpu_seconds(), time.perf_counter()
+            runtime.start(spec)
+            starts.append((time.perf_counter() - began) * 1000)
+            cpus.append((cpu_seconds() - cpu) * 1000)
+        time.sleep(5)  # idle: start-up work done
+        by_uid = processes_by_uid({spec.uid for spec in specs if spec.uid is not None})
+        per_instance = []
+        counts = []
+        for pids in by_uid.values():
+            every = pids + bwrap_of(pids)
+            counts.append(len(every))
+            per_instance.append(sum(pss_kb(pid) for pid in every))
+        host = (memory_used_kb() - before) / n
+        for spec in specs:
+            runtime.stop(spec.instance_id)
+        disks = []
+        for spec in specs:
+            layer = runtime.instance_dir(spec.instance_id) / "layer" / "upper"
+            own = layer if layer.exists() else runtime.data_dir(spec.instance_id)
+            disks.append(allocated_bytes(own) / 1024)
+    finally:
+        for spec in specs:
+            runtime.destroy(spec.instance_id)
+    return {
+        "create ms p50": statistics.median(creates),
+        "start ms p50": statistics.median(starts),
+        "start CPU ms p50": statistics.median(cpus),
+        "processes": statistics.median(counts) if counts else 0,
+        "PSS MB p50": statistics.median(per_instance) / 1024 if per_instance else 0,
+        "host MB each": host / 1024,
+        "disk asleep MB p50": statistics.median(disks) / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=200)
+    parser.add_argument("--profiles", default="current,small,free,no-autovacuum")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run it as root (instances run under their own uids)")
+    root = Path("/var/tmp/dbaas-bench-instances")
+    rows = []
+    for profile in args.profiles.split(","):
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        os.chmod(root, 0o711)
+        rows.append((profile, run(profile, args.n, root)))
+    shutil.rmtree(root, ignore_errors=True)
+    columns = list(rows[0][1])
+    print(f"{args.n} instances awake at once per profile, on {os.uname().nodename}")
+    print(f"| profile | {' | '.join(columns)} |")
+    print(f"|---|{'---|' * len(columns)}")
+    for profile, values in rows:
+        print(f"| {profile} | {' | '.join(f'{values[c]:.2f}' for c in columns)} |")
+
+
+if __name__ == "__main__":
+    main()
