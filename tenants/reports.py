@@ -116,6 +116,18 @@ def measured(host_name: str, tenant_pk: int, values: dict[str, Any]) -> None:
         Tenant.objects.filter(pk=tenant_pk, host__name=host_name).update(**fields)
 
 
+@shared_task(base=SignedReport)
+def measured_many(host_name: str, values: dict[str, dict[str, Any]]) -> int:
+    """`measured` of many tenants (keys: their pks); how many rows it set."""
+    applied = 0
+    with transaction.atomic():
+        for pk, each in values.items():
+            fields = _row_values(each, MEASURED)
+            if fields and pk.isdigit():
+                applied += Tenant.objects.filter(pk=int(pk), host__name=host_name).update(**fields)
+    return applied
+
+
 # What a host may set on a backup's or a restore's row (timestamps: epoch seconds).
 BACKUP_FIELDS = {
     "state",

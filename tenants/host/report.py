@@ -91,6 +91,15 @@ def measured(tenant_pk: int, values: dict[str, Any]) -> None:
     _send("measured", tenant_pk, values)
 
 
+def measured_many(values: dict[int, dict[str, Any]], chunk: int = 1000) -> None:
+    """What `measured` says, of many tenants at once (a usage walk, an idle check):
+    one report per `chunk` tenants, not one each, so that a host of thousands does
+    not queue thousands of reports ahead of a state change."""
+    items = [(str(pk), value) for pk, value in values.items()]
+    for start in range(0, len(items), chunk):
+        _send("measured_many", dict(items[start : start + chunk]))
+
+
 def backup(backup_id: int, from_states: list[str], values: dict[str, Any]) -> None:
     """A backup's progress or outcome (timestamps as epoch seconds)."""
     _send("backup", backup_id, from_states, values)

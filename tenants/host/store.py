@@ -72,6 +72,10 @@ class HostStore:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             conn.execute("PRAGMA foreign_keys = ON")
+            # Durable at checkpoints, not at each commit: a host's store is rebuilt
+            # from the control plane's lists (host_reconcile) after a power loss,
+            # and a commit per tenant per reconcile must not cost an fsync each.
+            conn.execute("PRAGMA synchronous = NORMAL")
             if not self._ready:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 conn.execute("PRAGMA journal_mode = WAL")
@@ -108,6 +112,9 @@ class HostStore:
             if row is not None and not decided_here:
                 held = json.loads(row[0])
                 spec = spec.but(storage_read_only=held.get("storage_read_only"))
+            text = json.dumps(spec.as_json())
+            if row is not None and state is None and row[0] == text:
+                return  # nothing new: no write (a reconcile puts every tenant)
             # The state given, else the one held (or the spec's, for a tenant new here).
             now = time.time()
             db.execute(
@@ -115,8 +122,7 @@ class HostStore:
                 "ON CONFLICT (instance_id) DO UPDATE SET spec = excluded.spec, "
                 "state = coalesce(?, tenants.state), "
                 "changed = CASE WHEN ? IS NULL THEN tenants.changed ELSE ? END",
-                (spec.instance_id, json.dumps(spec.as_json()), state or spec.state, now)
-                + (state, state, now),
+                (spec.instance_id, text, state or spec.state, now) + (state, state, now),
             )
             for name in spec.databases if new else ():
                 db.execute(

@@ -219,6 +219,7 @@ def instances_sleep_idle(host_name: str) -> dict[str, int]:
     held = agent.store()
     now = time.time()
     counts = {"active": 0, "idle": 0, "slept": 0}
+    active: dict[int, dict[str, Any]] = {}
     for tenant, _state in held.all((RUNNING,)):
         if not tenant.plan.sleeps_when_idle:
             continue
@@ -226,7 +227,7 @@ def instances_sleep_idle(host_name: str) -> dict[str, int]:
         last_active, last_xacts = held.activity(tenant.instance_id)
         if agent.pooler_in_use(pools, tenant) or xacts != last_xacts:
             held.activity_seen(tenant.instance_id, xacts)
-            report.measured(tenant.pk, {"last_active_at": now})
+            active[tenant.pk] = {"last_active_at": now}
             counts["active"] += 1
             continue
         if last_active is None:
@@ -241,6 +242,7 @@ def instances_sleep_idle(host_name: str) -> dict[str, int]:
                 counts["slept"] += 1
         except Exception:
             log.exception("putting %s to sleep failed", tenant.instance_id)
+    report.measured_many(active)
     return counts
 
 
@@ -263,6 +265,22 @@ def host_reconcile(
     was made (`built_at`, epoch seconds) waits for the next list: this one is older
     than what the host knows.
     """
+    # One at a time: a reconcile that takes longer than the beat's interval (many
+    # tenants, a slow disk) must not pile up behind itself and hold every slot of
+    # the worker; the next list comes with the next beat.
+    with locks.held(f"reconcile-{host_name}", timeout=0) as mine:
+        if not mine:
+            log.info("reconcile %s: another one is under way; this list is skipped", host_name)
+            return {"skipped": 1}
+        return _reconcile(host_name, tenants, unfinished, built_at)
+
+
+def _reconcile(
+    host_name: str,
+    tenants: list[dict[str, Any]] | None,
+    unfinished: dict[str, list[dict[str, Any]]] | None,
+    built_at: float | None,
+) -> dict[str, int]:
     # Hosts' clocks may differ from the control plane's by a few seconds.
     built_at = (built_at if built_at is not None else time.time()) - CLOCK_MARGIN
     actions: dict[str, int] = {}

@@ -55,15 +55,17 @@ def record() -> int:
         }
     )
     tenants = agent.store().all(LIMITED_STATES)
+    sizes: dict[int, dict] = {}
     for tenant, _state in tenants:
         # What the plan's limit counts: the tenant's databases, not the WAL,
         # temporary files or templates (Runtime.data_usage).
         size = agent.runtime_for(tenant).data_usage(tenant.instance_id)
-        report.measured(tenant.pk, {"size_bytes": size})
+        sizes[tenant.pk] = {"size_bytes": size}
         over = size > tenant.plan.storage_limit_bytes
         if tenant.storage_read_only is not over:
             try:
                 agent.storage_limit_apply(tenant, read_only=over)
             except Exception:
                 log.exception("storage limit of %s not applied; next time", tenant.instance_id)
+    report.measured_many(sizes)
     return len(tenants)
