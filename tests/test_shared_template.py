@@ -73,3 +73,39 @@ def test_a_layered_database_backs_up_and_restores_asleep_and_awake(live, alice):
         assert conn.execute("SELECT array_agg(v ORDER BY v) FROM kept").fetchone() == ([1],)
     # Restored data is whole: a layer over nothing, still the tenant's own.
     assert (_layer(db["id"]) / "lower").resolve().name == ".empty"
+
+
+def test_the_size_read_from_the_layers_is_the_size_the_overlay_shows(tmp_path):
+    """merged_bytes (what the storage limit counts, without mounting anything)
+    against the kernel's own overlay of the same layers."""
+    import subprocess
+
+    from unikernel_images import overlay
+
+    lower, upper, work, merged = (tmp_path / n for n in ("lower", "upper", "work", "merged"))
+    for path in (lower / "kept", lower / "gone", lower / "hidden", upper / "hidden", work, merged):
+        path.mkdir(parents=True)
+    for name, size in [
+        ("kept/a", 10_000),
+        ("kept/b", 50_000),
+        ("gone/c", 70_000),
+        ("hidden/d", 30_000),
+        ("top", 5_000),
+    ]:
+        (lower / name).write_bytes(os.urandom(size))
+    (upper / "kept").mkdir()
+    (upper / "kept" / "b").write_bytes(os.urandom(200_000))  # copied up and grown
+    (upper / "kept" / "new").write_bytes(os.urandom(40_000))
+    os.mknod(upper / "gone", 0o600 | 0o020000, os.makedev(0, 0))  # a whiteout
+    os.setxattr(upper / "hidden", overlay.OPAQUE_XATTR, b"y")  # made anew over lower's
+    (upper / "hidden" / "e").write_bytes(os.urandom(8_000))
+
+    mount = overlay.mount_command(lower, upper, work, merged)
+    script = 'set -e; "$@"; find "$0" -type f -printf "%b\\n"'  # blocks of each file
+    shown = subprocess.run(
+        [*overlay.private_namespace(), "sh", "-c", script, str(merged), *mount],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert overlay.merged_bytes(lower, upper) == sum(int(b) * 512 for b in shown)

@@ -76,45 +76,78 @@ def _opaque(path: Path) -> bool:
         return False
 
 
+_LOWER_INDEX: dict[Path, tuple[dict[str, int], dict[str, int]]] = {}
+
+
+def _lower_index(lower: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """The allocated bytes of each file under `lower` and the total under each of
+    its directories, by relative path ("" the whole). A template never changes, so
+    this is read once per process and path: a host's usage walk then reads only
+    each tenant's own layer."""
+    key = lower.resolve()
+    if key in _LOWER_INDEX:
+        return _LOWER_INDEX[key]
+    files: dict[str, int] = {}
+    dirs: dict[str, int] = {}
+
+    def walk(path: Path, rel: str) -> int:
+        total = 0
+        for entry in _scan(path):
+            name = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                total += walk(Path(entry.path), name)
+            else:
+                try:
+                    files[name] = entry.stat(follow_symlinks=False).st_blocks * 512
+                except OSError:
+                    continue
+                total += files[name]
+        dirs[rel] = total
+        return total
+
+    walk(key, "")
+    _LOWER_INDEX[key] = (files, dirs)
+    return files, dirs
+
+
+def _scan(path: Path | None) -> list[os.DirEntry]:
+    if path is None:
+        return []
+    try:
+        return list(os.scandir(path))
+    except OSError:
+        return []
+
+
 def merged_bytes(lower: Path | None, upper: Path | None) -> int:
     """The allocated bytes of the tree at `upper` over `lower` as the overlay shows
-    it (files of the upper layer hide those below them; whiteouts remove them),
-    read from the layers without mounting anything."""
-    total = 0
-    upper_names: set[str] = set()
-    try:
-        entries = list(os.scandir(upper)) if upper is not None else []
-    except OSError:
-        entries = []
-    for entry in entries:
-        upper_names.add(entry.name)
-        if _whiteout(entry):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            below = None if lower is None or _opaque(Path(entry.path)) else lower / entry.name
-            total += merged_bytes(below if below and below.is_dir() else None, Path(entry.path))
-        else:
-            try:
-                total += entry.stat(follow_symlinks=False).st_blocks * 512
-            except OSError:
-                continue
-    if lower is None:
-        return total
-    try:
-        below_entries = list(os.scandir(lower))
-    except OSError:
-        return total
-    for entry in below_entries:
-        if entry.name in upper_names:
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            total += merged_bytes(Path(entry.path), None)
-        else:
-            try:
-                total += entry.stat(follow_symlinks=False).st_blocks * 512
-            except OSError:
-                continue
-    return total
+    it (files of the upper layer hide those below them; whiteouts remove them; an
+    opaque directory hides all below it), read from the layers without mounting
+    anything, walking only the upper layer (the lower one is indexed once)."""
+    files, dirs = _lower_index(lower) if lower is not None and lower.is_dir() else ({}, {})
+    total = dirs.get("", 0)
+
+    def walk(path: Path, rel: str, hidden: bool) -> int:
+        change = 0
+        for entry in _scan(path):
+            name = f"{rel}/{entry.name}" if rel else entry.name
+            below = 0 if hidden else files.get(name, 0) + dirs.get(name, 0)
+            if _whiteout(entry):
+                change -= below
+            elif entry.is_dir(follow_symlinks=False):
+                opaque = _opaque(Path(entry.path))
+                if opaque or name in files:
+                    change -= below  # nothing below shows through this directory
+                change += walk(Path(entry.path), name, hidden or opaque or name in files)
+            else:
+                try:
+                    change += entry.stat(follow_symlinks=False).st_blocks * 512
+                except OSError:
+                    continue
+                change -= below
+        return change
+
+    return total + walk(upper, "", False) if upper is not None else total
 
 
 def shareable(layer: Path) -> None:
