@@ -72,6 +72,8 @@ class SandboxRuntime(Runtime):
 
     def _mount_command(self, instance_id: str) -> list[str]:
         layer = self._layer(instance_id)
+        # The mount point (a crash between a layer's rename and its making leaves none).
+        self.data_dir(instance_id).mkdir(mode=0o700, exist_ok=True)
         return overlay.mount_command(
             layer / "lower", layer / "upper", layer / "work", self.data_dir(instance_id)
         )
