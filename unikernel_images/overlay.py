@@ -92,7 +92,7 @@ def _lower_index(lower: Path) -> tuple[dict[str, int], dict[str, int]]:
 
     def walk(path: Path, rel: str) -> int:
         total = 0
-        for entry in _scan(path):
+        for entry in entries(path):
             name = f"{rel}/{entry.name}" if rel else entry.name
             if entry.is_dir(follow_symlinks=False):
                 total += walk(Path(entry.path), name)
@@ -110,7 +110,8 @@ def _lower_index(lower: Path) -> tuple[dict[str, int], dict[str, int]]:
     return files, dirs
 
 
-def _scan(path: Path | None) -> list[os.DirEntry]:
+def entries(path: Path | None) -> list[os.DirEntry]:
+    """What a directory holds ([] for none, or one that cannot be read)."""
     if path is None:
         return []
     try:
@@ -129,7 +130,7 @@ def merged_bytes(lower: Path | None, upper: Path | None) -> int:
 
     def walk(path: Path, rel: str, hidden: bool) -> int:
         change = 0
-        for entry in _scan(path):
+        for entry in entries(path):
             name = f"{rel}/{entry.name}" if rel else entry.name
             below = 0 if hidden else files.get(name, 0) + dirs.get(name, 0)
             if _whiteout(entry):

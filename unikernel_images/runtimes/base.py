@@ -293,13 +293,8 @@ def render_postgres_config(runtime: str, spec: InstanceSpec, data_dir: Path) -> 
 
 
 def allocated_bytes(root: Path) -> int:
-    """Allocated blocks under `root`, as the disk sees them, never following links
-    nor entering another file system (an instance's mounted overlay)."""
+    """Allocated blocks under `root`, as the disk sees them, never following links."""
     total = 0
-    try:
-        device = root.lstat().st_dev
-    except OSError:
-        return 0
     stack = [root]
     while stack:
         try:
@@ -309,8 +304,7 @@ def allocated_bytes(root: Path) -> int:
         for entry in entries:
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    if entry.stat(follow_symlinks=False).st_dev == device:
-                        stack.append(Path(entry.path))
+                    stack.append(Path(entry.path))
                 else:
                     total += entry.stat(follow_symlinks=False).st_blocks * 512
             except OSError:

@@ -149,7 +149,7 @@ class SandboxRuntime(Runtime):
         if self._layered(instance_id):
             layer = self._layer(instance_id)
             upper, lower = layer / "upper" / "base", layer / "lower" / "base"
-            names = {e.name for e in _entries(upper)} | {e.name for e in _entries(lower)}
+            names = {e.name for e in overlay.entries(upper) + overlay.entries(lower)}
             return sum(
                 overlay.merged_bytes(lower / name, upper / name) for name in names - NOT_TENANT_DATA
             )
@@ -727,13 +727,6 @@ class SandboxRuntime(Runtime):
         except FileNotFoundError:
             return "(no log)"
         return " | ".join(text.strip().splitlines()[-lines:])
-
-
-def _entries(path: Path) -> list[os.DirEntry]:
-    try:
-        return list(os.scandir(path))
-    except OSError:
-        return []
 
 
 def _lock_unless_held(fd: int, patience: float = 0.5) -> bool:
