@@ -71,11 +71,10 @@ def ensure_host_certificate(pki: Path, cert: Path, key: Path, public_host: str) 
         if not _self_signed(cert) and not _verifies(cert, ca_cert):
             return False  # an operator's certificate, from another CA: theirs to renew
     if not (pki / "ca.key").exists():
-        issued, issued_key = pki / "host.crt", pki / "host.key"
-        if not (issued.exists() and certificate_fits(issued, ca_cert, public_host)):
+        if not _issued_fits(pki, public_host):
             raise CertificatePending(f"no certificate for {public_host} from the control plane yet")
-        _copy(issued_key, key)
-        _copy(issued, cert)
+        _copy(pki / "host.key", key)
+        _copy(pki / "host.crt", cert)
         return True
     new_key = key.with_name(key.name + ".new")
     new_key.unlink(missing_ok=True)
@@ -90,6 +89,22 @@ def ensure_host_certificate(pki: Path, cert: Path, key: Path, public_host: str) 
 def certificate_fits(cert: Path, ca_cert: Path, public_host: str) -> bool:
     """Signed by our CA, and names `public_host`."""
     return _verifies(cert, ca_cert) and public_host in _names(cert)
+
+
+def _issued_fits(pki: Path, public_host: str) -> bool:
+    """The certificate the control plane signed for this host is here and names it."""
+    issued, ca_cert = pki / "host.crt", pki / "ca.crt"
+    return issued.exists() and ca_cert.exists() and certificate_fits(issued, ca_cert, public_host)
+
+
+def certificate_request(pki: Path, public_host: str) -> str:
+    """What a host asks the control plane for as it registers: a request for its
+    certificate, unless this machine holds the CA (it signs its own) or has the
+    control plane's for `public_host` already ("": nothing to ask)."""
+    if (pki / "ca.key").exists() or _issued_fits(pki, public_host):
+        return ""
+    pki.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return host_request(pki / "host.key", public_host)
 
 
 def host_request(key: Path, public_host: str) -> str:

@@ -109,23 +109,25 @@ def note(host_name: str, tenant_pk: int, text: str) -> None:
     Tenant.objects.filter(pk=tenant_pk, host__name=host_name).update(state_reason=for_tenant(text))
 
 
+def _measured(host_name: str, tenant_pk: int, values: dict[str, Any]) -> int:
+    fields = _row_values(values, MEASURED)
+    if not fields:
+        return 0
+    return Tenant.objects.filter(pk=tenant_pk, host__name=host_name).update(**fields)
+
+
 @shared_task(base=SignedReport)
 def measured(host_name: str, tenant_pk: int, values: dict[str, Any]) -> None:
-    fields = _row_values(values, MEASURED)
-    if fields:
-        Tenant.objects.filter(pk=tenant_pk, host__name=host_name).update(**fields)
+    _measured(host_name, tenant_pk, values)
 
 
 @shared_task(base=SignedReport)
 def measured_many(host_name: str, values: dict[str, dict[str, Any]]) -> int:
     """`measured` of many tenants (keys: their pks); how many rows it set."""
-    applied = 0
     with transaction.atomic():
-        for pk, each in values.items():
-            fields = _row_values(each, MEASURED)
-            if fields and pk.isdigit():
-                applied += Tenant.objects.filter(pk=int(pk), host__name=host_name).update(**fields)
-    return applied
+        return sum(
+            _measured(host_name, int(pk), each) for pk, each in values.items() if pk.isdigit()
+        )
 
 
 # What a host may set on a backup's or a restore's row (timestamps: epoch seconds).

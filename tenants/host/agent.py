@@ -274,16 +274,12 @@ def register() -> None:
     many databases it takes, and, unless this machine holds the platform's CA or
     already has a certificate for its address from the control plane, a request for
     one (tasks.host_certificate installs what comes back)."""
-    pki, public_host = pki_dir(), settings.DBAAS_PUBLIC_HOST
-    request = ""
-    issued, ca_cert = pki / "host.crt", pki / "ca.crt"
-    if not (pki / "ca.key").exists() and not (
-        issued.exists() and ca_cert.exists() and tls.certificate_fits(issued, ca_cert, public_host)
-    ):
-        pki.mkdir(mode=0o700, parents=True, exist_ok=True)
-        request = tls.host_request(pki / "host.key", public_host)
+    public_host = settings.DBAAS_PUBLIC_HOST
     report.registered(
-        public_host, settings.DBAAS_PGBOUNCER_PORT, settings.DBAAS_HOST_CAPACITY, request
+        public_host,
+        settings.DBAAS_PGBOUNCER_PORT,
+        settings.DBAAS_HOST_CAPACITY,
+        tls.certificate_request(pki_dir(), public_host),
     )
 
 

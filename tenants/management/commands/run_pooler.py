@@ -36,7 +36,7 @@ class Command(BaseCommand):
         """The pooler's files, once this host has its certificate: a host that asks
         the control plane for it (tenants/host/identity.py) waits for the answer,
         and asks again now and then (a request can be lost with its worker)."""
-        asked = 0.0
+        asked, said = 0.0, ""
         while True:
             if time.monotonic() - asked > ASK_AGAIN_AFTER:
                 agent.register()
@@ -44,13 +44,11 @@ class Command(BaseCommand):
             try:
                 return agent.pooler_render()
             except tls.CertificatePending as exc:
-                if self._said != str(exc):  # once per reason
+                if said != str(exc):  # once per reason
                     self.stdout.write(f"run_pooler: waiting: {exc}")
                     self.stdout.flush()
-                    self._said = str(exc)
+                    said = str(exc)
                 time.sleep(0.3)
-
-    _said = ""
 
     def _install_firewall(self) -> None:
         limit, port = settings.DBAAS_POOLER_CONNECTIONS_PER_ADDRESS, settings.DBAAS_PGBOUNCER_PORT
