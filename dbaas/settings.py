@@ -244,7 +244,7 @@ DBAAS_PGBOUNCER_LISTEN = env_str("DBAAS_PGBOUNCER_LISTEN", "127.0.0.1")
 DBAAS_HOST_CAPACITY = env_int("DBAAS_HOST_CAPACITY", 1000, minimum=1)
 # Where each host serves its logical exports to the control plane's web server
 # (TLS, signed URLs: tenants/host/exports.py), on its DBAAS_PGBOUNCER_LISTEN address.
-DBAAS_EXPORTS_PORT = env_int("DBAAS_EXPORTS_PORT", 6434, minimum=1)
+DBAAS_EXPORTS_PORT = env_int("DBAAS_EXPORTS_PORT", 6430, minimum=1)
 # After a database moves to another host (manage.py drain_host), the old host's
 # pooler forwards its old connection string to the new one for this many days.
 DBAAS_MOVE_FORWARD_DAYS = env_int("DBAAS_MOVE_FORWARD_DAYS", 30, minimum=0)
@@ -255,6 +255,16 @@ DBAAS_HOSTS = env_int("DBAAS_HOSTS", 1, minimum=1)
 # on one machine (a benchmark beside `make run`) need different ones.
 DBAAS_NETNS_SLOT = env_int("DBAAS_NETNS_SLOT", 0, minimum=0)
 DBAAS_PGBOUNCER_PORT = env_int("DBAAS_PGBOUNCER_PORT", 6432, minimum=1)
+# How many PgBouncers a host runs, each for a share of its databases (tenant pk
+# modulo this) on port DBAAS_PGBOUNCER_PORT + share: a PgBouncer's RELOAD, which
+# stalls its clients, grows with the square of the databases it knows
+# (docs/density.md). Part of every connection string: fixed for the host's life.
+DBAAS_POOLER_SHARDS = env_int("DBAAS_POOLER_SHARDS", 8, minimum=1)
+if DBAAS_PGBOUNCER_PORT <= DBAAS_EXPORTS_PORT < DBAAS_PGBOUNCER_PORT + DBAAS_POOLER_SHARDS:
+    raise SystemExit(
+        f"DBAAS_EXPORTS_PORT {DBAAS_EXPORTS_PORT} is one of the poolers' ports "
+        f"(DBAAS_PGBOUNCER_PORT {DBAAS_PGBOUNCER_PORT} and the next {DBAAS_POOLER_SHARDS - 1})"
+    )
 DBAAS_PGBOUNCER_BIN = pgbouncer_binary()
 # What connection strings ask of the client's TLS: verify-full checks the pooler's
 # certificate and name against the platform's CA (GET /api/v1/ca.pem, which libpq

@@ -25,14 +25,15 @@ def table_name(port: int) -> str:
     return f"dbaas_pooler_{port}"
 
 
-def install(port: int, connections_per_address: int) -> None:
-    """Install (or replace) the pooler port's table: its ban sets, and the cap on
-    connections per address unless that is 0."""
+def install(port: int, connections_per_address: int, ports: int = 1) -> None:
+    """Install (or replace) the table of the poolers on `port` and the `ports - 1`
+    after it (a host's shards): its ban sets, and the cap on connections per address
+    over all of them, unless that is 0. Tables and bans are named by `port`."""
     ruleset = render_template(
         PACKAGE_DIR,
         "nftables.conf.j2",
         table=table_name(port),
-        port=port,
+        port=port if ports == 1 else f"{port}-{port + ports - 1}",
         limit=max(0, connections_per_address),
     )
     _nft(["-f", "-"], ruleset)

@@ -86,7 +86,7 @@ class LogFollower(files.LogFollower):
 
 
 def guard(
-    log_file: Path,
+    log_files: list[Path],
     *,
     limit: int,
     window: float,
@@ -95,15 +95,17 @@ def guard(
     stop: threading.Event,
     interval: float = 0.5,
 ) -> None:
-    """Follow PgBouncer's log until `stop` is set; call `ban(address)` for every
-    address that reaches `limit` failed logins within `window` seconds."""
-    follower, counter = LogFollower(log_file), FailureCounter(limit, window)
+    """Follow the logs of a host's PgBouncers until `stop` is set; call
+    `ban(address)` for every address that reaches `limit` failed logins within
+    `window` seconds, counted over all of them (the ban covers all of them too)."""
+    followers, counter = [LogFollower(path) for path in log_files], FailureCounter(limit, window)
     while not stop.wait(interval):
-        try:
-            lines = follower.new_lines()
-        except OSError as exc:
-            log.warning("login guard: cannot read %s: %s", log_file, exc)
-            continue
+        lines = []
+        for follower in followers:
+            try:
+                lines += follower.new_lines()
+            except OSError as exc:
+                log.warning("login guard: cannot read %s: %s", follower.path, exc)
         for line in lines:
             failure = failed_login(line)
             if failure is None or failure[0] in exempt:

@@ -1,14 +1,25 @@
-"""The host's PgBouncer: its files (pgbouncer.ini and the auth file, rendered from
+"""A host's PgBouncer: its files (pgbouncer.ini and the auth file, rendered from
 Jinja2 templates), its TLS certificate, its process, and its admin console.
 
-Knows nothing of tenants: callers pass the full list of databases and users.
+A host runs several, each a shard of its tenants on a port of its own (pooler port +
+shard): PgBouncer finds a database by walking the list of all it knows (RELOAD is
+quadratic in them), so one PgBouncer per host stalls every client for ~1.6 s per
+change at 10,000 databases (docs/density.md). The shards share the host's TLS
+certificate, admin password and socket directory (socket names carry the port).
+
+Knows nothing of tenants: callers pass each shard the full list of its databases
+and users.
 """
 
+import ctypes
 import fcntl
 import functools
 import os
+import pwd
 import re
 import shutil
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -88,16 +99,19 @@ class PgBouncer:
         max_client_conn: int = 10000,
         binary: str = "pgbouncer",
         pki: Path | None = None,
+        shard: int = 0,
     ) -> None:
-        self.root = root  # <data>/pgbouncer
+        self.root = root  # <data>/pgbouncer: what the host's shards share
+        self.shard = shard
         self.binary = binary
         self.listen_addr = listen_addr
         self.listen_port = listen_port
         self.service_user = service_user
         self.max_client_conn = max_client_conn
-        self.ini = root / "pgbouncer.ini"
-        self.auth_file = root / "userlist.txt"
-        self.hba_file = root / "pgbouncer_hba.conf"
+        self.shard_dir = root / f"shard{shard}"  # this shard's own files
+        self.ini = self.shard_dir / "pgbouncer.ini"
+        self.auth_file = self.shard_dir / "userlist.txt"
+        self.hba_file = self.shard_dir / "pgbouncer_hba.conf"
         self.tls_cert = root / "server.crt"
         self.tls_key = root / "server.key"
         # The platform's CA certificate, beside them: the pooler's account may not
@@ -106,7 +120,7 @@ class PgBouncer:
         self.pki = pki or root.parent / "pki"  # the platform's CA
         self.socket_dir = root.parent / "run" / "pgbouncer"
         # Its log, as a file too: poolers/login_guard.py reads the failed logins there.
-        self.log_file = root / "log" / "pgbouncer.log"
+        self.log_file = root / "log" / f"pgbouncer-shard{shard}.log"
         self._admin_password_file = root / "admin_password"
         self._admin_secret_file = root / "admin_secret"
 
@@ -115,15 +129,17 @@ class PgBouncer:
     def prepare(self, public_host: str) -> None:
         """Directories, admin secret and TLS certificate: everything but the lists."""
         make_dir(self.root, 0o750, owner=None)
+        make_dir(self.shard_dir, 0o750, owner=None)
         # The pooler's account must reach its files and its binary (a checkout
         # under /root, say, is not open to it).
         grant_traversal(self.root, self.service_user)
         grant_traversal(Path(self.executable()), self.service_user)
-        chown(
-            self.root,
-            "root" if os.geteuid() == 0 else self.service_user,
-            group_of=self.service_user,
-        )
+        for path in (self.root, self.shard_dir):
+            chown(
+                path,
+                "root" if os.geteuid() == 0 else self.service_user,
+                group_of=self.service_user,
+            )
         make_dir(self.socket_dir, 0o750, owner=self.service_user)
         make_dir(self.log_file.parent, 0o750, owner=self.service_user)
         if not self._admin_secret_file.exists():
@@ -190,9 +206,9 @@ class PgBouncer:
 
     @contextmanager
     def config_lock(self) -> Iterator[None]:
-        """Serialise render+reload across worker processes on this host."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """Serialise render+reload of this shard across worker processes."""
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.shard_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -223,16 +239,19 @@ class PgBouncer:
         """Is this PgBouncer, with the files rendered now, open to a known flaw?"""
         return advisories.exposure(self.version, self.ini, self.hba_file)
 
-    def exec_foreground(self) -> None:
-        """Replace this process with pgbouncer, as the service user."""
+    def become_service_user(self) -> None:
+        """Go on as the service account (from root), for good."""
         if os.geteuid() == 0:
-            import pwd
-
             pw = pwd.getpwnam(self.service_user)
             os.setgroups([])
             os.setgid(pw.pw_gid)
             os.setuid(pw.pw_uid)
-        os.execvp(self.command()[0], self.command())
+
+    def spawn(self) -> subprocess.Popen:
+        """Start pgbouncer, as a child that dies with this process (its supervisor,
+        run_pooler, which has become the service account): one left behind would
+        hold the port and serve from files nobody renders any more."""
+        return subprocess.Popen(self.command(), preexec_fn=_dies_with(os.getpid()))
 
     # -- admin console -------------------------------------------------------------
 
@@ -355,6 +374,21 @@ class PgBouncer:
 
 # SHOW POOLS' columns that count server connections, in every state.
 SERVER_COLUMNS = ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")
+
+
+def _dies_with(parent: int) -> Callable[[], None]:
+    """A preexec_fn: the child gets SIGTERM when `parent` ends, however it ends.
+    It runs after the child took the service account's ids (which would clear it)."""
+
+    def set_parent_death_signal() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent ended before the signal was set
+            os._exit(1)
+
+    return set_parent_death_signal
+
+
+PR_SET_PDEATHSIG = 1
 
 
 @functools.cache

@@ -72,20 +72,41 @@ def tenant_transition(
 
 
 def host_register(
-    *, name: str, public_host: str, pooler_port: int, max_tenants: int | None = None
+    *,
+    name: str,
+    public_host: str,
+    pooler_port: int,
+    pooler_shards: int = 1,
+    max_tenants: int | None = None,
 ) -> Host:
     """Create or update a host's row (run by the host as it starts): where clients
-    reach its pooler, and how many databases it takes (`max_tenants`, if given).
+    reach its poolers, and how many databases it takes (`max_tenants`, if given).
     Starting is a sign of life: it counts as a heartbeat."""
-    values: dict[str, object] = {"public_host": public_host, "pooler_port": pooler_port}
+    values: dict[str, object] = {
+        "public_host": public_host,
+        "pooler_port": pooler_port,
+        "pooler_shards": pooler_shards,
+    }
     if max_tenants is not None:
         values["max_tenants"] = max_tenants
     host, created = Host.objects.get_or_create(
         name=name, defaults=values | {"heartbeat_at": timezone.now()}
     )
+    ports = (
+        f"{pooler_port}"
+        if pooler_shards == 1
+        else f"{pooler_port}-{pooler_port + pooler_shards - 1}"
+    )
     if created:
-        event_record(host=host, action="host_register", message=f"{public_host}:{pooler_port}")
-    else:
+        event_record(host=host, action="host_register", message=f"{public_host}:{ports}")
+    elif (host.pooler_port, host.pooler_shards) != (pooler_port, pooler_shards):
+        # Its databases' connection strings name other ports from now on: say so.
+        event_record(
+            host=host,
+            action="host_register",
+            message=f"poolers moved to {public_host}:{ports}: connection strings changed",
+        )
+    if not created:
         host_heard_from(host, "registered as it started", **values)
         host.refresh_from_db()
     return host

@@ -23,6 +23,9 @@ class Host(models.Model):
         max_length=255, help_text="Host name clients put in connection strings."
     )
     pooler_port = models.PositiveIntegerField(default=6432)
+    # The host runs this many PgBouncers, on pooler_port and the ports after it,
+    # each for the tenants whose pk modulo this is its share (tenants/host/agent.py).
+    pooler_shards = models.PositiveIntegerField(default=1)
     max_tenants = models.PositiveIntegerField(default=1000)
     accepting = models.BooleanField(default=True, help_text="New databases may be placed here.")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -69,6 +72,10 @@ class Host(models.Model):
         if self.down_since is None:
             return ""
         return f"its host {self.name} has not answered since {self.down_since:%Y-%m-%d %H:%M} UTC"
+
+    def pooler_port_for(self, tenant_pk: int) -> int:
+        """The port of the host's PgBouncer that has the tenant."""
+        return self.pooler_port + tenant_pk % max(1, self.pooler_shards)
 
     @property
     def queue(self) -> str:
@@ -285,6 +292,11 @@ class Tenant(models.Model):
         """The database and role name: unique per host, shown in connection strings
         (named as the host names it: tenants/host/spec.py)."""
         return database_name_of(self.name, self.slug)
+
+    @property
+    def pooler_port(self) -> int:
+        """Where clients reach it: the port of its host's PgBouncer that has it."""
+        return self.host.pooler_port_for(self.pk)
 
     @property
     def pooled_database_name(self) -> str:

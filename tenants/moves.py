@@ -67,11 +67,11 @@ def move_start(*, tenant: Tenant, target: Host, actor: str) -> Move:
     return move
 
 
-def _host_ref(host: Host) -> dict:
+def _host_ref(host: Host, tenant_pk: int) -> dict:
     return {
         "name": host.name,
         "public_host": host.public_host,
-        "pooler_port": host.pooler_port,
+        "pooler_port": host.pooler_port_for(tenant_pk),  # the tenant's PgBouncer there
         "queue": host.queue,
     }
 
@@ -86,8 +86,8 @@ def move_job(move: Move) -> dict:
         "created": move.created_at.isoformat(),
         "from_state": move.from_state,
         "requested_by": move.requested_by,
-        "source": _host_ref(move.source),
-        "target": _host_ref(move.target),
+        "source": _host_ref(move.source, move.tenant_id),
+        "target": _host_ref(move.target, move.tenant_id),
         "backups": [backup_ref(backup) for backup in local],
         "archive_location": move.archive_location,
         "archive_sha256": move.archive_sha256,

@@ -219,9 +219,14 @@ def registered(
     pooler_port: int,
     max_tenants: int,
     certificate_request: str = "",
+    pooler_shards: int = 1,
 ) -> None:
     host = host_register(
-        name=host_name, public_host=public_host, pooler_port=pooler_port, max_tenants=max_tenants
+        name=host_name,
+        public_host=public_host,
+        pooler_port=pooler_port,
+        pooler_shards=pooler_shards,
+        max_tenants=max_tenants,
     )
     if certificate_request:
         certificate_send(host, certificate_request)

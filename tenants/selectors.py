@@ -105,7 +105,7 @@ def connection_string(tenant: Tenant, password: str, pooled: bool = False) -> st
     database = tenant.pooled_database_name if pooled else tenant.database_name
     return (
         f"postgresql://{tenant.role_name}:{password}@{tenant.host.public_host}:"
-        f"{tenant.host.pooler_port}/{database}?{settings.DBAAS_CONNECTION_TLS}"
+        f"{tenant.pooler_port}/{database}?{settings.DBAAS_CONNECTION_TLS}"
     )
 
 

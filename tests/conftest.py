@@ -126,6 +126,7 @@ def ensure_platform_rows():
         name=settings.DBAAS_HOST_NAME,
         public_host=settings.DBAAS_PUBLIC_HOST,
         pooler_port=settings.DBAAS_PGBOUNCER_PORT,
+        pooler_shards=settings.DBAAS_POOLER_SHARDS,
     )
     # The session's host signs its reports with its token, as any host does.
     host_identity.install_local(host.name, settings.DATA_DIR)
@@ -218,7 +219,7 @@ def platform(django_db_setup, django_db_blocker, s3_server):
     try:
         pooler = Service("pooler", [sys.executable, "manage.py", "run_pooler"])
         started["pooler"] = pooler
-        pooler.wait_for(agent.pooler().is_up)
+        pooler.wait_for(agent.pooler_up)
         # Connection strings say sslmode=verify-full: the tests' clients (and every
         # process started from here) trust the platform's CA, as a user does once.
         os.environ["PGSSLROOTCERT"] = str(settings.DATA_DIR / "pki" / "ca.crt")

@@ -19,6 +19,26 @@ def create(api, name: str) -> dict:
     return response.json()
 
 
+def create_on_shard(api, name: str, shard: int) -> dict:
+    """A database on the host's PgBouncer `shard` (tenant pk modulo the shards): the
+    next tenant id is set to one of that shard first. For tests of what tenants of
+    one PgBouncer can do to each other."""
+    from django.conf import settings
+    from django.db import connection
+
+    shards = settings.DBAAS_POOLER_SHARDS
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_get_serial_sequence('tenants_tenant', 'id')")
+        sequence = cur.fetchone()[0]
+        cur.execute("SELECT nextval(%s)", [sequence])
+        next_id = cur.fetchone()[0] + 1
+        next_id += (shard - next_id) % shards
+        cur.execute("SELECT setval(%s, %s)", [sequence, next_id - 1])
+    db = create(api, name)
+    assert agent.shard_of(db["id"]) == shard, db["id"]
+    return db
+
+
 def wait_for_state(tenant_id: int, state: str, timeout: float = 30) -> None:
     wait_until(lambda: Tenant.objects.get(pk=tenant_id).state == state, timeout=timeout)
 

@@ -20,7 +20,8 @@ def session_environment(slot: int, base: Path) -> dict[str, str]:
         "DBAAS_SERVICES_DIR": str(base),  # make run's control-plane cluster and Redis
         "DBAAS_DATA_DIR": str(base / f"test{suffix}"),
         "DBAAS_REDIS_DB": str(15 - slot),
-        "DBAAS_PGBOUNCER_PORT": str(6532 + slot),
+        # The host's PgBouncers take this port and the next DBAAS_POOLER_SHARDS - 1.
+        "DBAAS_PGBOUNCER_PORT": str(6540 + 10 * slot),
         "DBAAS_EXPORTS_PORT": str(6634 + slot),
         "DBAAS_HOST_NAME": f"testhost{suffix}",
         "DBAAS_DB_NAME": f"test_dbaas{suffix}",

@@ -35,8 +35,10 @@ def test_it_creates_a_database_that_works_at_once(live, alice):
     }
     assert db["connection_string"] == (
         f"postgresql://{db['user']}:{db['password']}@{settings.DBAAS_PUBLIC_HOST}:"
-        f"{settings.DBAAS_PGBOUNCER_PORT}/{db['database']}?sslmode=verify-full"
+        f"{settings.DBAAS_PGBOUNCER_PORT + agent.shard_of(db['id'])}/{db['database']}"
+        "?sslmode=verify-full"
     )
+    assert db["port"] == settings.DBAAS_PGBOUNCER_PORT + db["id"] % settings.DBAAS_POOLER_SHARDS
     # psycopg 3 with default settings, prepared statements included, over TLS.
     with connect(db["connection_string"], prepare_threshold=0) as conn:
         assert conn.info.pgconn.ssl_in_use
@@ -209,8 +211,9 @@ def test_it_deletes_everything(live, alice):
     assert response.json()["state"] == "deleting"
     wait_for_state(db["id"], "deleted")
     assert not runtime.instance_dir(tenant.instance_id).exists()
-    assert db["database"] not in agent.pooler().database_names()
-    assert db["user"] not in agent.pooler().auth_file.read_text()
+    bouncer = agent.pooler(agent.shard_of(db["id"]))
+    assert db["database"] not in bouncer.database_names()
+    assert db["user"] not in bouncer.auth_file.read_text()
     assert alice.call("GET", f"/databases/{db['id']}").status_code == 404
     assert alice.call("GET", "/databases").json() == {"databases": []}
     with pytest.raises(psycopg.OperationalError):
@@ -233,8 +236,9 @@ def test_a_failed_provisioning_leaves_nothing_behind(live, alice):
     assert "max_connections" in tenant.state_reason
     runtime = agent.runtime_for(tenant)
     assert not runtime.instance_dir(tenant.instance_id).exists()
-    assert tenant.database_name not in agent.pooler().database_names()
-    assert tenant.role_name not in agent.pooler().auth_file.read_text()
+    bouncer = agent.pooler(agent.shard_of(tenant.pk))
+    assert tenant.database_name not in bouncer.database_names()
+    assert tenant.role_name not in bouncer.auth_file.read_text()
     assert not processes_of_uid(settings.DBAAS_TENANT_UID_BASE + tenant.pk)
     # The user sees why, and can delete it.
     got = alice.call("GET", f"/databases/{tenant.pk}").json()

@@ -224,7 +224,7 @@ def test_timeouts_given_at_connect_time_apply(database, pooled):
             conn.execute("SELECT pg_sleep(2)")
     # As startup parameters of their own, as node-postgres sends them.
     name = f"{database['database']}_pooled" if pooled else database["database"]
-    conn = pgwire.Connection(settings.DBAAS_PUBLIC_HOST, settings.DBAAS_PGBOUNCER_PORT)
+    conn = pgwire.Connection(settings.DBAAS_PUBLIC_HOST, database["port"])
     try:
         conn.login(
             database["user"],

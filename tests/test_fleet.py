@@ -77,6 +77,7 @@ class FleetHost:
             name=self.name,
             public_host=self.local.address,
             pooler_port=settings.DBAAS_PGBOUNCER_PORT,
+            pooler_shards=settings.DBAAS_POOLER_SHARDS,
         )
 
     def stop(self) -> None:

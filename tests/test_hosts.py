@@ -109,4 +109,4 @@ def test_a_host_discards_what_it_holds_of_a_failed_database(live, alice):
     Tenant.objects.filter(pk=tenant.pk).update(state="failed")
     runtime = agent.runtime_for(tenant)
     wait_until(lambda: runtime.status(tenant.instance_id).state is InstanceState.MISSING, 30)
-    assert tenant.database_name not in agent.pooler().database_names()
+    assert tenant.database_name not in agent.pooler(agent.shard_of(tenant.pk)).database_names()

@@ -13,7 +13,7 @@ from django.conf import settings
 from dbaas.env import controlplane_user, pooler_user, redis_user, services_dir
 from tenants.host import agent
 from tenants.models import Tenant
-from tests.helpers import create
+from tests.helpers import create, descendants
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -29,11 +29,15 @@ def test_each_service_runs_as_its_own_account(platform):
     root = services_dir()
     controlplane = int((root / "controlplane" / "postmaster.pid").read_text().split()[0])
     redis = int((root / "run" / "redis" / "redis.pid").read_text())
-    pooler = platform["pooler"].proc.pid  # run_pooler execs pgbouncer in place
+    # run_pooler (as the pooler's account once it has rendered the files) and the
+    # host's PgBouncers it runs.
+    poolers = [platform["pooler"].proc.pid, *descendants(platform["pooler"].proc.pid)]
+    assert len(poolers) > settings.DBAAS_POOLER_SHARDS
+    assert {_owner(pid) for pid in poolers} == {pooler_user()}
     owners = {
         "control plane": _owner(controlplane),
         "redis": _owner(redis),
-        "pooler": _owner(pooler),
+        "pooler": _owner(poolers[0]),
     }
     assert owners == {
         "control plane": controlplane_user(),

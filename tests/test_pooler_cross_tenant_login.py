@@ -4,7 +4,9 @@ the middle of a SCRAM exchange begun against a database PgBouncer does not know.
 
 These tests speak the wire protocol by hand (tests/pgwire.py) to the pooler the
 platform runs, as the attacker would, and check that every variant is refused and
-that nobody's own logins suffer for it. See docs/security.md.
+that nobody's own logins suffer for it. Attacker and victim are on the same one of
+the host's PgBouncers (on different ones the attacker's user is not even known
+where the victim's database is). See docs/security.md.
 """
 
 import itertools
@@ -20,7 +22,7 @@ from tenants.host import agent
 from tenants.models import Tenant
 from tests import pgwire
 from tests.conftest import connect
-from tests.helpers import create, spec_of
+from tests.helpers import create, create_on_shard, spec_of
 from unikernel_images.runtimes.base import InstanceState
 
 pytestmark = pytest.mark.timeout(300)
@@ -31,8 +33,21 @@ TOO_LONG = "n" * 70  # PgBouncer keeps 63 bytes of a database name
 ORDERS = ("stepwise", "pipelined", "before-scram")
 
 
+# The port of the PgBouncer that attacker and victim share (set by each test).
+PORT = {"port": settings.DBAAS_PGBOUNCER_PORT}
+
+
 def _open() -> pgwire.Connection:
-    return pgwire.Connection(settings.DBAAS_PUBLIC_HOST, settings.DBAAS_PGBOUNCER_PORT)
+    return pgwire.Connection(settings.DBAAS_PUBLIC_HOST, PORT["port"])
+
+
+def _victim_and_attacker(alice, bob, names: tuple[str, str]) -> tuple[dict, dict]:
+    """Bob's database, and Alice's on the same PgBouncer as Bob's."""
+    theirs = create(bob, names[0])
+    mine = create_on_shard(alice, names[1], agent.shard_of(theirs["id"]))
+    assert mine["port"] == theirs["port"]
+    PORT["port"] = theirs["port"]
+    return theirs, mine
 
 
 def whoami(conn: pgwire.Connection) -> str:
@@ -95,8 +110,7 @@ def _keep_server_connections(db: dict) -> None:
 
 
 def test_it_refuses_every_variant_of_the_second_startup_message(live, alice, bob):
-    mine = create(alice, "attacker")
-    theirs = create(bob, "victim")
+    theirs, mine = _victim_and_attacker(alice, bob, ("victim", "attacker"))
     me = {"user": mine["user"], "password": mine["password"]}
     # The control: the hand-made SCRAM of these tests logs in where it should.
     assert login(mine["user"], mine["database"], mine["password"]) == (
@@ -207,8 +221,7 @@ def test_it_warns_about_an_affected_pgbouncer_without_the_mitigation(tmp_path: P
 def test_another_tenants_valid_login_neither_opens_nor_wakes_a_database(live, alice, bob):
     from tests.helpers import instance_state, put_to_sleep
 
-    mine = create(alice, "prowler")
-    theirs = create(bob, "sleeper")
+    theirs, mine = _victim_and_attacker(alice, bob, ("sleeper", "prowler"))
     put_to_sleep(bob, theirs)
     for alias in (theirs["database"], f"{theirs['database']}_pooled"):
         crossed = mine["connection_string"].replace(f"/{mine['database']}?", f"/{alias}?")

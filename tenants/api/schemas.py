@@ -78,7 +78,7 @@ class Database(Schema):
             state=tenant.state,
             state_reason=tenant.host.down_reason or tenant.state_reason,
             host=tenant.host.public_host,
-            port=tenant.host.pooler_port,
+            port=tenant.pooler_port,
             database=tenant.database_name,
             user=tenant.role_name,
             plan=tenant.plan.name,

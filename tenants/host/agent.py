@@ -64,15 +64,55 @@ def store() -> HostStore:
     return HostStore(data_dir() / "host.sqlite3")
 
 
-def pooler() -> PgBouncer:
+def pooler(shard: int = 0) -> PgBouncer:
+    """One of the host's PgBouncers (shard 0 holds what they share: certificate,
+    admin password)."""
     return PgBouncer(
         root=data_dir() / "pgbouncer",
         listen_addr=settings.DBAAS_PGBOUNCER_LISTEN,
-        listen_port=settings.DBAAS_PGBOUNCER_PORT,
+        listen_port=settings.DBAAS_PGBOUNCER_PORT + shard,
         service_user=pooler_user(),
         binary=settings.DBAAS_PGBOUNCER_BIN,
         pki=pki_dir(),
+        shard=shard,
     )
+
+
+def poolers() -> list[PgBouncer]:
+    return [pooler(shard) for shard in range(settings.DBAAS_POOLER_SHARDS)]
+
+
+def shard_of(tenant_pk: int) -> int:
+    """Which of the host's PgBouncers has the tenant (the control plane's
+    Host.pooler_port_for says the same to clients)."""
+    return tenant_pk % settings.DBAAS_POOLER_SHARDS
+
+
+def pooler_for(tenant: TenantSpec) -> PgBouncer:
+    return pooler(shard_of(tenant.pk))
+
+
+def pooler_pools() -> dict[tuple[str, str], dict]:
+    """SHOW POOLS of every shard, by (database, user): each tenant's names and role
+    are in its own shard only (the maintenance database is in all of them, each
+    time with other users)."""
+    pools: dict[tuple[str, str], dict] = {}
+    for bouncer in poolers():
+        pools.update(bouncer.pools())
+    return pools
+
+
+def pooler_stats() -> dict[str, dict]:
+    """SHOW STATS of every shard, by database name (the maintenance database's row
+    is one shard's: nothing reads it)."""
+    stats: dict[str, dict] = {}
+    for bouncer in poolers():
+        stats.update(bouncer.stats())
+    return stats
+
+
+def pooler_up() -> bool:
+    return all(bouncer.is_up() for bouncer in poolers())
 
 
 def instance_for_role(role: str) -> str | None:
@@ -95,7 +135,8 @@ DISK_LOW_BYTES = 1 << 30
 
 def host_health() -> dict[str, str]:
     """How this host's parts are, as its heartbeat reports them: `ok`, or `error: ...`."""
-    checks = {"pooler": "ok" if pooler().is_up() else "error: pgbouncer does not answer"}
+    down = [str(bouncer.listen_port) for bouncer in poolers() if not bouncer.is_up()]
+    checks = {"pooler": f"error: pgbouncer on {', '.join(down)} does not answer" if down else "ok"}
     free = shutil.disk_usage(data_dir()).free
     checks["disk"] = "ok" if free >= DISK_LOW_BYTES else f"error: {free >> 20} MB free"
     return checks
@@ -159,7 +200,7 @@ def instance_provision(tenant: TenantSpec) -> None:
         connection_limit=_server_connections_cap(tenant),
     )
     routes().point(tenant.instance_id, runtime.socket_dir(spec.instance_id))
-    pooler_sync()
+    pooler_sync(tenant)
 
 
 def instance_provision_from_backup(
@@ -187,7 +228,7 @@ def instance_provision_from_backup(
             secret=tenant.scram_secret,
         )
     routes().point(tenant.instance_id, socket_dir)
-    pooler_sync()
+    pooler_sync(tenant)
 
 
 def spares_refill(runtime_kind: str) -> int:
@@ -202,7 +243,7 @@ def instance_destroy(tenant: TenantSpec) -> None:
     """Forget the tenant, remove it from the pooler first, then its instance and data
     (the names of the databases it made are free again)."""
     store().remove(tenant.instance_id)
-    pooler_sync()
+    pooler_sync(tenant)
     instance_remove(tenant)
 
 
@@ -256,17 +297,21 @@ def instance_apply_secret(tenant: TenantSpec, secret: str) -> None:
         runtime.socket_dir(tenant.instance_id), role=tenant.role_name, secret=secret
     )
     store().put(tenant.but(scram_secret=secret))
-    pooler_sync()
+    pooler_sync(tenant)
 
 
-def pooler_sync() -> bool:
-    """Render the pooler's files from what the host holds; RELOAD if they changed."""
-    bouncer = pooler()
-    with bouncer.config_lock():
-        changed = _render(bouncer)
-        if changed:
-            bouncer.reload()
-        return changed
+def pooler_sync(tenant: TenantSpec | None = None) -> bool:
+    """Render the poolers' files from what the host holds (only the tenant's shard's,
+    if one is named); RELOAD those that changed. True if any did."""
+    shards = [shard_of(tenant.pk)] if tenant else range(settings.DBAAS_POOLER_SHARDS)
+    changed = False
+    for shard in shards:
+        bouncer = pooler(shard)
+        with bouncer.config_lock():
+            if _render(bouncer):
+                bouncer.reload()
+                changed = True
+    return changed
 
 
 def register() -> None:
@@ -280,22 +325,25 @@ def register() -> None:
         settings.DBAAS_PGBOUNCER_PORT,
         settings.DBAAS_HOST_CAPACITY,
         tls.certificate_request(pki_dir(), public_host),
+        settings.DBAAS_POOLER_SHARDS,
     )
 
 
-def pooler_render() -> PgBouncer:
-    """Write the pooler's files, for a PgBouncer about to start."""
-    bouncer = pooler()
-    bouncer.prepare(public_host=settings.DBAAS_PUBLIC_HOST)
-    with bouncer.config_lock():
-        _render(bouncer)
-    return bouncer
+def pooler_render() -> list[PgBouncer]:
+    """Write the poolers' files, for the PgBouncers about to start."""
+    bouncers = poolers()
+    for bouncer in bouncers:
+        bouncer.prepare(public_host=settings.DBAAS_PUBLIC_HOST)
+        with bouncer.config_lock():
+            _render(bouncer)
+    return bouncers
 
 
 def _render(bouncer: PgBouncer) -> bool:
+    """One shard's files: its tenants, and the forwards of those moved away."""
     held = store()
-    routed = [spec for spec, _state in held.all(ROUTED_STATES)]
-    forwards = held.forwards()
+    routed = [s for s, _state in held.all(ROUTED_STATES) if shard_of(s.pk) == bouncer.shard]
+    forwards = [f for f in held.forwards() if shard_of(f[0].pk) == bouncer.shard]
     maintenance = DatabaseEntry(
         name=MAINTENANCE_DATABASE,
         dbname=MAINTENANCE_DATABASE,
@@ -400,7 +448,7 @@ def instance_lock(tenant: TenantSpec | str, timeout: float | None = None) -> Ite
 def pooler_reconnect(tenant: TenantSpec) -> None:
     """Have PgBouncer replace the tenant's server connections as they are released
     (idle ones at once), so that new ones follow the current route."""
-    bouncer = pooler()
+    bouncer = pooler_for(tenant)
     for alias in aliases(tenant):
         bouncer.reconnect(alias)
 
@@ -474,8 +522,7 @@ def instance_sleep(instance_id: str, actor: str, drain_timeout: float = 3.0) -> 
 
     Returns "slept", or why not: "busy" (in use, or being woken), "skipped".
     """
-    route, bouncer = routes(), pooler()
-    iid = instance_id
+    route, iid = routes(), instance_id
     # A wake or a repair holds the lock for tens of milliseconds: wait for it.
     with instance_lock(iid, timeout=10) as locked:
         if not locked:
@@ -483,7 +530,7 @@ def instance_sleep(instance_id: str, actor: str, drain_timeout: float = 3.0) -> 
         tenant = store().get(iid)
         if tenant is None or store().state(iid) != RUNNING:
             return "skipped"
-        runtime = runtime_for(tenant)
+        runtime, bouncer = runtime_for(tenant), pooler_for(tenant)
         if not wait_for(route.activator_socket(iid).exists, timeout=3):
             # The activator picks up new tenants within a scan interval; without
             # its socket a sleeping tenant could not be woken.
@@ -595,7 +642,7 @@ def instance_suspend(tenant: TenantSpec, actor: str) -> str:
     with instance_lock(tenant):
         store().put(tenant, state=SUSPENDED)
         started = time.monotonic()
-        pooler_sync()
+        pooler_sync(tenant)
         runtime_for(tenant).stop(tenant.instance_id)
         report.event(tenant.pk, "stopped", actor, "instance stopped, data kept", _ms(started))
     return "suspended"
@@ -615,7 +662,7 @@ def instance_unsuspend(tenant: TenantSpec, actor: str) -> str:
         # Its pooler entries first: the control plane says `running` once this
         # report arrives, and a client may connect at once.
         store().put(tenant, state=RUNNING)
-        pooler_sync()
+        pooler_sync(tenant)
         state_change(
             tenant,
             SUSPENDED,

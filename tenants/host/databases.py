@@ -71,7 +71,7 @@ def database_created(*, tenant: TenantSpec, name: str) -> str | None:
         if refusal is not None:
             return refusal
         held.database_activate(tenant.instance_id, name)
-    agent.pooler_sync()
+    agent.pooler_sync(tenant)
     report.database(tenant.pk, name, made=True)
     return None
 
@@ -94,9 +94,9 @@ def database_dropping(*, tenant: TenantSpec, name: str) -> str | None:
     # other session (a client still using it makes the DROP fail, as PostgreSQL
     # says), then forget its entries.
     aliases = [name, *filter(None, [agent.pooled_alias(name)])]
-    agent.pooler().close_servers(aliases)
+    agent.pooler_for(tenant).close_servers(aliases)
     held.database_forget(tenant.instance_id, name)
-    agent.pooler_sync()
+    agent.pooler_sync(tenant)
     report.database(tenant.pk, name, made=False)
     return None
 

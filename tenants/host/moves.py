@@ -47,7 +47,7 @@ def archive_key(job: dict[str, Any], tenant: TenantSpec) -> str:
 def move_out(job: dict[str, Any], tenant: TenantSpec) -> dict[str, Any]:
     """Step 1, on the source: hold the clients, stop the instance, pack its data.
     Returns the job with the pack's location and hash."""
-    runtime, bouncer, iid = agent.runtime_for(tenant), agent.pooler(), tenant.instance_id
+    runtime, bouncer, iid = agent.runtime_for(tenant), agent.pooler_for(tenant), tenant.instance_id
     store = get_store("local", settings.DATA_DIR)
     key, counter = archive_key(job, tenant), Counter()
     paused_at = time.time()
@@ -78,7 +78,7 @@ def move_out(job: dict[str, Any], tenant: TenantSpec) -> dict[str, Any]:
     held = agent.store()
     held.forward_put(tenant, target["public_host"], target["pooler_port"], until)
     held.remove(iid)
-    agent.pooler_sync()
+    agent.pooler_sync(tenant)
     report.move(
         job["id"],
         ["pausing"],
@@ -118,7 +118,7 @@ def move_in(job: dict[str, Any], tenant: TenantSpec) -> None:
             route.point(iid, route.activator_dir(iid))
             # A client forwarded the moment the move ends finds it to wake it.
             agent.wait_for(route.activator_socket(iid).exists, timeout=5)
-        agent.pooler_sync()
+        agent.pooler_sync(tenant)
     until = time.time() + settings.DBAAS_MOVE_FORWARD_DAYS * 86400
     report.move(
         job["id"],
@@ -155,9 +155,9 @@ def _copy_local_backups(job: dict[str, Any]) -> int:
 
 def move_finish(job: dict[str, Any], tenant: TenantSpec) -> None:
     """Step 3, on the source: the held clients go on to the target; what moved goes."""
-    agent.pooler_sync()  # its forward entries (written in move_out)
+    agent.pooler_sync(tenant)  # its forward entries (written in move_out)
     for alias in agent.aliases(tenant):
-        agent.pooler().resume(alias)
+        agent.pooler_for(tenant).resume(alias)
     pause_ms = int((time.time() - job.get("paused_at", time.time())) * 1000)
     _discard_here(job, tenant)
     report.move(job["id"], ["finishing"], {"state": "done", "pause_ms": pause_ms})
@@ -187,9 +187,9 @@ def move_abort(job: dict[str, Any], tenant: TenantSpec, error: str) -> None:
             route.point(iid, runtime.socket_dir(iid))
         else:
             route.point(iid, route.activator_dir(iid))
-        agent.pooler_sync()
+        agent.pooler_sync(tenant)
     for alias in agent.aliases(tenant):
-        agent.pooler().resume(alias)
+        agent.pooler_for(tenant).resume(alias)
     if job.get("archive_location"):
         get_store("local", settings.DATA_DIR).delete(job["archive_location"])
     report.move(job["id"], ["pausing", "copying"], {"state": "failed", "error": error[:2000]})
@@ -203,7 +203,7 @@ def target_discard(job: dict[str, Any], tenant: TenantSpec) -> None:
     store = get_store("local", settings.DATA_DIR)
     for backup in job["backups"]:
         store.delete(backup["location"])
-    agent.pooler_sync()
+    agent.pooler_sync(tenant)
 
 
 def _ms(started: float) -> int:

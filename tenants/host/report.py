@@ -125,12 +125,17 @@ def host_usage(values: dict[str, Any]) -> None:
 
 
 def registered(
-    public_host: str, pooler_port: int, max_tenants: int, certificate_request: str = ""
+    public_host: str,
+    pooler_port: int,
+    max_tenants: int,
+    certificate_request: str = "",
+    pooler_shards: int = 1,
 ) -> None:
-    """This host has started: where clients reach it, how many databases it takes,
-    and, if it has no certificate for that address yet, its certificate request
-    (the control plane sends the certificate back: tasks.host_certificate)."""
-    _send("registered", public_host, pooler_port, max_tenants, certificate_request)
+    """This host has started: where clients reach it (its poolers: `pooler_shards`
+    ports from `pooler_port`), how many databases it takes, and, if it has no
+    certificate for that address yet, its certificate request (the control plane
+    sends the certificate back: tasks.host_certificate)."""
+    _send("registered", public_host, pooler_port, max_tenants, certificate_request, pooler_shards)
 
 
 def abandoned(kind: str, job_id: int, why: str) -> None:

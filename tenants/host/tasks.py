@@ -210,12 +210,11 @@ def usage_record(host_name: str) -> int:
 def instances_sleep_idle(host_name: str) -> dict[str, int]:
     """Put to sleep the running tenants idle for longer than their plan allows.
 
-    Activity is read from the pooler in two queries for the whole host (SHOW POOLS,
-    SHOW STATS), never by connecting to a tenant: a connected session-mode client,
+    Activity is read from the poolers, two queries each (SHOW POOLS, SHOW STATS),
+    never by connecting to a tenant: a connected session-mode client,
     or any transaction since the last look, counts as activity.
     """
-    bouncer = agent.pooler()
-    pools, stats = bouncer.pools(), bouncer.stats()
+    pools, stats = agent.pooler_pools(), agent.pooler_stats()
     held = agent.store()
     now = time.time()
     counts = {"active": 0, "idle": 0, "slept": 0}
@@ -488,9 +487,10 @@ def backup_delete(store: str, location: str) -> str:
 def forward_refresh(spec: dict[str, Any]) -> str:
     """A tenant this host forwards (it moved away) has a new spec (a new password):
     the forward's pooler entry takes it, so that the old string works with it."""
-    if not agent.store().forward_update(_spec(spec)):
+    tenant = _spec(spec)
+    if not agent.store().forward_update(tenant):
         return "skipped"
-    agent.pooler_sync()
+    agent.pooler_sync(tenant)
     return "refreshed"
 
 

@@ -40,7 +40,7 @@ def record() -> int:
     clients: int | None
     servers: int | None
     try:
-        clients, servers = pooler_connections(agent.pooler().pools())
+        clients, servers = pooler_connections(agent.pooler_pools())
     except Exception:  # a pooler that is down is shown as unknown, not as zero
         log.warning("this host's pooler did not answer; its connections are unknown")
         clients = servers = None

@@ -65,8 +65,9 @@ class Command(BaseCommand):
                 name=settings.DBAAS_HOST_NAME,
                 public_host=settings.DBAAS_PUBLIC_HOST,
                 pooler_port=settings.DBAAS_PGBOUNCER_PORT,
+                pooler_shards=settings.DBAAS_POOLER_SHARDS,
             )
-            self.pooler_exposure = pooler_render().exposure()
+            self.pooler_exposure = pooler_render()[0].exposure()
 
     def _hosts(self) -> list[tuple[list[str], dict[str, str]]]:
         """How to start each host: its command prefix and its environment."""
@@ -88,9 +89,11 @@ class Command(BaseCommand):
     def _banner(self, hosts: list[tuple[list[str], dict[str, str]]]) -> None:
         url = f"http://{self._web_bind()}:{self._web_port()}/"
         signup_body = '{"email": "you@example.com", "password": "a long passphrase"}'
-        port = settings.DBAAS_PGBOUNCER_PORT
         addresses = [env.get("DBAAS_PUBLIC_HOST", settings.DBAAS_PUBLIC_HOST) for _, env in hosts]
-        pooler = f"{addresses[0]}:{port}" if len(hosts) == 1 else f"HOST:{port}"
+        # Each database is on one of the host's PgBouncers: its own port (PORT below).
+        first, shards = settings.DBAAS_PGBOUNCER_PORT, settings.DBAAS_POOLER_SHARDS
+        ports = f"{first}" if shards == 1 else f"{first}-{first + shards - 1}"
+        pooler = f"{addresses[0] if len(hosts) == 1 else 'HOST'}:PORT"
         lines = [
             "",
             "dbaas is starting.",
@@ -100,7 +103,7 @@ class Command(BaseCommand):
             f"  command line: .venv/bin/dbaas --api-url {url.rstrip('/')} signup",
             f"  admin:        {url}admin/   (operator: .venv/bin/python manage.py createsuperuser)",
             f"  databases:    postgresql://USER:PASSWORD@{pooler}/DB?"
-            f"{settings.DBAAS_CONNECTION_TLS}",
+            f"{settings.DBAAS_CONNECTION_TLS}   (PORT: one of {ports})",
             f"  trust its CA: mkdir -p ~/.postgresql && curl -fsS {url}api/v1/ca.pem"
             " >> ~/.postgresql/root.crt",
             *(

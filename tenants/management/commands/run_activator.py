@@ -112,7 +112,7 @@ class Command(BaseCommand):
         port, seconds = settings.DBAAS_PGBOUNCER_PORT, settings.DBAAS_POOLER_BAN_SECONDS
         thread = threading.Thread(
             target=login_guard.guard,
-            args=(agent.pooler().log_file,),
+            args=([bouncer.log_file for bouncer in agent.poolers()],),
             kwargs={
                 "limit": limit,
                 "window": settings.DBAAS_POOLER_LOGIN_FAILURE_WINDOW,
