@@ -51,11 +51,15 @@ ENVIRONMENT = {
 }
 
 
-def start(hosts: int) -> subprocess.Popen:
-    shutil.rmtree(DATA, ignore_errors=True)
-    DATA.mkdir(parents=True)
-    log = open(DATA.parent / f"bench-fleet-{hosts}.log", "w")  # noqa: SIM115 - the run's
-    env = os.environ | ENVIRONMENT | {"DBAAS_HOSTS": str(hosts)}
+def start(
+    hosts: int, data: Path = DATA, environment: dict[str, str] = ENVIRONMENT, url: str = URL
+) -> subprocess.Popen:
+    """`manage.py up` with `hosts` hosts on a data directory of its own (emptied
+    first), once its web server answers (bench/density.py runs one too)."""
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    log = open(data.parent / f"{data.name}-{hosts}.log", "w")  # noqa: SIM115 - the run's
+    env = os.environ | environment | {"DBAAS_HOSTS": str(hosts)}
     env.pop("PGSSLROOTCERT", None)
     up = subprocess.Popen(
         [sys.executable, "manage.py", "up"],
@@ -68,7 +72,7 @@ def start(hosts: int) -> subprocess.Popen:
     deadline = time.monotonic() + 300
     while True:
         try:
-            with urllib.request.urlopen(f"{URL}/healthz", timeout=5) as response:  # noqa: S310
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:  # noqa: S310
                 if response.status == 200:
                     break
         except OSError:

@@ -12,6 +12,7 @@ before and after CREATE / DROP DATABASE.
 import asyncio
 import logging
 import os
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -66,6 +67,7 @@ class Command(BaseCommand):
     help = "Run this host's activator: hold connections to sleeping tenants and wake them."
 
     def handle(self, *args, **options):
+        _raise_open_files_limit()
         routes = agent.routes()
         routes.prepare()
         activator = Activator(
@@ -138,3 +140,16 @@ class Command(BaseCommand):
             ThreadPoolExecutor(max_workers=settings.DBAAS_WAKE_CONCURRENCY)
         )
         await asyncio.gather(activator.run(), registrar.run())
+
+
+def _raise_open_files_limit() -> None:
+    """A socket per sleeping database, and the connections held while they wake:
+    thousands of files on a dense host, past the usual soft limit of 1024. As high
+    as the hard limit allows (as root, as the kernel's per-process maximum)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if os.geteuid() == 0:
+        hard = max(hard, int(Path("/proc/sys/fs/nr_open").read_text()))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        log.warning("open files stay limited to %d: a few hundred databases' sockets", soft)

@@ -1,0 +1,405 @@
+#!/usr/bin/env python3
+"""Density: one host grown to 100, 1,000, 5,000 and 10,000 databases, most of them
+asleep as in a free tier, measured at each step (issue 15's figures).
+
+As root, with nothing else running (it starts and stops a platform of its own: data,
+control plane and Redis under var/bench-density/, web on port 8110, poolers from
+6732):
+
+    .venv/bin/pip install -e '.[bench]'        # matplotlib, for the plot
+    .venv/bin/python bench/density.py [--steps 100,1000,5000,10000] [--awake 1000]
+
+At each step, once the host has that many databases:
+
+- creates: --creates databases through the API one after the other, each from the
+  POST to its first `SELECT 1` answered through its PgBouncer (TLS, verify-full):
+  p50 / p95; then put to sleep;
+- stall: meanwhile a client of another database runs `SELECT 1` in a loop on one
+  connection: its longest wait (and p99);
+- disk per database: the host's instances directory (du, shared template included)
+  over the databases;
+- periodic work: the host's side of each periodic task run once in a process of its
+  own (reconcile toward the control plane's list, the idle check, the usage walk):
+  CPU seconds (its own and its children's) and wall time;
+- wakes: sleeping databases connected to one at a time (20), then 50 and 200 at
+  once: p50 / p99, beside the CPU floor (N x measured CPU per wake / cores: the p99
+  could not be lower with the cores busy all along);
+- memory (at the last step, during all of the above): --awake of its databases
+  awake and idle; the host's used memory (MemTotal - MemAvailable) with them awake
+  and again once asleep, per database.
+
+The databases beyond those measured are made by `manage.py seed_databases --asleep`
+(as the API makes them, without the HTTP round trip). Results go to
+var/bench-density.json (`--plot-only` redraws from it) and the plot to
+docs/img/density.png.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR / "bench"))
+
+from fleet import start, stop  # noqa: E402
+from provision import api, percentile, sign_up, trust_platform_ca  # noqa: E402
+from wake import run_concurrent, run_sequential, used_memory_mb  # noqa: E402
+
+DATA = BASE_DIR / "var" / "bench-density"
+RESULTS = BASE_DIR / "var" / "bench-density.json"
+PLOT = BASE_DIR / "docs" / "img" / "density.png"
+URL = "http://127.0.0.1:8110"
+ENVIRONMENT = {
+    "DBAAS_DATA_DIR": str(DATA),
+    "DBAAS_WEB_PORT": "8110",
+    "DBAAS_PGBOUNCER_PORT": "6732",
+    "DBAAS_EXPORTS_PORT": "6730",
+    "DBAAS_NETNS_SLOT": "51",
+    "DBAAS_HOST_NAME": "density",
+    "DBAAS_HOST_CAPACITY": "100000",
+    "DBAAS_SIGNUPS_PER_IP_HOUR": "100000",
+    "DBAAS_POOLER_CONNECTIONS_PER_ADDRESS": "0",
+    # Each database's disk-full reserve (DBAAS_DISK_RESERVE_MB, a file beside it)
+    # is per database today: at 10,000 it alone would take more disk than these
+    # machines have free. The disk figure here is the databases' own.
+    "DBAAS_DISK_RESERVE_MB": "0",
+}
+WAKE_POOL = 200
+
+# The host's side of each periodic task, run once in a process of its own.
+TICK = """
+import json, resource, time
+from django.conf import settings
+from tenants import backups, specs
+from tenants.host import tasks
+from tenants.models import Host
+
+def cpu():
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+def timed(call):
+    cpu0, wall0 = cpu(), time.monotonic()
+    result = call()
+    return {"cpu_s": cpu() - cpu0, "wall_s": time.monotonic() - wall0, "result": str(result)[:200]}
+
+host = Host.objects.get(name=settings.DBAAS_HOST_NAME)
+out = {}
+listed = {}
+out["reconcile list (control plane)"] = timed(lambda: listed.update(
+    tenants=specs.host_tenants(host), unfinished=backups.unfinished_on(host)))
+for _ in range(60):  # the worker's own reconcile may hold the lock for a moment
+    tick = timed(lambda: tasks.host_reconcile(
+        host.name, listed["tenants"], listed["unfinished"], time.time()))
+    if "skipped" not in tick["result"]:
+        break
+    time.sleep(1)
+out["reconcile (host)"] = tick
+out["idle check (host)"] = timed(lambda: tasks.instances_sleep_idle(host.name))
+out["usage walk (host)"] = timed(lambda: tasks.usage_record(host.name))
+print("TICK " + json.dumps(out))
+"""
+
+
+def manage(*args: str, timeout: float = 7200) -> str:
+    env = os.environ | ENVIRONMENT
+    proc = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"manage.py {args[0]} failed: {proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def cpu_busy_seconds() -> float:
+    """CPU time this machine has spent busy (all cores), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def sleep_all(token: str, dbs: list[dict]) -> None:
+    for db in dbs:
+        status, body = api(URL, "POST", f"/databases/{db['id']}/sleep", token=token)
+        if status != 200 and body.get("state") != "sleeping":
+            print(f"  sleep {db['name']}: {status} {body}")
+
+
+def create_timed(token: str, name: str) -> tuple[float, dict]:
+    started = time.perf_counter()
+    status, db = api(URL, "POST", "/databases", {"name": name}, token=token)
+    if status != 201:
+        raise SystemExit(f"create {name}: {status} {db}")
+    with psycopg.connect(db["connection_string"], connect_timeout=60) as conn:
+        conn.execute("SELECT 1").fetchone()
+    return (time.perf_counter() - started) * 1000, db
+
+
+def creates_with_stall(token: str, probe: dict, count: int, step: int) -> dict:
+    """`count` creates through the API while a client of `probe` loops SELECT 1."""
+    waits: list[float] = []
+    stop_event = threading.Event()
+    conn = psycopg.connect(probe["connection_string"], autocommit=True, connect_timeout=60)
+    conn.execute("SELECT 1")  # awake now: its own wake is not a stall
+
+    def loop() -> None:
+        while not stop_event.is_set():
+            began = time.perf_counter()
+            conn.execute("SELECT 1").fetchone()
+            waits.append((time.perf_counter() - began) * 1000)
+            time.sleep(0.002)
+
+    client = threading.Thread(target=loop)
+    client.start()
+    made, latencies = [], []
+    try:
+        for n in range(count):
+            ms, db = create_timed(token, f"s{step}c{n}")
+            latencies.append(ms)
+            made.append(db)
+    finally:
+        stop_event.set()
+        client.join()
+        conn.close()
+    sleep_all(token, made)
+    return {
+        "create_p50_ms": percentile(latencies, 50),
+        "create_p95_ms": percentile(latencies, 95),
+        "stall_max_ms": max(waits),
+        "stall_p99_ms": percentile(waits, 99),
+        "stall_queries": len(waits),
+    }
+
+
+def wakes(token: str, pool: list[dict]) -> dict:
+    """Wake latency of sleeping databases: 20 one at a time, then 50 and (with a
+    pool that large) 200 at once, each with its CPU floor."""
+    cores = os.cpu_count() or 1
+    out: dict[str, float] = {}
+    one_by_one, _errors = run_sequential([(token, db) for db in pool[:20]])
+    out["wake_one_p50_ms"] = percentile(one_by_one, 50)
+    sleep_all(token, pool[:20])
+    for n in (50, 200):
+        if len(pool) < n:
+            continue
+        busy, own = cpu_busy_seconds(), own_cpu_seconds()
+        latencies, errors = run_concurrent([(token, db) for db in pool[:n]])
+        # The platform's CPU per wake: the machine's, less this client's own.
+        per_wake = ((cpu_busy_seconds() - busy) - (own_cpu_seconds() - own)) / n
+        out[f"wake_{n}_p50_ms"] = percentile(latencies, 50)
+        out[f"wake_{n}_p99_ms"] = percentile(latencies, 99)
+        out[f"wake_{n}_errors"] = errors
+        out[f"wake_{n}_cpu_ms"] = per_wake * 1000
+        out[f"wake_{n}_floor_ms"] = n * per_wake * 1000 / cores
+        sleep_all(token, pool[:n])
+    return out
+
+
+def disk_per_database(count: int) -> float:
+    du = subprocess.run(
+        ["du", "-sk", str(DATA / "instances")], capture_output=True, text=True, check=True
+    )
+    return int(du.stdout.split()[0]) / 1024 / count
+
+
+# Put every seeded database that runs to sleep; print how many there were.
+SLEEP_SEEDED = """
+import time
+from tenants import services
+from tenants.models import Tenant
+running = list(Tenant.objects.filter(state="running", name__startswith="seed"))
+for tenant in running:
+    services.tenant_sleep(tenant=tenant, actor="bench")
+deadline = time.monotonic() + 1800
+while Tenant.objects.filter(state="running", name__startswith="seed").exists():
+    assert time.monotonic() < deadline, "seeded databases still running"
+    time.sleep(1)
+print("SLEPT", len(running))
+"""
+
+
+def seed_awake(count: int) -> float:
+    """`count` more databases, left awake and idle; the used memory then (MB)."""
+    manage("seed_databases", str(count), "--batch", "100", "--timeout", "3600")
+    time.sleep(10)
+    return used_memory_mb()
+
+
+def memory_per_awake(awake_mb: float) -> dict:
+    """Put the awake seeded databases to sleep; what each took awake."""
+    out = manage("shell", "-c", SLEEP_SEEDED)
+    count = int([x for x in out.splitlines() if x.startswith("SLEPT ")][-1].split()[1])
+    time.sleep(10)
+    return {"awake": count, "memory_per_awake_mb": (awake_mb - used_memory_mb()) / count}
+
+
+def tick() -> dict:
+    out = manage("shell", "-c", TICK)
+    line = [x for x in out.splitlines() if x.startswith("TICK ")][-1]
+    return json.loads(line.removeprefix("TICK "))
+
+
+def run(steps: list[int], creates: int, awake: int) -> list[dict]:
+    trust_platform_ca(URL)
+    token = sign_up(URL, "density@bench.invalid", "a long bench passphrase")
+    # One account makes them all; awake databases stay awake until put to sleep
+    # (the seeded ones take the free plan's settings as they are now).
+    manage(
+        "shell",
+        "-c",
+        "from tenants.models import Plan; Plan.objects.filter(name='free')"
+        ".update(max_databases=1000000, idle_timeout_seconds=86400)",
+    )
+    made = 0
+    _ms, probe = create_timed(token, "probe")
+    pool = [create_timed(token, f"pool{n}")[1] for n in range(50)]
+    made += 1 + len(pool)
+    sleep_all(token, pool)
+    rows = []
+    for step in steps:
+        began = time.monotonic()
+        if step >= 1000 and len(pool) < WAKE_POOL:
+            more = [create_timed(token, f"pool{n}")[1] for n in range(len(pool), WAKE_POOL)]
+            sleep_all(token, more)
+            pool += more
+            made += len(more)
+        row: dict = {}
+        # At the last step, --awake of them are awake and idle throughout.
+        awake_now = awake if step == steps[-1] and step - made - creates >= awake else 0
+        seed = step - made - creates - awake_now
+        if seed > 0:
+            print(f"step {step}: seeding {seed} asleep", flush=True)
+            manage("seed_databases", str(seed), "--asleep", "--batch", "200", "--timeout", "14400")
+            made += seed
+        if awake_now:
+            print(f"step {step}: seeding {awake_now} awake", flush=True)
+            awake_mb = seed_awake(awake_now)
+            made += awake_now
+        row |= creates_with_stall(token, probe, creates, step)
+        made += creates
+        row["databases"] = made
+        row["disk_per_database_mb"] = disk_per_database(made)
+        row["tick"] = tick()
+        row |= wakes(token, pool)
+        if awake_now:
+            row |= memory_per_awake(awake_mb)
+        row["step_s"] = time.monotonic() - began
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        RESULTS.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def table(rows: list[dict]) -> None:
+    print(
+        f"\n{'databases':>9} {'create p50':>10} {'p95':>6} {'stall max':>9} {'p99':>6} "
+        f"{'disk/db MB':>10} {'reconcile cpu s':>15} {'idle cpu s':>10} {'usage cpu s':>11} "
+        f"{'wake 1 p50':>10} {'50: p99':>8} {'floor':>6} {'200: p99':>8} {'floor':>6}"
+    )
+    for r in rows:
+        t = r["tick"]
+        print(
+            f"{r['databases']:>9} {r['create_p50_ms']:>10.0f} {r['create_p95_ms']:>6.0f} "
+            f"{r['stall_max_ms']:>9.1f} {r['stall_p99_ms']:>6.1f} "
+            f"{r['disk_per_database_mb']:>10.2f} "
+            f"{t['reconcile (host)']['cpu_s']:>15.2f} {t['idle check (host)']['cpu_s']:>10.2f} "
+            f"{t['usage walk (host)']['cpu_s']:>11.2f} {r['wake_one_p50_ms']:>10.0f} "
+            f"{r.get('wake_50_p99_ms', 0):>8.0f} {r.get('wake_50_floor_ms', 0):>6.0f} "
+            f"{r.get('wake_200_p99_ms', 0):>8.0f} {r.get('wake_200_floor_ms', 0):>6.0f}"
+        )
+    for r in rows:
+        if "memory_per_awake_mb" in r:
+            print(
+                f"host memory per awake idle database, {r['awake']} awake: "
+                f"{r['memory_per_awake_mb']:.2f} MB"
+            )
+
+
+def plot(rows: list[dict]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no plot: .venv/bin/pip install -e '.[bench]' for matplotlib")
+        return
+    n = [r["databases"] for r in rows]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    panels = [
+        ("Create through the API (ms)", [("p50", "create_p50_ms"), ("p95", "create_p95_ms")]),
+        (
+            "Another client's SELECT 1 meanwhile (ms)",
+            [("max", "stall_max_ms"), ("p99", "stall_p99_ms")],
+        ),
+        ("Disk per database (MB)", [("du / databases", "disk_per_database_mb")]),
+        ("Wake, 50 at once (ms)", [("p99", "wake_50_p99_ms"), ("CPU floor", "wake_50_floor_ms")]),
+        (
+            "Wake, 200 at once (ms)",
+            [("p99", "wake_200_p99_ms"), ("CPU floor", "wake_200_floor_ms")],
+        ),
+    ]
+    for ax, (title, series) in zip(axes.flat, panels, strict=False):
+        for label, key in series:
+            points = [(x, r[key]) for x, r in zip(n, rows, strict=True) if key in r]
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ax.set_title(title)
+        ax.set_xscale("log")
+        ax.set_xlabel("databases on the host")
+        ax.legend()
+    ax = axes.flat[5]
+    for task in ("reconcile (host)", "idle check (host)", "usage walk (host)"):
+        ax.plot(n, [r["tick"][task]["cpu_s"] for r in rows], marker="o", label=task)
+    ax.set_title("CPU per periodic tick (s)")
+    ax.set_xscale("log")
+    ax.set_xlabel("databases on the host")
+    ax.legend()
+    fig.suptitle(f"bench/density.py, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores")
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=80)
+    print(f"plot: {PLOT.relative_to(BASE_DIR)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", default="100,1000,5000,10000")
+    parser.add_argument("--creates", type=int, default=50, help="measured creates per step")
+    parser.add_argument("--awake", type=int, default=1000, help="awake for the memory figure")
+    parser.add_argument("--plot-only", action="store_true", help=f"redraw from {RESULTS.name}")
+    args = parser.parse_args()
+    if args.plot_only:
+        rows = json.loads(RESULTS.read_text())
+    else:
+        if os.geteuid() != 0:
+            raise SystemExit("run it as root (the platform's sandboxes need it)")
+        shutil.rmtree(DATA, ignore_errors=True)
+        up = start(1, DATA, ENVIRONMENT, URL)
+        try:
+            rows = run([int(x) for x in args.steps.split(",")], args.creates, args.awake)
+        finally:
+            stop(up)
+    table(rows)
+    plot(rows)
+
+
+if __name__ == "__main__":
+    main()
