@@ -273,8 +273,14 @@ def test_a_sleeping_database_wakes_on_a_disk_someone_else_filled(live, alice, tm
     tenant = Tenant.objects.get(pk=db["id"])
     runtime, iid = agent.runtime_for(tenant), tenant.instance_id
     put_to_sleep(alice, db)
-    _on_a_small_filesystem(runtime, iid, tmp_path, spare_mb=24)
+    # Its files alone on a filesystem: reconcile sets that filesystem's reserve
+    # aside (a share beside the instance) while it sleeps; then the disk fills.
+    share = settings.DBAAS_DISK_RESERVE_MB << 20
+    _on_a_small_filesystem(runtime, iid, tmp_path, spare_mb=24 + 2 * settings.DBAAS_DISK_RESERVE_MB)
     try:
+        own = runtime.instance_dir(iid) / "reserve"
+        wait_until(lambda: own.exists() and own.stat().st_size == share, timeout=20)
+        assert runtime.reserve_file(iid) == own
         filler = runtime.instance_dir(iid) / "someone-elses-file"
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)
         disk = os.statvfs(runtime.instance_dir(iid))
@@ -300,12 +306,20 @@ def test_a_full_disk_is_noticed_and_the_owner_can_free_space(live, alice, tmp_pa
     tenant = Tenant.objects.get(pk=db["id"])
     runtime = agent.runtime_for(tenant)
     iid = tenant.instance_id
-    reserve = runtime.reserve_file(iid).stat().st_size
-    assert reserve == settings.DBAAS_DISK_RESERVE_MB << 20
+    # On the host's instances filesystem: a share of its one shared reserve, no
+    # reserve of its own (32 MB beside each sleeping database would be most of
+    # its disk).
+    share = settings.DBAAS_DISK_RESERVE_MB << 20
+    shared = runtime.reserve_file(iid)
+    assert shared == runtime.instances_dir / ".reserve"
+    assert shared.stat().st_size == runtime.SHARED_RESERVES * share
+    assert not (runtime.instance_dir(iid) / "reserve").exists()
     put_to_sleep(alice, db)
-    _on_a_small_filesystem(runtime, iid, tmp_path, spare_mb=48)  # some data, then full
+    # Some data, then full. Alone on a filesystem, it gets a reserve there as it starts.
+    _on_a_small_filesystem(runtime, iid, tmp_path, spare_mb=48 + settings.DBAAS_DISK_RESERVE_MB)
     try:
         filling = connect(db["connection_string"], autocommit=True)
+        assert runtime.reserve_file(iid).stat().st_size == share
         with pytest.raises(
             psycopg.Error, match="No space left on device|free disk space|terminat|closed"
         ):

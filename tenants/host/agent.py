@@ -272,7 +272,11 @@ def instance_start(tenant: TenantSpec) -> str:
         # recover): give the instance its reserve, and try once more.
         full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
         full = full or stop_reason(runtime.log_file(spec.instance_id)).startswith("disk full")
-        freed = runtime.release_reserve(spec.instance_id) if full else 0
+        freed = (
+            runtime.release_reserve(spec.instance_id, settings.DBAAS_DISK_RESERVE_MB << 20)
+            if full
+            else 0
+        )
         if not freed:
             raise
         note = _disk_full_note(freed, "it could not start")
@@ -746,11 +750,7 @@ def instance_repair(tenant: TenantSpec, actor: str = "reconcile") -> str | None:
                 did = "restarted"
             if route.point(iid, runtime.socket_dir(iid)):
                 did = did or "rerouted"
-            # Space is back after a full disk (its reserve was given up): set the
-            # reserve aside again.
-            if runtime.keep_reserve(iid, settings.DBAAS_DISK_RESERVE_MB << 20):
-                report.note(tenant.pk, "")
-                report.event(tenant.pk, "disk_ok", actor, "there is room on the disk again", 0)
+            if _reserve_kept(tenant, runtime, actor):
                 did = did or "reserve_remade"
             return did
         if state == SLEEPING:
@@ -761,6 +761,9 @@ def instance_repair(tenant: TenantSpec, actor: str = "reconcile") -> str | None:
                     tenant, SLEEPING, RUNNING, action="wake", actor="reconcile", active=True
                 )
                 return "woken"
+            # Its start on a full disk takes a share of its filesystem's reserve.
+            if status is InstanceState.STOPPED and _reserve_kept(tenant, runtime, actor):
+                return "reserve_remade"
             if status is InstanceState.STOPPED and route.point(iid, route.activator_dir(iid)):
                 return "rerouted"
         if state == SUSPENDED and status is InstanceState.RUNNING:
@@ -768,6 +771,17 @@ def instance_repair(tenant: TenantSpec, actor: str = "reconcile") -> str | None:
             runtime.stop(iid)
             return "stopped"
     return None
+
+
+def _reserve_kept(tenant: TenantSpec, runtime: Runtime, actor: str) -> bool:
+    """Set the reserve of the instance's filesystem aside again if there is room
+    (it may have been given up on a full disk); True if that ends the tenant's full
+    disk: its note goes."""
+    if not runtime.keep_reserve(tenant.instance_id, settings.DBAAS_DISK_RESERVE_MB << 20):
+        return False
+    report.note(tenant.pk, "")
+    report.event(tenant.pk, "disk_ok", actor, "there is room on the disk again", 0)
+    return True
 
 
 DISK_FULL_NOTE = "the disk is full"
@@ -795,13 +809,13 @@ def instances_watch(logs: dict[str, LogFollower], noted: set[str]) -> list[str]:
         runtime = runtime_for(tenant)
         log_file = runtime.log_file(iid)
         follower = logs.setdefault(iid, LogFollower(log_file))
-        if runtime.reserve_file(iid).exists():
+        if not runtime.reserve_given_back(iid):
             noted.discard(iid)  # its reserve is back: the next full disk is news
         full = _new_log_line(follower, DISK_FULL_WORDS)
         # Once per episode: a client that keeps writing keeps logging the same.
         if full is not None and iid not in noted:
             noted.add(iid)
-            freed = runtime.release_reserve(iid)
+            freed = runtime.release_reserve(iid, settings.DBAAS_DISK_RESERVE_MB << 20)
             report.note(tenant.pk, _disk_full_note(freed, full[:200]))
             report.event(tenant.pk, "disk_full", "crash-watch", full, 0)
             done.append(f"{iid}: disk full, {freed >> 20} MB freed")

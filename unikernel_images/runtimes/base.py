@@ -2,6 +2,7 @@
 inspected and destroyed on this host. Plain values in, plain values out.
 """
 
+import contextlib
 import dataclasses
 import enum
 import json
@@ -116,39 +117,79 @@ class Runtime(ABC):
     def log_file(self, instance_id: str) -> Path:
         return self.instance_dir(instance_id) / "postgres.log"
 
+    # The disk set aside for a full disk is kept per filesystem, not per instance
+    # (32 MB beside each of 10,000 sleeping databases would be 320 GB): one shared
+    # reserve of SHARED_RESERVES shares for the instances on the host's instances
+    # filesystem, and one share beside an instance on a filesystem of its own.
+    # A start that finds the disk full takes a share (release_reserve), its server
+    # starts and its owner can connect to free space; reconcile sets it aside again
+    # once there is room.
+    SHARED_RESERVES = 8
+
     def reserve_file(self, instance_id: str) -> Path:
-        return self.instance_dir(instance_id) / "reserve"
+        """The reserve of the filesystem the instance is on."""
+        own = self.instance_dir(instance_id)
+        try:
+            shared = os.stat(own).st_dev == os.stat(self.instances_dir).st_dev
+        except FileNotFoundError:
+            shared = True
+        return self.instances_dir / ".reserve" if shared else own / "reserve"
+
+    def _given_back_mark(self, instance_id: str) -> Path:
+        return self.instance_dir(instance_id) / "reserve-given-back"
+
+    def reserve_given_back(self, instance_id: str) -> bool:
+        """Has the instance taken a share of the reserve, the full disk not over yet?"""
+        return self._given_back_mark(instance_id).exists()
 
     def keep_reserve(self, instance_id: str, nbytes: int) -> bool:
-        """Keep `nbytes` of the disk set aside beside the instance (a file of that
-        size), to be given back when the disk is full (release_reserve): then its
-        server can start and its owner can connect to free space. True if it was
-        made just now; not made while the disk has less than twice that free."""
-        reserve = self.reserve_file(instance_id)
-        if nbytes <= 0 or (reserve.exists() and reserve.stat().st_size >= nbytes):
+        """Keep the reserve of the instance's filesystem whole: `nbytes` a share
+        (a file that size, blocks really taken), SHARED_RESERVES shares for the
+        shared one; not grown while the disk has less than twice a share free.
+        True if this instance had taken a share (release_reserve) and the reserve
+        is whole again: the full disk is over for it."""
+        path = self.reserve_file(instance_id)
+        legacy = self.instance_dir(instance_id) / "reserve"
+        if path != legacy and legacy.exists():
+            legacy.unlink()  # a reserve of its own from before they were shared
+        target = nbytes * (self.SHARED_RESERVES if path == self.instances_dir / ".reserve" else 1)
+        if nbytes <= 0:
             return False
-        disk = os.statvfs(self.instance_dir(instance_id))
-        if disk.f_bavail * disk.f_frsize < 2 * nbytes:
-            return False
-        fd = os.open(reserve, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            os.posix_fallocate(fd, 0, nbytes)  # blocks really taken, not a sparse file
-        except OSError:
-            os.close(fd)
-            reserve.unlink(missing_ok=True)
-            return False
-        os.close(fd)
-        return True
+        size = path.stat().st_size if path.exists() else 0
+        if size < target:
+            disk = os.statvfs(path.parent)
+            if disk.f_bavail * disk.f_frsize < 2 * nbytes:
+                return False
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, target)  # blocks really taken, not sparse
+            except OSError:
+                os.ftruncate(fd, size)  # what it had; the rest when there is room
+                return False
+            finally:
+                os.close(fd)
+        mark = self._given_back_mark(instance_id)
+        if mark.exists():
+            mark.unlink()
+            return True
+        return False
 
-    def release_reserve(self, instance_id: str) -> int:
-        """Give the reserve back to the disk; the bytes freed."""
-        reserve = self.reserve_file(instance_id)
+    def release_reserve(self, instance_id: str, nbytes: int) -> int:
+        """Give a share (`nbytes`) of the reserve of the instance's filesystem back
+        to the disk, for this instance; the bytes freed."""
+        path = self.reserve_file(instance_id)
         try:
-            size = reserve.stat().st_size
-            reserve.unlink()
+            size = path.stat().st_size
         except FileNotFoundError:
             return 0
-        return size
+        freed = min(size, nbytes)
+        if freed == size:
+            path.unlink()
+        else:
+            os.truncate(path, size - freed)  # the blocks past the end go back
+        with contextlib.suppress(OSError):  # an empty file fits: freed above
+            self._given_back_mark(instance_id).touch()
+        return freed
 
     def remember(self, spec: InstanceSpec) -> None:
         """Keep the spec the instance is started with beside it, so that the host
