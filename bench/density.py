@@ -67,10 +67,6 @@ ENVIRONMENT = {
     "DBAAS_HOST_CAPACITY": "100000",
     "DBAAS_SIGNUPS_PER_IP_HOUR": "100000",
     "DBAAS_POOLER_CONNECTIONS_PER_ADDRESS": "0",
-    # Each database's disk-full reserve (DBAAS_DISK_RESERVE_MB, a file beside it)
-    # is per database today: at 10,000 it alone would take more disk than these
-    # machines have free. The disk figure here is the databases' own.
-    "DBAAS_DISK_RESERVE_MB": "0",
 }
 WAKE_POOL = 200
 

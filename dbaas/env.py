@@ -3,6 +3,7 @@
 Kept free of Django imports so that helper scripts can use it before settings load.
 """
 
+import functools
 import os
 import pwd
 from pathlib import Path
@@ -72,7 +73,14 @@ def env_bool(name: str, default: bool) -> bool:
 
 def data_dir() -> Path:
     """All state lives here: control plane, redis, images, tenants, pooler."""
-    return Path(env_str("DBAAS_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+    return _resolved(env_str("DBAAS_DATA_DIR", str(BASE_DIR / "var")))
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved(path: str) -> Path:
+    """A path made absolute, links followed: once per path (data_dir() is called
+    for every tenant of every reconcile)."""
+    return Path(path).resolve()
 
 
 def pki_dir() -> Path:

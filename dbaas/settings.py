@@ -286,6 +286,11 @@ DBAAS_POOLER_LOGIN_GUARD_EXEMPT = [
 # /metrics names every tenant's database: staff sessions, or this bearer token.
 DBAAS_METRICS_TOKEN = env_secret("DBAAS_METRICS_TOKEN")
 DBAAS_RECONCILE_INTERVAL = env_int("DBAAS_RECONCILE_INTERVAL", 10, minimum=1)
+# Each beat, a host reconciles every tenant in a passing state (provisioning,
+# deleting, ...) and a slice of this many of its running and sleeping ones, a
+# different slice each beat: at 10,000 a full sweep every 20 beats, not 10,000
+# tenants looked at every 10 s (tenants/specs.py).
+DBAAS_RECONCILE_SLICE = env_int("DBAAS_RECONCILE_SLICE", 500, minimum=1)
 # Every host answers a heartbeat this often; one silent for DBAAS_HOST_DOWN_AFTER
 # seconds is marked down (its databases shown unavailable) until it answers again.
 DBAAS_HEARTBEAT_INTERVAL = env_float("DBAAS_HEARTBEAT_INTERVAL", 10.0, minimum=1.0)

@@ -162,7 +162,28 @@ class PgBouncer:
         return self._admin_password_file.read_text().strip()
 
     def write_config(self, databases: list[DatabaseEntry], users: list[UserEntry]) -> bool:
-        """Render pgbouncer.ini, its hba file and the auth file; True if any changed."""
+        """Render pgbouncer.ini, its hba file and the auth file; True if any changed.
+        Not even rendered if this process wrote them from the same lists and they
+        are as it left them (reconcile syncs every shard at every tick)."""
+        written = (repr(databases), repr(users))
+        if _last_written.get(self.ini) == (*written, self._files_state()):
+            return False
+        changed = self._write_config(databases, users)
+        _last_written[self.ini] = (*written, self._files_state())
+        return changed
+
+    def _files_state(self) -> tuple:
+        """What tells whether the files were touched since (written anew: replaced)."""
+        state = []
+        for path in (self.ini, self.auth_file, self.hba_file):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                return ()
+            state.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(state)
+
+    def _write_config(self, databases: list[DatabaseEntry], users: list[UserEntry]) -> bool:
         _check_names(databases, users)
         admin = UserEntry(ADMIN_USER, self._admin_secret_file.read_text().strip())
         shared = sorted(db.name for db in databases if db.owner is None)
@@ -371,6 +392,9 @@ class PgBouncer:
     def stats(self) -> dict[str, dict]:
         return {row["database"]: row for row in self.admin("SHOW STATS")}
 
+
+# What each shard's files were last written from, by this process (write_config).
+_last_written: dict[Path, tuple] = {}
 
 # SHOW POOLS' columns that count server connections, in every state.
 SERVER_COLUMNS = ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")

@@ -4,6 +4,9 @@ everything that host should hold."""
 
 from typing import Any
 
+from django.conf import settings
+from django.db.models import Q
+from django.db.models.functions import Mod
 from django.utils import timezone
 
 from tenants.models import Host, Plan, Tenant, TenantDatabase
@@ -65,13 +68,29 @@ def backup_source(tenant: Tenant) -> dict[str, Any] | None:
     }
 
 
-def host_tenants(host: Host) -> list[dict[str, Any]]:
-    """Everything `host` should hold (its tenants that are not deleted), each with
-    how long it has been in its state and a password still to apply."""
+# States a tenant stays in for long: reconciled a slice at a time.
+STEADY = (Tenant.State.RUNNING, Tenant.State.SLEEPING)
+
+
+def reconcile_slice(host: Host, now: float) -> tuple[int, int]:
+    """Which slice of the host's steady tenants this beat's list holds: those whose
+    pk modulo the number of slices (one per DBAAS_RECONCILE_SLICE of them) is the
+    first number; the next beat the next slice."""
+    steady = Tenant.objects.filter(host=host, state__in=STEADY).count()
+    slices = max(1, -(-steady // settings.DBAAS_RECONCILE_SLICE))
+    return int(now // settings.DBAAS_RECONCILE_INTERVAL) % slices, slices
+
+
+def host_tenants(host: Host, share: tuple[int, int] = (0, 1)) -> list[dict[str, Any]]:
+    """What `host` should hold (its tenants that are not deleted): all in a passing
+    state, and of the steady ones those whose pk modulo share[1] is share[0]; each
+    with how long it has been in its state and a password still to apply."""
     now = timezone.now()
     tenants = list(
         Tenant.objects.filter(host=host)
         .exclude(state=Tenant.State.DELETED)
+        .annotate(share=Mod("id", share[1]))
+        .filter(Q(share=share[0]) | ~Q(state__in=STEADY))
         .select_related("plan", "restored_from__tenant")
     )
     made: dict[int, list[str]] = {}

@@ -45,8 +45,15 @@ def reconcile_all_hosts() -> int:
     hosts = list(Host.objects.all())
     for host in hosts:
         built_at = time.time()
+        share = specs.reconcile_slice(host, built_at)
         host_reconcile.apply_async(
-            (host.name, specs.host_tenants(host), backups.unfinished_on(host), built_at),
+            (
+                host.name,
+                specs.host_tenants(host, share),
+                backups.unfinished_on(host),
+                built_at,
+                list(share),
+            ),
             queue=host.queue,
             expires=60,
         )

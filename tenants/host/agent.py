@@ -346,7 +346,8 @@ def pooler_render() -> list[PgBouncer]:
 def _render(bouncer: PgBouncer) -> bool:
     """One shard's files: its tenants, and the forwards of those moved away."""
     held = store()
-    routed = [s for s, _state in held.all(ROUTED_STATES) if shard_of(s.pk) == bouncer.shard]
+    share = (bouncer.shard, settings.DBAAS_POOLER_SHARDS)
+    routed = [spec for spec, _state in held.all(ROUTED_STATES, shard=share)]
     forwards = [f for f in held.forwards() if shard_of(f[0].pk) == bouncer.shard]
     maintenance = DatabaseEntry(
         name=MAINTENANCE_DATABASE,

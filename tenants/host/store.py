@@ -10,11 +10,14 @@ go on while one process writes.
 """
 
 import json
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from tenants.host.spec import TenantSpec
 
@@ -57,39 +60,62 @@ CREATE TABLE IF NOT EXISTS forwards (
     port INTEGER NOT NULL,
     until REAL NOT NULL
 );
+-- When the host's periodic work last did what (epoch seconds).
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value REAL NOT NULL
+);
 """
+
+
+# Connections per thread (sqlite3 connections are not to be shared between
+# threads), each kept for its process (see HostStore._connection).
+_local = threading.local()
 
 
 class HostStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._ready = False
+
+    def _connection(self) -> sqlite3.Connection:
+        """This process's and thread's connection to the store, opened once (never
+        one made before a fork, nor another thread's); again if the file was
+        replaced. A reconcile of 10,000 tenants makes tens of thousands of calls."""
+        conns = _local.__dict__.setdefault("connections", {})
+        key = (os.getpid(), self.path)
+        try:
+            inode = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            inode = None
+        cached = conns.get(key)
+        if cached is not None and cached[1] == inode:
+            return cached[0]
+        if cached is not None:
+            cached[0].close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn.execute("PRAGMA foreign_keys = ON")
+        # Durable at checkpoints, not at each commit: a host's store is rebuilt
+        # from the control plane's lists (host_reconcile) after a power loss,
+        # and a commit per tenant per reconcile must not cost an fsync each.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.executescript(SCHEMA)
+        conns[key] = (conn, os.stat(self.path).st_ino)
+        return conn
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        """One connection per use (cheap; safe across threads and forks), in one
-        transaction: committed on the way out, rolled back on an error."""
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        """The connection, in one transaction: committed on the way out, rolled
+        back on an error."""
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("PRAGMA foreign_keys = ON")
-            # Durable at checkpoints, not at each commit: a host's store is rebuilt
-            # from the control plane's lists (host_reconcile) after a power loss,
-            # and a commit per tenant per reconcile must not cost an fsync each.
-            conn.execute("PRAGMA synchronous = NORMAL")
-            if not self._ready:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.executescript(SCHEMA)
-                self._ready = True
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     # -- tenants -------------------------------------------------------------------
 
@@ -148,10 +174,24 @@ class HostStore:
             ).fetchone()
             return row[0] if row else None
 
-    def all(self, states: tuple[str, ...] | None = None) -> list[tuple[TenantSpec, str]]:
-        """Every tenant held here (in one of `states`), with its state here."""
+    def all(
+        self,
+        states: tuple[str, ...] | None = None,
+        shard: tuple[int, int] | None = None,
+        ids: set[str] | None = None,
+    ) -> list[tuple[TenantSpec, str]]:
+        """Every tenant held here (in one of `states`; whose pk modulo shard[1] is
+        shard[0], if given: one pooler's or one reconcile's share; among `ids`, if
+        given), with its state here."""
+        query, args = "SELECT instance_id, spec, state FROM tenants WHERE 1 = 1", list[Any]()
+        if states is not None:
+            query += f" AND state IN ({', '.join('?' for _ in states)})"
+            args += states
+        if shard is not None:  # instance ids are t<pk>
+            query += " AND CAST(substr(instance_id, 2) AS INTEGER) % ? = ?"
+            args += (shard[1], shard[0])
         with self._db() as db:
-            rows = db.execute("SELECT instance_id, spec, state FROM tenants").fetchall()
+            rows = [row for row in db.execute(query, args) if ids is None or row[0] in ids]
             databases: dict[str, list[str]] = {}
             for name, iid in db.execute(
                 "SELECT name, instance_id FROM databases WHERE state = 'active' ORDER BY name"
@@ -164,6 +204,36 @@ class HostStore:
             parsed = TenantSpec.of_json(json.loads(spec))
             found.append((parsed.but(databases=tuple(databases.get(iid, ()))), state))
         return found
+
+    def asleep_since(self, before: float) -> set[str]:
+        """The tenants sleeping here since before `before` (epoch seconds)."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT instance_id FROM tenants WHERE state = 'sleeping' AND changed < ?",
+                (before,),
+            )
+            return {row[0] for row in rows}
+
+    def meta(self, key: str) -> float | None:
+        with self._db() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return row[0] if row else None
+
+    def metas(self, prefix: str) -> dict[str, float]:
+        """Every value whose key starts with `prefix`, by the rest of its key."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+            )
+            return {key[len(prefix) :]: value for key, value in rows}
+
+    def meta_set(self, key: str, value: float) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
 
     def set_state(self, instance_id: str, state: str, *, active: bool = False) -> int:
         """The tenant's state here; returns the number of the report that says so."""
@@ -206,6 +276,7 @@ class HostStore:
     def remove(self, instance_id: str) -> None:
         with self._db() as db:
             db.execute("DELETE FROM tenants WHERE instance_id = ?", (instance_id,))
+            db.execute("DELETE FROM meta WHERE key = ?", (f"size:{instance_id}",))
 
     def instance_for_role(self, role: str, states: tuple[str, ...]) -> str | None:
         """The instance of the tenant whose owner role this is (`<name>_<slug>`)."""

@@ -203,7 +203,10 @@ def instance_unsuspend(spec: dict[str, Any], actor: str = WORKER) -> str:
 
 @shared_task
 def usage_record(host_name: str) -> int:
-    return usage.record()
+    started = time.monotonic()
+    measured = usage.record()
+    _overran("usage walk", host_name, started, measured)
+    return measured
 
 
 @shared_task
@@ -214,6 +217,7 @@ def instances_sleep_idle(host_name: str) -> dict[str, int]:
     never by connecting to a tenant: a connected session-mode client,
     or any transaction since the last look, counts as activity.
     """
+    started = time.monotonic()
     pools, stats = agent.pooler_pools(), agent.pooler_stats()
     held = agent.store()
     now = time.time()
@@ -242,6 +246,7 @@ def instances_sleep_idle(host_name: str) -> dict[str, int]:
         except Exception:
             log.exception("putting %s to sleep failed", tenant.instance_id)
     report.measured_many(active)
+    _overran("idle check", host_name, started, sum(counts.values()))
     return counts
 
 
@@ -251,10 +256,14 @@ def host_reconcile(
     tenants: list[dict[str, Any]] | None = None,
     unfinished: dict[str, list[dict[str, Any]]] | None = None,
     built_at: float | None = None,
+    share: list[int] | None = None,
 ) -> dict[str, int]:
     """Bring this host in line with what the control plane says it should hold
     (`tenants`: each with its spec, how long it has been in its state, and a
-    password still to apply), and repair the difference. Also finds work it had
+    password still to apply), and repair the difference. The list holds every
+    tenant in a passing state and, of the running and sleeping ones, those whose pk
+    modulo share[1] is share[0] (a slice: tenants/specs.py); what this host holds of
+    that slice and is not listed was deleted. Also finds work it had
     taken on that nobody is doing (`unfinished`: backups and restores the control
     plane believes under way here).
 
@@ -271,7 +280,24 @@ def host_reconcile(
         if not mine:
             log.info("reconcile %s: another one is under way; this list is skipped", host_name)
             return {"skipped": 1}
-        return _reconcile(host_name, tenants, unfinished, built_at)
+        started = time.monotonic()
+        done = _reconcile(host_name, tenants, unfinished, built_at, share)
+        _overran("reconcile", host_name, started, len(tenants or []))
+        return done
+
+
+def _overran(what: str, host_name: str, started: float, tenants: int) -> None:
+    """A periodic task that took longer than the beat's interval says so."""
+    took = time.monotonic() - started
+    if took > settings.DBAAS_RECONCILE_INTERVAL:
+        log.warning(
+            "%s %s took %.1f s (%d tenants), longer than the beat's %d s",
+            what,
+            host_name,
+            took,
+            tenants,
+            settings.DBAAS_RECONCILE_INTERVAL,
+        )
 
 
 def _reconcile(
@@ -279,7 +305,9 @@ def _reconcile(
     tenants: list[dict[str, Any]] | None,
     unfinished: dict[str, list[dict[str, Any]]] | None,
     built_at: float | None,
+    share: list[int] | None,
 ) -> dict[str, int]:
+    remainder, slices = share or (0, 1)
     # Hosts' clocks may differ from the control plane's by a few seconds.
     built_at = (built_at if built_at is not None else time.time()) - CLOCK_MARGIN
     actions: dict[str, int] = {}
@@ -308,8 +336,9 @@ def _reconcile(
             except Exception:
                 log.exception("repair of %s failed", tenant.instance_id)
     else:
-        # Held here, unknown to the control plane (deleted while this host was away).
-        for tenant, _state in held.all():
+        # Held here, unknown to the control plane (deleted while this host was
+        # away): of the slice listed, which holds every one not running or asleep.
+        for tenant, _state in held.all(shard=(remainder, slices)):
             if (
                 tenant.instance_id not in listed
                 and held.changed(tenant.instance_id) < built_at
@@ -319,7 +348,7 @@ def _reconcile(
                 count("forgotten")
     for name, step in (
         ("abandoned", lambda: _sweep_abandoned(unfinished or {})),
-        ("import_leftovers", _sweep_import_leftovers),
+        ("import_leftovers", lambda: _sweep_import_leftovers(listed if tenants else None)),
         ("pooler_resync", agent.pooler_sync),
         ("spares_made", lambda: agent.spares_refill(settings.DBAAS_RUNTIME)),
     ):
@@ -404,13 +433,14 @@ def _sweep_abandoned(unfinished: dict[str, list[dict[str, Any]]]) -> int:
     return swept
 
 
-def _sweep_import_leftovers() -> int:
+def _sweep_import_leftovers(only: set[str] | None = None) -> int:
     """What a restore cut short left beside an instance (what it unpacked, the data
     it was replacing, even the last writes of its killed worker's processes):
     removed, the data put back, once no restore of that tenant is under way; the
-    instance then as its state says."""
-    swept = 0
-    for tenant, _state in agent.store().all((RUNNING, SLEEPING)):
+    instance then as its state says. Only those in `only`, if given (this beat's
+    slice)."""
+    swept, held = 0, agent.store()
+    for tenant, _state in held.all((RUNNING, SLEEPING), ids=only):
         runtime = agent.runtime_for(tenant)
         if not runtime.import_leftovers(tenant.instance_id):
             continue

@@ -4,6 +4,7 @@ the storage limit, applied here from each tenant's size and plan."""
 
 import logging
 import shutil
+import time
 
 from dbaas.env import data_dir
 from poolers.pgbouncer import SERVER_COLUMNS
@@ -13,6 +14,9 @@ from tenants.host.spec import RUNNING, SLEEPING, SUSPENDED
 log = logging.getLogger(__name__)
 # Whose storage limit is applied (a sleeping tenant's when it next starts).
 LIMITED_STATES = (RUNNING, SLEEPING, SUSPENDED)
+# Every database's files are walked at least this often (seconds); in between,
+# only those that were awake since the last walk.
+FULL_WALK_EVERY = 3600
 
 
 def memory() -> tuple[int, int]:
@@ -54,13 +58,29 @@ def record() -> int:
             "pooler_servers": servers,
         }
     )
-    tenants = agent.store().all(LIMITED_STATES)
+    held, now = agent.store(), time.time()
+    tenants = held.all(LIMITED_STATES)
+    # A database asleep since before the last walk began has the size that walk
+    # found (it measured it after it fell asleep): not walked again (10,000
+    # sleeping databases' files), but once an hour all are.
+    last, last_full = held.meta("usage_walk"), held.meta("usage_full_walk")
+    unchanged: set[str] = set()
+    if last is not None and last_full is not None and now - last_full < FULL_WALK_EVERY:
+        unchanged = held.asleep_since(last)
+    else:
+        held.meta_set("usage_full_walk", now)
+    held.meta_set("usage_walk", now)
+    known = held.metas("size:") if unchanged else {}
     sizes: dict[int, dict] = {}
     for tenant, _state in tenants:
-        # What the plan's limit counts: the tenant's databases, not the WAL,
-        # temporary files or templates (Runtime.data_usage).
-        size = agent.runtime_for(tenant).data_usage(tenant.instance_id)
-        sizes[tenant.pk] = {"size_bytes": size}
+        iid = tenant.instance_id
+        size = int(known[iid]) if iid in unchanged and iid in known else None
+        if size is None:
+            # What the plan's limit counts: the tenant's databases, not the WAL,
+            # temporary files or templates (Runtime.data_usage).
+            size = agent.runtime_for(tenant).data_usage(iid)
+            sizes[tenant.pk] = {"size_bytes": size}
+            held.meta_set(f"size:{iid}", size)
         over = size > tenant.plan.storage_limit_bytes
         if tenant.storage_read_only is not over:
             try:
