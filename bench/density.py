@@ -18,9 +18,10 @@ At each step, once the host has that many databases:
   connection: its longest wait (and p99);
 - disk per database: the host's instances directory (du, shared template included)
   over the databases;
-- periodic work: the host's side of each periodic task run once in a process of its
-  own (reconcile toward the control plane's list, the idle check, the usage walk):
-  CPU seconds (its own and its children's) and wall time;
+- periodic work: each periodic task run once in a process of its own, as a beat
+  runs it (the control plane's reconcile list of this beat's slice, the host's
+  reconcile toward it, the idle check, the usage walk): CPU seconds (its own and
+  its children's) and wall time;
 - wakes: sleeping databases connected to one at a time (20), then 50 and 200 at
   once: p50 / p99, beside the CPU floor (N x measured CPU per wake / cores: the p99
   could not be lower with the cores busy all along);
@@ -90,11 +91,12 @@ def timed(call):
 host = Host.objects.get(name=settings.DBAAS_HOST_NAME)
 out = {}
 listed = {}
+share = specs.reconcile_slice(host, time.time())  # as the beat does
 out["reconcile list (control plane)"] = timed(lambda: listed.update(
-    tenants=specs.host_tenants(host), unfinished=backups.unfinished_on(host)))
+    tenants=specs.host_tenants(host, share), unfinished=backups.unfinished_on(host)))
 for _ in range(60):  # the worker's own reconcile may hold the lock for a moment
     tick = timed(lambda: tasks.host_reconcile(
-        host.name, listed["tenants"], listed["unfinished"], time.time()))
+        host.name, listed["tenants"], listed["unfinished"], time.time(), list(share)))
     if "skipped" not in tick["result"]:
         break
     time.sleep(1)
