@@ -274,6 +274,9 @@ DBAAS_CONNECTION_TLS = env_str("DBAAS_CONNECTION_TLS", "sslmode=verify-full")
 # Connections one client address may hold open to the pooler at once (a host
 # firewall rule, poolers/firewall.py); 0: no limit.
 DBAAS_POOLER_CONNECTIONS_PER_ADDRESS = env_int("DBAAS_POOLER_CONNECTIONS_PER_ADDRESS", 1000)
+# Seconds a client may take to log in to the pooler, waiting for its database to
+# wake included: 200 sleeping databases connected to at once take ~10 s of CPU here.
+DBAAS_POOLER_LOGIN_TIMEOUT = env_int("DBAAS_POOLER_LOGIN_TIMEOUT", 60, minimum=1)
 # Failed logins at the pooler from one address within the window (seconds) that
 # get it refused by the host firewall for DBAAS_POOLER_BAN_SECONDS (0: never).
 DBAAS_POOLER_LOGIN_FAILURES_PER_ADDRESS = env_int("DBAAS_POOLER_LOGIN_FAILURES_PER_ADDRESS", 30)

@@ -100,6 +100,7 @@ class PgBouncer:
         binary: str = "pgbouncer",
         pki: Path | None = None,
         shard: int = 0,
+        login_timeout: int = 60,
     ) -> None:
         self.root = root  # <data>/pgbouncer: what the host's shards share
         self.shard = shard
@@ -108,6 +109,7 @@ class PgBouncer:
         self.listen_port = listen_port
         self.service_user = service_user
         self.max_client_conn = max_client_conn
+        self.login_timeout = login_timeout
         self.shard_dir = root / f"shard{shard}"  # this shard's own files
         self.ini = self.shard_dir / "pgbouncer.ini"
         self.auth_file = self.shard_dir / "userlist.txt"
@@ -204,6 +206,7 @@ class PgBouncer:
             log_file=self.log_file,
             admin_user=ADMIN_USER,
             max_client_conn=self.max_client_conn,
+            login_timeout=self.login_timeout,
             tls_key=self.tls_key,
             tls_cert=self.tls_cert,
             ca_file=self.ca_cert,

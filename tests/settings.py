@@ -37,6 +37,8 @@ def session_environment(slot: int, base: Path) -> dict[str, str]:
         "DBAAS_LOGIN_FAILURES_PER_IP": "100000",
         # Small enough for a test to reach.
         "DBAAS_POOLER_CONNECTIONS_PER_ADDRESS": "200",
+        # Half-open connections dropped soon enough for a test to see it.
+        "DBAAS_POOLER_LOGIN_TIMEOUT": "10",
         "DBAAS_POOLER_LOGIN_FAILURES_PER_ADDRESS": "10",
         # Tests fail logins from 127.0.0.1 on purpose; the guard's test uses others.
         "DBAAS_POOLER_LOGIN_GUARD_EXEMPT": "127.0.0.1",

@@ -75,6 +75,7 @@ def pooler(shard: int = 0) -> PgBouncer:
         binary=settings.DBAAS_PGBOUNCER_BIN,
         pki=pki_dir(),
         shard=shard,
+        login_timeout=settings.DBAAS_POOLER_LOGIN_TIMEOUT,
     )
 
 
