@@ -144,7 +144,10 @@ def restore_request(*, backup: Backup, actor: str) -> Restore:
 
 def backups_schedule(*, now=None) -> int:
     """Request a backup of every live tenant whose last one is older than the backup
-    interval, unless nothing happened since (no activity: nothing to save)."""
+    interval, unless nothing happened since (no activity: nothing to save). One
+    never used (no client transaction seen since it was made) is not backed up:
+    it holds nothing of its owner's (a free tier's thousands of sleeping, unused
+    databases would each cost a backup a day otherwise)."""
     now = now or timezone.now()
     interval = timedelta(seconds=settings.DBAAS_BACKUP_INTERVAL)
     requested = 0
@@ -153,6 +156,8 @@ def backups_schedule(*, now=None) -> int:
     )
     for tenant in tenants:
         last = tenant.backups.exclude(state=Backup.State.FAILED).order_by("-created_at").first()
+        if last is None and tenant.last_active_at is None:
+            continue  # never used
         if last is not None:
             if now - last.created_at < interval:
                 continue

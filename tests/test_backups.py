@@ -91,8 +91,14 @@ def test_daily_backups_skip_unchanged_tenants(database, alice):
 
     from tenants import backups
 
+    # The host saw its owner's writes (the idle check counts transactions) ...
+    wait_until(lambda: Tenant.objects.get(pk=database["id"]).last_active_at, timeout=20)
+    # ... and, as if it had not, nothing would be saved.
     now = timezone.now()
-    assert backups.backups_schedule(now=now) == 1  # never backed up
+    Tenant.objects.filter(pk=database["id"]).update(last_active_at=None)
+    assert backups.backups_schedule(now=now) == 0  # never used: nothing to save
+    Tenant.objects.filter(pk=database["id"]).update(last_active_at=now - timedelta(minutes=1))
+    assert backups.backups_schedule(now=now) == 1  # used, never backed up
     first = Backup.objects.get(tenant_id=database["id"])
     wait_for(alice, f"/databases/{database['id']}/backups/{first.pk}", ("done",))
     assert backups.backups_schedule(now=now) == 0  # not due yet

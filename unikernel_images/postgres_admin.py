@@ -62,22 +62,24 @@ def bootstrap_owner(
     its own server (test and shadow databases); the platform's module has each
     one registered with the host (pg_module/dbaas.c).
     """
+    # Only statements on the shared catalogs (roles, databases): a query would open
+    # the maintenance database's catalogs (pg_proc, pg_statistic, ...), and each
+    # file opened is copied into the instance's own layer (docs/density.md).
     with connect(socket_dir) as conn:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
-        ).fetchone()
         conn.execute(
             sql.SQL(
                 "CREATE ROLE {} LOGIN NOSUPERUSER CREATEDB NOCREATEROLE NOREPLICATION "
                 "NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {}"
             ).format(sql.Identifier(role), sql.Literal(connection_limit), sql.Literal(secret))
         )
-        if not exists:
+        try:
             conn.execute(
                 sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
                     sql.Identifier(TENANT_DATABASE), sql.Identifier(database)
                 )
             )
+        except psycopg.errors.InvalidCatalogName:
+            pass  # renamed already (a data directory from a backup, say)
         # Its own server's maintenance database too: tools connect there to create
         # and drop databases (Django's test runner does).
         conn.execute(
