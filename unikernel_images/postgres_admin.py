@@ -8,6 +8,7 @@ functions as the superuser. The platform's sessions set all of these back at
 connect time, which outranks the database's settings (PLATFORM_SESSION_OPTIONS).
 """
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -72,14 +73,13 @@ def bootstrap_owner(
                 "NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {}"
             ).format(sql.Identifier(role), sql.Literal(connection_limit), sql.Literal(secret))
         )
-        try:
+        # Renamed already, if it does not exist (a second attempt, say).
+        with contextlib.suppress(psycopg.errors.InvalidCatalogName):
             conn.execute(
                 sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
                     sql.Identifier(TENANT_DATABASE), sql.Identifier(database)
                 )
             )
-        except psycopg.errors.InvalidCatalogName:
-            pass  # renamed already (a data directory from a backup, say)
         # Its own server's maintenance database too: tools connect there to create
         # and drop databases (Django's test runner does).
         conn.execute(
