@@ -316,10 +316,17 @@ class PgBouncer:
     def database_names(self) -> set[str]:
         return {row["name"] for row in self.admin("SHOW DATABASES")} - {"pgbouncer"}
 
-    def reconnect(self, database: str) -> None:
-        """Close the database's server connections as they are released, so new
-        ones follow the current route."""
-        self.admin(f"RECONNECT {_ident(database)}")
+    def reconnect(self, *databases: str) -> None:
+        """Close the databases' server connections as they are released, so new
+        ones follow the current route. One admin session for all of them (each
+        session is a SCRAM login: a wake's hand-off did one per name)."""
+        commands = [f"RECONNECT {_ident(name)}" for name in databases]
+        try:
+            with self.admin_connect() as conn, conn.cursor() as cur:
+                for command in commands:
+                    cur.execute(command)
+        except psycopg.Error as exc:
+            raise PoolerError(f"pgbouncer RECONNECT failed: {exc}") from exc
 
     def close_servers(self, databases: list[str], timeout: float = 3) -> bool:
         """Close the server connections of `databases` (idle ones at once, others as

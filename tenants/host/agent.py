@@ -454,9 +454,7 @@ def instance_lock(tenant: TenantSpec | str, timeout: float | None = None) -> Ite
 def pooler_reconnect(tenant: TenantSpec) -> None:
     """Have PgBouncer replace the tenant's server connections as they are released
     (idle ones at once), so that new ones follow the current route."""
-    bouncer = pooler_for(tenant)
-    for alias in aliases(tenant):
-        bouncer.reconnect(alias)
+    pooler_for(tenant).reconnect(*aliases(tenant))
 
 
 def aliases(tenant: TenantSpec) -> list[str]:
