@@ -134,9 +134,9 @@ def own_cpu_seconds() -> float:
     return times.user + times.system
 
 
-def sleep_all(token: str, dbs: list[dict]) -> None:
+def sleep_all(token: str, dbs: list[dict], url: str = URL) -> None:
     for db in dbs:
-        status, body = api(URL, "POST", f"/databases/{db['id']}/sleep", token=token)
+        status, body = api(url, "POST", f"/databases/{db['id']}/sleep", token=token)
         if status != 200 and body.get("state") != "sleeping":
             print(f"  sleep {db['name']}: {status} {body}")
 

@@ -91,7 +91,7 @@ def snapshot() -> dict[int, tuple[str, float]]:
 def measure(token: str, dbs: list[dict]) -> tuple[dict[str, float], float, int]:
     """One round: all asleep, then woken at once; CPU seconds by part, the machine's
     busy seconds, errors."""
-    sleep_all(token, dbs)
+    sleep_all(token, dbs, URL)
     time.sleep(2)
     before, busy = snapshot(), cpu_busy_seconds()
     _latencies, errors = run_concurrent([(token, db) for db in dbs])
