@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -237,12 +238,22 @@ def test_after_a_wake_the_activator_hands_its_connections_over(napper, alice, pl
     activator_pid = platform["activator"].proc.pid
 
     def activator_sockets() -> int:
+        """The activator's connected unix sockets: not the listening ones (one per
+        sleeping tenant, closed as a tenant wakes, opened as the activator's scan
+        finds one asleep), whose churn has nothing to do with the hand-off."""
+        connected = set()
+        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+            fields = line.split()
+            flags, state, inode = int(fields[3], 16), fields[5], fields[6]
+            if not flags & 0x10000 and state == "03":  # not listening; connected
+                connected.add(inode)
         count = 0
         for fd in os.listdir(f"/proc/{activator_pid}/fd"):
             try:
-                count += os.readlink(f"/proc/{activator_pid}/fd/{fd}").startswith("socket:")
+                target = os.readlink(f"/proc/{activator_pid}/fd/{fd}")
             except FileNotFoundError:  # closed meanwhile
                 continue
+            count += target.startswith("socket:[") and target[8:-1] in connected
         return count
 
     put_to_sleep(alice, napper)
