@@ -287,8 +287,11 @@ def test_a_sleeping_database_wakes_on_a_disk_someone_else_filled(live, alice, tm
         assert disk.f_bavail * disk.f_frsize < 1 << 20  # full
         with connect(db["connection_string"]) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
-        assert Tenant.objects.get(pk=db["id"]).state_reason.startswith("the disk is full")
-        assert Event.objects.filter(tenant_id=db["id"], action="disk_full").exists()
+        # What the host reports comes a moment later: the note, then the event.
+        wait_until(
+            lambda: Tenant.objects.get(pk=db["id"]).state_reason.startswith("the disk is full"), 10
+        )
+        wait_until(Event.objects.filter(tenant_id=db["id"], action="disk_full").exists, 10)
     finally:
         _off_the_small_filesystem(runtime, iid)
 
@@ -332,7 +335,9 @@ def test_a_full_disk_is_noticed_and_the_owner_can_free_space(live, alice, tmp_pa
         filling.close()
         noted = wait_until(lambda: Tenant.objects.get(pk=db["id"]).state_reason, timeout=20)
         assert noted.startswith("the disk is full"), noted
-        assert Event.objects.filter(tenant_id=db["id"], action="disk_full").exists()
+        # The note and the event are two reports: the event may come a moment later.
+        disk_full = Event.objects.filter(tenant_id=db["id"], action="disk_full")
+        wait_until(disk_full.exists, timeout=10)
         assert (
             "the disk is full" in alice.call("GET", f"/databases/{db['id']}").json()["state_reason"]
         )
