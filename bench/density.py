@@ -50,7 +50,7 @@ import psycopg
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR / "bench"))
 
-from fleet import start, stop  # noqa: E402
+from fleet import environment, start, stop  # noqa: E402
 from provision import api, percentile, sign_up, trust_platform_ca  # noqa: E402
 from wake import run_concurrent, run_sequential, used_memory_mb  # noqa: E402
 
@@ -58,16 +58,8 @@ DATA = BASE_DIR / "var" / "bench-density"
 RESULTS = BASE_DIR / "var" / "bench-density.json"
 PLOT = BASE_DIR / "docs" / "img" / "density.png"
 URL = "http://127.0.0.1:8110"
-ENVIRONMENT = {
-    "DBAAS_DATA_DIR": str(DATA),
-    "DBAAS_WEB_PORT": "8110",
-    "DBAAS_PGBOUNCER_PORT": "6732",
-    "DBAAS_EXPORTS_PORT": "6730",
-    "DBAAS_NETNS_SLOT": "51",
-    "DBAAS_HOST_NAME": "density",
-    "DBAAS_HOST_CAPACITY": "100000",
-    "DBAAS_SIGNUPS_PER_IP_HOUR": "100000",
-    "DBAAS_POOLER_CONNECTIONS_PER_ADDRESS": "0",
+ENVIRONMENT = environment("density", DATA, web_port=8110, pooler_port=6732, netns_slot=51) | {
+    "DBAAS_HOST_CAPACITY": "100000"
 }
 WAKE_POOL = 200
 

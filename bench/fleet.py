@@ -40,15 +40,24 @@ from wake import connect_select, run_concurrent, run_sequential, sleep_all  # no
 
 DATA = BASE_DIR / "var" / "bench-fleet"
 URL = "http://127.0.0.1:8100"
-ENVIRONMENT = {
-    "DBAAS_DATA_DIR": str(DATA),
-    "DBAAS_WEB_PORT": "8100",
-    "DBAAS_PGBOUNCER_PORT": "6632",
-    "DBAAS_NETNS_SLOT": "50",
-    "DBAAS_HOST_NAME": "bench",
-    "DBAAS_SIGNUPS_PER_IP_HOUR": "100000",
-    "DBAAS_POOLER_CONNECTIONS_PER_ADDRESS": "0",
-}
+
+
+def environment(name: str, data: Path, web_port: int, pooler_port: int, netns_slot: int) -> dict:
+    """A bench platform's settings: data, ports and network namespaces of its own
+    (beside a developer's platform), no sign-up or per-address limits."""
+    return {
+        "DBAAS_DATA_DIR": str(data),
+        "DBAAS_WEB_PORT": str(web_port),
+        "DBAAS_PGBOUNCER_PORT": str(pooler_port),
+        "DBAAS_EXPORTS_PORT": str(pooler_port - 2),
+        "DBAAS_NETNS_SLOT": str(netns_slot),
+        "DBAAS_HOST_NAME": name,
+        "DBAAS_SIGNUPS_PER_IP_HOUR": "100000",
+        "DBAAS_POOLER_CONNECTIONS_PER_ADDRESS": "0",
+    }
+
+
+ENVIRONMENT = environment("bench", DATA, web_port=8100, pooler_port=6632, netns_slot=50)
 
 
 def start(

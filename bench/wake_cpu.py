@@ -26,22 +26,13 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR / "bench"))
 
 from density import cpu_busy_seconds, sleep_all  # noqa: E402
-from fleet import start, stop  # noqa: E402
+from fleet import environment, start, stop  # noqa: E402
 from provision import api, sign_up, trust_platform_ca  # noqa: E402
 from wake import run_concurrent  # noqa: E402
 
 DATA = BASE_DIR / "var" / "bench-wake-cpu"
 URL = "http://127.0.0.1:8120"
-ENVIRONMENT = {
-    "DBAAS_DATA_DIR": str(DATA),
-    "DBAAS_WEB_PORT": "8120",
-    "DBAAS_PGBOUNCER_PORT": "6832",
-    "DBAAS_EXPORTS_PORT": "6830",
-    "DBAAS_NETNS_SLOT": "52",
-    "DBAAS_HOST_NAME": "wakecpu",
-    "DBAAS_SIGNUPS_PER_IP_HOUR": "100000",
-    "DBAAS_POOLER_CONNECTIONS_PER_ADDRESS": "0",
-}
+ENVIRONMENT = environment("wakecpu", DATA, web_port=8120, pooler_port=6832, netns_slot=52)
 TENANT_UID_BASE = 200000
 TICK = os.sysconf("SC_CLK_TCK")
 

@@ -40,7 +40,7 @@ class Command(BaseCommand):
                 services.tenant_create(account=account, name=f"seed{first + n}", actor="seed")[0]
                 for n in range(step)
             ]
-            settled = self._wait(tenants, lambda t: t.state != State.PROVISIONING, deadline)
+            settled = self._wait(tenants, lambda state: state != State.PROVISIONING, deadline)
             failed = [t for t in settled if t.state != State.RUNNING]
             if failed:
                 raise CommandError(
@@ -50,7 +50,7 @@ class Command(BaseCommand):
             if asleep:
                 for tenant in settled:
                     services.tenant_sleep(tenant=tenant, actor="seed")
-                self._wait(settled, lambda t: t.state == State.SLEEPING, deadline)
+                self._wait(settled, lambda state: state == State.SLEEPING, deadline)
             made += step
             elapsed = time.monotonic() - started
             self.stdout.write(f"seed_databases: {made}/{count} ({elapsed:.0f} s)")
@@ -81,15 +81,17 @@ class Command(BaseCommand):
         return account
 
     def _wait(self, tenants: list[Tenant], until, deadline: float) -> list[Tenant]:
+        """The tenants once `until(state)` holds for each: only their states are
+        read meanwhile (this loop shares the machine with the platform it grows)."""
         pks = [t.pk for t in tenants]
         while True:
-            fresh = list(Tenant.objects.filter(pk__in=pks))
-            if all(until(t) for t in fresh):
-                return fresh
+            states = list(Tenant.objects.filter(pk__in=pks).values_list("name", "state"))
+            waiting = [(name, state) for name, state in states if not until(state)]
+            if not waiting:
+                return list(Tenant.objects.filter(pk__in=pks))
             if time.monotonic() > deadline:
-                waiting = [t for t in fresh if not until(t)]
                 raise CommandError(
                     f"{len(waiting)} seeded databases not settled in time "
-                    f"(first: {waiting[0].name}, {waiting[0].state})"
+                    f"(first: {waiting[0][0]}, {waiting[0][1]})"
                 )
-            time.sleep(0.2)
+            time.sleep(0.5)
