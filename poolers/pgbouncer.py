@@ -129,19 +129,14 @@ class PgBouncer:
     # -- files -------------------------------------------------------------------
 
     def prepare(self, public_host: str) -> None:
-        """Directories, admin secret and TLS certificate: everything but the lists."""
+        """Directories, admin secret and TLS certificate: everything but the lists
+        (what the shards share, then this shard's own directory)."""
         make_dir(self.root, 0o750, owner=None)
-        make_dir(self.shard_dir, 0o750, owner=None)
         # The pooler's account must reach its files and its binary (a checkout
         # under /root, say, is not open to it).
         grant_traversal(self.root, self.service_user)
         grant_traversal(Path(self.executable()), self.service_user)
-        for path in (self.root, self.shard_dir):
-            chown(
-                path,
-                "root" if os.geteuid() == 0 else self.service_user,
-                group_of=self.service_user,
-            )
+        self._give_to_pooler(self.root)
         make_dir(self.socket_dir, 0o750, owner=self.service_user)
         make_dir(self.log_file.parent, 0o750, owner=self.service_user)
         if not self._admin_secret_file.exists():
@@ -151,31 +146,33 @@ class PgBouncer:
         # The host's certificate, signed by the platform's CA (poolers/tls.py).
         tls.ensure_host_certificate(self.pki, self.tls_cert, self.tls_key, public_host)
         write_atomic(self.ca_cert, (self.pki / "ca.crt").read_text(), mode=0o640)
-        # Readable by the pooler's account (it may have changed since they were written).
-        existing = [f for f in (self.ini, self.auth_file, self.hba_file) if f.exists()]
-        for path in (self.tls_key, self.tls_cert, self.ca_cert, *existing):
+        for path in (self.tls_key, self.tls_cert, self.ca_cert):
             os.chmod(path, 0o640)
-            chown(
-                path, "root" if os.geteuid() == 0 else self.service_user, group_of=self.service_user
-            )
+            self._give_to_pooler(path)
+        self.prepare_shard()
+
+    def prepare_shard(self) -> None:
+        """This shard's directory, and its files readable by the pooler's account
+        (which may have changed since they were written); after one `prepare` of
+        the host's shards."""
+        make_dir(self.shard_dir, 0o750, owner=None)
+        self._give_to_pooler(self.shard_dir)
+        for path in (self.ini, self.auth_file, self.hba_file):
+            if path.exists():
+                os.chmod(path, 0o640)
+                self._give_to_pooler(path)
+
+    def _give_to_pooler(self, path: Path) -> None:
+        """Group-owned by the pooler's account (owned by it when not run as root)."""
+        chown(path, "root" if os.geteuid() == 0 else self.service_user, group_of=self.service_user)
 
     @property
     def admin_password(self) -> str:
         return self._admin_password_file.read_text().strip()
 
-    def write_config(self, databases: list[DatabaseEntry], users: list[UserEntry]) -> bool:
-        """Render pgbouncer.ini, its hba file and the auth file; True if any changed.
-        Not even rendered if this process wrote them from the same lists and they
-        are as it left them (reconcile syncs every shard at every tick)."""
-        written = (repr(databases), repr(users))
-        if _last_written.get(self.ini) == (*written, self._files_state()):
-            return False
-        changed = self._write_config(databases, users)
-        _last_written[self.ini] = (*written, self._files_state())
-        return changed
-
-    def _files_state(self) -> tuple:
-        """What tells whether the files were touched since (written anew: replaced)."""
+    def files_state(self) -> tuple:
+        """What tells whether the files were touched since (written anew: replaced);
+        () if one is missing."""
         state = []
         for path in (self.ini, self.auth_file, self.hba_file):
             try:
@@ -185,7 +182,8 @@ class PgBouncer:
             state.append((st.st_ino, st.st_mtime_ns, st.st_size))
         return tuple(state)
 
-    def _write_config(self, databases: list[DatabaseEntry], users: list[UserEntry]) -> bool:
+    def write_config(self, databases: list[DatabaseEntry], users: list[UserEntry]) -> bool:
+        """Render pgbouncer.ini, its hba file and the auth file; True if any changed."""
         _check_names(databases, users)
         admin = UserEntry(ADMIN_USER, self._admin_secret_file.read_text().strip())
         shared = sorted(db.name for db in databases if db.owner is None)
@@ -292,16 +290,48 @@ class PgBouncer:
             cursor_factory=psycopg.ClientCursor,
         )
 
-    def admin(self, command: str) -> list[dict]:
+    def admin(self, *commands: str) -> list[dict]:
+        """Run admin console commands in one session; the rows of the last. The
+        session is kept for the next call of this process (a login is a SCRAM
+        exchange, and the host asks its shards several times a second); one kept
+        from before a restart of the pooler is replaced, and the commands, which are
+        all idempotent, run again on the new one."""
+        key = (os.getpid(), str(self.socket_dir), self.listen_port)
+        conn = _admin_sessions.take(key)
+        if conn is not None:
+            try:
+                return self._admin_run(conn, key, commands)
+            except _SessionLost:
+                pass
         try:
-            with self.admin_connect() as conn, conn.cursor() as cur:
-                cur.execute(command)
-                if cur.description is None:
-                    return []
-                cols = [c.name for c in cur.description]
-                return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+            conn = self.admin_connect()
         except psycopg.Error as exc:
+            raise PoolerError(f"pgbouncer {commands[0].split()[0]} failed: {exc}") from exc
+        try:
+            return self._admin_run(conn, key, commands)
+        except _SessionLost as lost:
+            raise PoolerError(f"pgbouncer {lost.command.split()[0]} failed: {lost}") from lost
+
+    def _admin_run(self, conn: psycopg.Connection, key: tuple, commands: tuple[str, ...]):
+        rows: list[dict] = []
+        command = commands[0]
+        try:
+            with conn.cursor() as cur:
+                for command in commands:
+                    cur.execute(command)
+                    if cur.description is None:  # a command, not a SHOW
+                        rows = []
+                        continue
+                    cols = [c.name for c in cur.description]
+                    rows = [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+        except psycopg.Error as exc:
+            if conn.broken:
+                conn.close()
+                raise _SessionLost(command, exc) from exc
+            _admin_sessions.give_back(key, conn)  # an answer, such as "not paused"
             raise PoolerError(f"pgbouncer {command.split()[0]} failed: {exc}") from exc
+        _admin_sessions.give_back(key, conn)
+        return rows
 
     def reload(self) -> None:
         self.admin("RELOAD")
@@ -318,15 +348,9 @@ class PgBouncer:
 
     def reconnect(self, *databases: str) -> None:
         """Close the databases' server connections as they are released, so new
-        ones follow the current route. One admin session for all of them (each
-        session is a SCRAM login: a wake's hand-off did one per name)."""
-        commands = [f"RECONNECT {_ident(name)}" for name in databases]
-        try:
-            with self.admin_connect() as conn, conn.cursor() as cur:
-                for command in commands:
-                    cur.execute(command)
-        except psycopg.Error as exc:
-            raise PoolerError(f"pgbouncer RECONNECT failed: {exc}") from exc
+        ones follow the current route (one admin session for all of them)."""
+        if databases:
+            self.admin(*(f"RECONNECT {_ident(name)}" for name in databases))
 
     def close_servers(self, databases: list[str], timeout: float = 3) -> bool:
         """Close the server connections of `databases` (idle ones at once, others as
@@ -403,8 +427,40 @@ class PgBouncer:
         return {row["database"]: row for row in self.admin("SHOW STATS")}
 
 
-# What each shard's files were last written from, by this process (write_config).
-_last_written: dict[Path, tuple] = {}
+class _SessionLost(Exception):
+    """An admin session ended under a command (the pooler restarted, say)."""
+
+    def __init__(self, command: str, cause: psycopg.Error):
+        super().__init__(str(cause))
+        self.command = command
+
+
+class _AdminSessions:
+    """Idle admin console sessions, by (process, socket directory, port): taken by
+    one thread at a time (PAUSE blocks its session while others ask SHOW), a few
+    kept per pooler."""
+
+    KEEP = 2
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[tuple, list[psycopg.Connection]] = {}
+
+    def take(self, key: tuple) -> psycopg.Connection | None:
+        with self._lock:
+            idle = self._idle.get(key)
+            return idle.pop() if idle else None
+
+    def give_back(self, key: tuple, conn: psycopg.Connection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < self.KEEP and not conn.closed:
+                idle.append(conn)
+                return
+        conn.close()
+
+
+_admin_sessions = _AdminSessions()
 
 # SHOW POOLS' columns that count server connections, in every state.
 SERVER_COLUMNS = ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")

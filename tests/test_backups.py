@@ -109,6 +109,22 @@ def test_daily_backups_skip_unchanged_tenants(database, alice):
     assert backups.backups_schedule(now=later) == 1
 
 
+def test_a_database_nobody_has_used_is_not_backed_up(live, alice):
+    from tenants import backups
+
+    unused = create(alice, "unused")  # made, running, never connected to
+    tenant = Tenant.objects.get(pk=unused["id"])
+    assert tenant.state == "running" and tenant.last_active_at is None
+    backups.backups_schedule()
+    assert not Backup.objects.filter(tenant=tenant).exists()
+    with connect(unused["connection_string"]) as conn:
+        conn.execute("CREATE TABLE t (v int)")
+    # Its owner's transaction, seen by the host's idle check: used from now on.
+    wait_until(lambda: Tenant.objects.get(pk=tenant.pk).last_active_at, timeout=30)
+    backups.backups_schedule()
+    assert Backup.objects.filter(tenant=tenant).exists()
+
+
 def test_retention_deletes_exactly_the_expired_ones(database, alice):
     from tenants import backups
     from tenants.models import Plan

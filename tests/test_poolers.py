@@ -4,6 +4,7 @@ host agent configures the host's: it serves exactly the databases rendered, each
 to its one owner, reloads what changes, and its admin console answers only on
 the unix socket."""
 
+import contextlib
 import socket
 import subprocess
 from types import SimpleNamespace
@@ -13,7 +14,7 @@ from django.conf import settings
 
 from dbaas.env import pooler_user
 from poolers import tls
-from poolers.pgbouncer import ADMIN_USER, DatabaseEntry, PgBouncer, UserEntry
+from poolers.pgbouncer import ADMIN_USER, DatabaseEntry, PgBouncer, PoolerError, UserEntry
 from poolers.scram import scram_secret
 from tests import pgwire
 from tests.conftest import wait_until
@@ -120,3 +121,43 @@ def test_the_admin_console_answers_on_the_unix_socket_and_the_advisory_is_mitiga
     assert {database for database, _user in pools} <= {"alice_db", "bob_db", "pgbouncer"}
     exposure = bouncer.pooler.exposure()
     assert not exposure.exposed, exposure.message()
+
+
+def admin_clients(pooler: PgBouncer) -> int:
+    """The pooler's admin console sessions, as it counts them."""
+    return sum(1 for row in pooler.admin("SHOW CLIENTS") if row["database"] == "pgbouncer")
+
+
+def test_admin_sessions_are_kept_and_replaced_after_a_restart(bouncer, tmp_path):
+    pooler = bouncer.pooler
+    for _ in range(5):
+        pooler.pools()
+    # The host asks its poolers several times a second: not a login each time.
+    assert admin_clients(pooler) == 1
+    with contextlib.suppress(PoolerError):  # it answers by going away
+        pooler.admin("SHUTDOWN")
+    wait_until(lambda: not _listening(pooler.listen_port), timeout=20)
+    again = subprocess.Popen(
+        pooler.command(),
+        user=pooler.service_user,
+        group=pooler.service_user,
+        extra_groups=[],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: _listening(pooler.listen_port), timeout=20)
+        # The kept session is dead: replaced, and the command answered.
+        assert "alice_db" in pooler.database_names()
+        assert admin_clients(pooler) == 1
+    finally:
+        again.terminate()
+        again.wait(timeout=20)
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True

@@ -309,11 +309,12 @@ def pooler_sync(tenant: TenantSpec | None = None) -> bool:
     """Render the poolers' files from what the host holds (only the tenant's shard's,
     if one is named); RELOAD those that changed. True if any did."""
     shards = [shard_of(tenant.pk)] if tenant else range(settings.DBAAS_POOLER_SHARDS)
+    forwards = store().forwards()
     changed = False
     for shard in shards:
         bouncer = pooler(shard)
         with bouncer.config_lock():
-            if _render(bouncer):
+            if _render(bouncer, forwards):
                 bouncer.reload()
                 changed = True
     return changed
@@ -337,19 +338,21 @@ def register() -> None:
 def pooler_render() -> list[PgBouncer]:
     """Write the poolers' files, for the PgBouncers about to start."""
     bouncers = poolers()
+    bouncers[0].prepare(public_host=settings.DBAAS_PUBLIC_HOST)
+    forwards = store().forwards()
     for bouncer in bouncers:
-        bouncer.prepare(public_host=settings.DBAAS_PUBLIC_HOST)
+        bouncer.prepare_shard()
         with bouncer.config_lock():
-            _render(bouncer)
+            _render(bouncer, forwards)
     return bouncers
 
 
-def _render(bouncer: PgBouncer) -> bool:
-    """One shard's files: its tenants, and the forwards of those moved away."""
-    held = store()
+def _render(bouncer: PgBouncer, all_forwards: list[tuple[TenantSpec, str, int]]) -> bool:
+    """One shard's files: its tenants, and the forwards (of the host's, read once
+    for all shards) of those moved away."""
     share = (bouncer.shard, settings.DBAAS_POOLER_SHARDS)
-    routed = [spec for spec, _state in held.all(ROUTED_STATES, shard=share)]
-    forwards = [f for f in held.forwards() if shard_of(f[0].pk) == bouncer.shard]
+    routed = [spec for spec, _state in store().all(ROUTED_STATES, shard=share)]
+    forwards = [f for f in all_forwards if shard_of(f[0].pk) == bouncer.shard]
     maintenance = DatabaseEntry(
         name=MAINTENANCE_DATABASE,
         dbname=MAINTENANCE_DATABASE,
@@ -360,7 +363,12 @@ def _render(bouncer: PgBouncer) -> bool:
     )
     here = {spec.instance_id for spec in routed}
     forwarded = [(spec, a, p) for spec, a, p in forwards if spec.instance_id not in here]
-    return bouncer.write_config(
+    # Unchanged since this process rendered it, files as it left them: nothing to
+    # do (reconcile syncs every shard at every tick; the store hands back the same
+    # spec objects for unchanged tenants, so this compares pointers).
+    if _rendered.get(bouncer.ini) == (routed, forwarded, bouncer.files_state()):
+        return False
+    changed = bouncer.write_config(
         databases=[
             maintenance,
             *(entry for t in routed for entry in _database_entries(t)),
@@ -373,6 +381,12 @@ def _render(bouncer: PgBouncer) -> bool:
             for t in [*routed, *(spec for spec, _a, _p in forwarded)]
         ],
     )
+    _rendered[bouncer.ini] = (routed, forwarded, bouncer.files_state())
+    return changed
+
+
+# What each shard's files were last rendered from, by this process (_render).
+_rendered: dict[Path, tuple] = {}
 
 
 def _server_connections_cap(tenant: TenantSpec) -> int:
@@ -507,11 +521,15 @@ def state_change(
     action: str,
     actor: str,
     active: bool = False,
+    idle_from_now: bool = False,
     **kwargs,
 ) -> None:
     """The tenant is in `to_state` here now: kept, and reported (numbered, so that
-    the control plane applies this report after any earlier one)."""
-    seq = store().set_state(tenant.instance_id, to_state, active=active)
+    the control plane applies this report after any earlier one). `active`: a
+    client's doing (a wake), reported as its last activity; `idle_from_now`: its
+    idle time counts from now, but no client has used it (made, unsuspended), so
+    that a database never used is known as such (and not backed up)."""
+    seq = store().set_state(tenant.instance_id, to_state, active=active or idle_from_now)
     fields = dict(kwargs.pop("fields", {}))
     if active:
         fields["last_active_at"] = time.time()
@@ -674,7 +692,7 @@ def instance_unsuspend(tenant: TenantSpec, actor: str) -> str:
             action="unsuspend",
             actor=actor,
             duration_ms=_ms(started),
-            active=True,
+            idle_from_now=True,
             reason=note,
         )
     return "running"

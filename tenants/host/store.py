@@ -73,6 +73,22 @@ CREATE TABLE IF NOT EXISTS meta (
 _local = threading.local()
 
 
+# The specs this process has parsed, by instance id: (the JSON, its databases, the
+# spec made of them).
+_specs: dict[str, tuple[str, tuple[str, ...], TenantSpec]] = {}
+
+
+def _parsed(instance_id: str, spec: str, databases: tuple[str, ...]) -> TenantSpec:
+    """The spec stored as `spec` with `databases`: the one made last time if the
+    same (a frozen dataclass: shared safely)."""
+    cached = _specs.get(instance_id)
+    if cached is not None and cached[0] == spec and cached[1] == databases:
+        return cached[2]
+    parsed = TenantSpec.of_json(json.loads(spec)).but(databases=databases)
+    _specs[instance_id] = (spec, databases, parsed)
+    return parsed
+
+
 class HostStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -182,28 +198,36 @@ class HostStore:
     ) -> list[tuple[TenantSpec, str]]:
         """Every tenant held here (in one of `states`; whose pk modulo shard[1] is
         shard[0], if given: one pooler's or one reconcile's share; among `ids`, if
-        given), with its state here."""
-        query, args = "SELECT instance_id, spec, state FROM tenants WHERE 1 = 1", list[Any]()
+        given), with its state here. A tenant unchanged since this process last
+        read it is the same object as then (reconcile reads thousands per tick, and
+        the pooler's renderer tells an unchanged shard by that)."""
+        where, args = "1 = 1", list[Any]()
         if states is not None:
-            query += f" AND state IN ({', '.join('?' for _ in states)})"
+            where += f" AND t.state IN ({', '.join('?' for _ in states)})"
             args += states
         if shard is not None:  # instance ids are t<pk>
-            query += " AND CAST(substr(instance_id, 2) AS INTEGER) % ? = ?"
+            where += " AND CAST(substr(t.instance_id, 2) AS INTEGER) % ? = ?"
             args += (shard[1], shard[0])
         with self._db() as db:
-            rows = [row for row in db.execute(query, args) if ids is None or row[0] in ids]
+            rows = [
+                row
+                for row in db.execute(
+                    f"SELECT t.instance_id, t.spec, t.state FROM tenants t WHERE {where}",  # noqa: S608 - placeholders only
+                    args,
+                )
+                if ids is None or row[0] in ids
+            ]
             databases: dict[str, list[str]] = {}
             for name, iid in db.execute(
-                "SELECT name, instance_id FROM databases WHERE state = 'active' ORDER BY name"
+                "SELECT d.name, d.instance_id FROM databases d JOIN tenants t "  # noqa: S608 - placeholders only
+                f"ON t.instance_id = d.instance_id WHERE d.state = 'active' AND {where} "
+                "ORDER BY d.name",
+                args,
             ):
                 databases.setdefault(iid, []).append(name)
-        found = []
-        for iid, spec, state in rows:
-            if states is not None and state not in states:
-                continue
-            parsed = TenantSpec.of_json(json.loads(spec))
-            found.append((parsed.but(databases=tuple(databases.get(iid, ()))), state))
-        return found
+        return [
+            (_parsed(iid, spec, tuple(databases.get(iid, ()))), state) for iid, spec, state in rows
+        ]
 
     def asleep_since(self, before: float) -> set[str]:
         """The tenants sleeping here since before `before` (epoch seconds)."""

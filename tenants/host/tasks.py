@@ -101,7 +101,7 @@ def instance_provision(spec: dict[str, Any], source: dict[str, Any] | None = Non
             action="provision",
             actor=WORKER,
             duration_ms=_ms(started),
-            active=True,
+            idle_from_now=True,
             fields={
                 "size_bytes": runtime.data_usage(tenant.instance_id),
                 "storage_read_only": read_only,
