@@ -19,6 +19,7 @@ import argparse
 import os
 import pwd
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -153,7 +154,7 @@ def run(n: int, logins: int, binary: str, user: str) -> list[tuple]:
                     *reload_ms(bouncer),
                 )
             )
-            proc.terminate()
+            proc.send_signal(signal.SIGINT)  # SIGTERM would wait for its admin session
             proc.wait(timeout=10)
             proc = None
     finally:

@@ -5,6 +5,7 @@ to its one owner, reloads what changes, and its admin console answers only on
 the unix socket."""
 
 import contextlib
+import signal
 import socket
 import subprocess
 from types import SimpleNamespace
@@ -76,7 +77,7 @@ def bouncer(tmp_path):
         wait_until(pooler.is_up, timeout=20)
         yield SimpleNamespace(pooler=pooler, servers=servers, users=users)
     finally:
-        process.terminate()
+        process.send_signal(signal.SIGINT)  # SIGTERM waits for every client
         process.wait(timeout=20)
 
 
@@ -151,7 +152,7 @@ def test_admin_sessions_are_kept_and_replaced_after_a_restart(bouncer, tmp_path)
         assert "alice_db" in pooler.database_names()
         assert admin_clients(pooler) == 1
     finally:
-        again.terminate()
+        again.send_signal(signal.SIGINT)
         again.wait(timeout=20)
 
 

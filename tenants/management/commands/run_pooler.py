@@ -64,7 +64,10 @@ class Command(BaseCommand):
         finally:
             for child in children.values():
                 if child.poll() is None:
-                    child.terminate()
+                    # Not SIGTERM: since 1.23 that waits for every client to leave,
+                    # the host's own kept admin sessions too. SIGINT waits only for
+                    # server connections in use to be released.
+                    child.send_signal(signal.SIGINT)
             for child in children.values():
                 try:
                     child.wait(timeout=10)
