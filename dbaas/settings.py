@@ -301,6 +301,9 @@ DBAAS_HOST_DOWN_AFTER = env_float("DBAAS_HOST_DOWN_AFTER", 30.0, minimum=2.0)
 # Seconds after a wake before the pooler replaces the server connections it opened
 # through the activator by direct ones (see poolers/activator.py).
 DBAAS_ACTIVATOR_HANDOFF_DELAY = env_float("DBAAS_ACTIVATOR_HANDOFF_DELAY", 5.0)
+# The niceness of the host's periodic work (reconcile, idle check, usage walk) and
+# of its bulk worker (backups): below what serves clients (tenants/host/priority.py).
+DBAAS_BACKGROUND_NICENESS = env_int("DBAAS_BACKGROUND_NICENESS", 10)
 # Instances the activator starts at once (the others wait in order): 4 per core.
 DBAAS_WAKE_CONCURRENCY = env_int("DBAAS_WAKE_CONCURRENCY", 4 * (os.cpu_count() or 1))
 # How long POST /databases waits for the instance before answering 202.

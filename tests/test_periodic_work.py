@@ -5,14 +5,17 @@ of a database asleep since its last walk (an hourly walk takes all); a pooler's
 files are not rendered again while what they are made from is unchanged, but a
 hand-edited file is put back."""
 
+import os
 import time
+from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from tenants import specs
-from tenants.host import agent, usage
+from tenants.host import agent, priority, usage
 from tenants.models import Tenant
-from tests.helpers import create, in_instance_data, put_to_sleep, reports_applied
+from tests.helpers import create, descendants, in_instance_data, put_to_sleep, reports_applied
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -77,3 +80,21 @@ def test_a_pooler_file_edited_by_hand_is_put_back_by_the_next_sync(live, alice):
     assert agent.pooler_sync()
     assert bouncer.ini.read_text() == written
     assert db["database"] in bouncer.database_names()
+
+
+def test_periodic_work_runs_niced_and_what_it_starts_does_not(live, alice):
+    db = create(alice, "restarted")
+    tenant = Tenant.objects.get(pk=db["id"])
+    runtime, iid = agent.runtime_for(tenant), tenant.instance_id
+    put_to_sleep(alice, db)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0
+    with priority.background():
+        assert os.getpriority(os.PRIO_PROCESS, 0) == settings.DBAAS_BACKGROUND_NICENESS > 0
+        # A reconcile repairing a tenant, say: the tenant's server starts from here.
+        agent.instance_wake(iid, actor="test")
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0  # back after the block
+    postmaster = runtime.status(iid).pid
+    assert postmaster
+    for pid in [postmaster, *descendants(postmaster)]:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        assert int(fields[16]) == 0, f"{pid} runs at niceness {fields[16]}"  # field 19

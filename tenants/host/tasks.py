@@ -18,7 +18,7 @@ from dbaas.celery import host_queue
 from dbaas.env import pki_dir
 from poolers import tls
 from tenants.backup_stores import get_store
-from tenants.host import agent, backups, moves, report, usage
+from tenants.host import agent, backups, moves, priority, report, usage
 from tenants.host.spec import (
     DELETING,
     FAILED,
@@ -204,7 +204,8 @@ def instance_unsuspend(spec: dict[str, Any], actor: str = WORKER) -> str:
 @shared_task
 def usage_record(host_name: str) -> int:
     started = time.monotonic()
-    measured = usage.record()
+    with priority.background():
+        measured = usage.record()
     _overran("usage walk", host_name, started, measured)
     return measured
 
@@ -217,6 +218,11 @@ def instances_sleep_idle(host_name: str) -> dict[str, int]:
     never by connecting to a tenant: a connected session-mode client,
     or any transaction since the last look, counts as activity.
     """
+    with priority.background():
+        return _sleep_idle(host_name)
+
+
+def _sleep_idle(host_name: str) -> dict[str, int]:
     started = time.monotonic()
     pools, stats = agent.pooler_pools(), agent.pooler_stats()
     held = agent.store()
@@ -281,7 +287,8 @@ def host_reconcile(
             log.info("reconcile %s: another one is under way; this list is skipped", host_name)
             return {"skipped": 1}
         started = time.monotonic()
-        done = _reconcile(host_name, tenants, unfinished, built_at, share)
+        with priority.background():
+            done = _reconcile(host_name, tenants, unfinished, built_at, share)
         _overran("reconcile", host_name, started, len(tenants or []))
         return done
 

@@ -365,6 +365,11 @@ class SandboxRuntime(Runtime):
             prefix += ["sh", "-c", " && ".join([*steps, 'exec "$@"']), "sh"]
         if spec.limits is not None:
             prefix += ["prlimit", f"--as={spec.limits.process_address_space_bytes}", "--"]
+        # A tenant serves at the normal CPU priority whoever starts it: the host's
+        # background work (backups, reconcile) runs niced, and its children would
+        # inherit that (root may lower a niceness; anyone else keeps it).
+        if (niceness := os.getpriority(os.PRIO_PROCESS, 0)) > 0 and os.geteuid() == 0:
+            prefix += ["nice", "-n", str(-niceness)]
         return prefix
 
     def _bwrap_args(self, spec: InstanceSpec, info_fd: int) -> list[str]:
