@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -16,6 +17,12 @@ import jinja2
 def render_template(package_dir: Path, name: str, **context: object) -> str:
     """Render `<package_dir>/templates/<name>`; a missing variable is an error."""
     return _environment(package_dir).get_template(name).render(**context)
+
+
+def template_macros(package_dir: Path, name: str) -> Any:
+    """The macros of `<package_dir>/templates/<name>`, as callables (each renders
+    its text from its arguments)."""
+    return _environment(package_dir).get_template(name).module
 
 
 @functools.cache

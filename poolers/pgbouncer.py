@@ -29,7 +29,14 @@ from pathlib import Path
 
 import psycopg
 
-from dbaas.files import chown, grant_traversal, make_dir, render_template, write_atomic
+from dbaas.files import (
+    chown,
+    grant_traversal,
+    make_dir,
+    render_template,
+    template_macros,
+    write_atomic,
+)
 from poolers import advisories, tls
 from poolers.scram import new_password, scram_secret
 
@@ -183,19 +190,45 @@ class PgBouncer:
         return tuple(state)
 
     def write_config(self, databases: list[DatabaseEntry], users: list[UserEntry]) -> bool:
-        """Render pgbouncer.ini, its hba file and the auth file; True if any changed."""
+        """Render pgbouncer.ini, its hba file and the auth file; True if any changed.
+        Each entry's line is rendered once and kept (for this shard, while it is
+        in the files): a change renders its own lines, not the shard's thousands."""
         _check_names(databases, users)
         admin = UserEntry(ADMIN_USER, self._admin_secret_file.read_text().strip())
         shared = sorted(db.name for db in databases if db.owner is None)
         owners: dict[str, list[str]] = {user.name: [] for user in users}
-        for db in sorted(databases, key=lambda d: d.name):
+        databases = sorted(databases, key=lambda d: d.name)
+        for db in databases:
             if db.owner is not None:
                 owners[db.owner].append(db.name)
-        owners = {owner: [*names, *shared] for owner, names in owners.items() if names}
+        users = sorted(users, key=lambda u: u.name)
+        features = self.features
+        macros = template_macros(PACKAGE_DIR, "pgbouncer_lines.j2")
+        kept = _lines.get(self.ini, {})
+        lines: dict[tuple, str] = {}
+
+        def line(macro: str, *args: object) -> str:
+            key = (macro, *args)
+            text = kept.get(key)
+            if text is None:
+                text = getattr(macros, macro)(*args)
+            lines[key] = text
+            return text
+
+        database_lines = [line("database", db, features) for db in databases]
+        user_lines = [line("user_limit", u) for u in users if u.max_server_connections]
+        owner_rules = [
+            line("owner_rules", owner, (*names, *shared))
+            for owner, names in owners.items()
+            if names
+        ]
+        auth_lines = [line("auth", user) for user in [admin, *users]]
+        _lines[self.ini] = lines  # only what is in the files now
         ini = render_template(
             PACKAGE_DIR,
             "pgbouncer.ini.j2",
-            databases=sorted(databases, key=lambda d: d.name),
+            database_lines=database_lines,
+            user_lines=user_lines,
             listen_addr=self.listen_addr,
             listen_port=self.listen_port,
             socket_dir=self.socket_dir,
@@ -208,15 +241,12 @@ class PgBouncer:
             tls_key=self.tls_key,
             tls_cert=self.tls_cert,
             ca_file=self.ca_cert,
-            users=sorted(users, key=lambda u: u.name),
-            features=self.features,
+            features=features,
         )
         hba = render_template(
-            PACKAGE_DIR, "pgbouncer_hba.conf.j2", admin_user=ADMIN_USER, owners=owners.items()
+            PACKAGE_DIR, "pgbouncer_hba.conf.j2", admin_user=ADMIN_USER, owner_rules=owner_rules
         )
-        userlist = render_template(
-            PACKAGE_DIR, "userlist.txt.j2", users=[admin, *sorted(users, key=lambda u: u.name)]
-        )
+        userlist = render_template(PACKAGE_DIR, "userlist.txt.j2", auth_lines=auth_lines)
         owner_group = self.service_user
         changed = False
         # The ini last: it names the other two, which must be complete by then.
@@ -461,6 +491,10 @@ class _AdminSessions:
 
 
 _admin_sessions = _AdminSessions()
+
+# Each shard's rendered lines, by its ini file and what each was rendered from
+# (write_config).
+_lines: dict[Path, dict[tuple, str]] = {}
 
 # SHOW POOLS' columns that count server connections, in every state.
 SERVER_COLUMNS = ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")

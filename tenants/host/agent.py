@@ -371,8 +371,8 @@ def _render(bouncer: PgBouncer, all_forwards: list[tuple[TenantSpec, str, int]])
     changed = bouncer.write_config(
         databases=[
             maintenance,
-            *(entry for t in routed for entry in _database_entries(t)),
-            *(entry for t, a, p in forwarded for entry in _database_entries(t, forward_to=(a, p))),
+            *(entry for t in routed for entry in _entries_of(t)),
+            *(entry for t, a, p in forwarded for entry in _entries_of(t, forward_to=(a, p))),
         ],
         users=[
             UserEntry(
@@ -387,6 +387,24 @@ def _render(bouncer: PgBouncer, all_forwards: list[tuple[TenantSpec, str, int]])
 
 # What each shard's files were last rendered from, by this process (_render).
 _rendered: dict[Path, tuple] = {}
+
+
+def _entries_of(
+    tenant: TenantSpec, forward_to: tuple[str, int] | None = None
+) -> list[DatabaseEntry]:
+    """_database_entries, made again only for a tenant whose spec changed since
+    this process made them (a shard holds thousands; one changes at a time)."""
+    cached = _entries.get(tenant.instance_id)
+    if cached is not None and cached[0] is tenant and cached[1] == forward_to:
+        return cached[2]
+    entries = _database_entries(tenant, forward_to)
+    _entries[tenant.instance_id] = (tenant, forward_to, entries)
+    return entries
+
+
+# The entries made of each tenant's spec (the same object while unchanged: the
+# host store hands it back), by instance id.
+_entries: dict[str, tuple[TenantSpec, tuple[str, int] | None, list[DatabaseEntry]]] = {}
 
 
 def _server_connections_cap(tenant: TenantSpec) -> int:
