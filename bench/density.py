@@ -139,8 +139,15 @@ def own_cpu_seconds() -> float:
 
 
 def sleep_all(token: str, dbs: list[dict], url: str = URL) -> None:
+    """Each put to sleep. Right after a burst of wakes the control plane may not
+    have applied a database's wake report yet (it answers 409, still asleep as far
+    as it knows): asked again a moment later."""
     for db in dbs:
-        status, body = api(url, "POST", f"/databases/{db['id']}/sleep", token=token)
+        for _attempt in range(6):
+            status, body = api(url, "POST", f"/databases/{db['id']}/sleep", token=token)
+            if status != 409:
+                break
+            time.sleep(0.5)
         if status != 200 and body.get("state") != "sleeping":
             print(f"  sleep {db['name']}: {status} {body}")
 

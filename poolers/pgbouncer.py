@@ -342,7 +342,9 @@ class PgBouncer:
         except _SessionLost as lost:
             raise PoolerError(f"pgbouncer {lost.command.split()[0]} failed: {lost}") from lost
 
-    def _admin_run(self, conn: psycopg.Connection, key: tuple, commands: tuple[str, ...]):
+    def _admin_run(
+        self, conn: psycopg.Connection, key: tuple, commands: tuple[str, ...]
+    ) -> list[dict]:
         rows: list[dict] = []
         command = commands[0]
         try:
