@@ -11,6 +11,7 @@ connect time, which outranks the database's settings (PLATFORM_SESSION_OPTIONS).
 import contextlib
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import psycopg
@@ -41,16 +42,26 @@ def tool_env() -> dict[str, str]:
     return env | {"PGOPTIONS": PLATFORM_SESSION_OPTIONS}
 
 
-def connect(socket_dir: Path, dbname: str = "postgres") -> psycopg.Connection:
-    return psycopg.connect(
-        host=str(socket_dir),
-        port=5432,
-        user=SUPERUSER,
-        dbname=dbname,
-        autocommit=True,
-        connect_timeout=10,
-        options=PLATFORM_SESSION_OPTIONS,
-    )
+def connect(socket_dir: Path, dbname: str = "postgres", patience: float = 0) -> psycopg.Connection:
+    """The platform's session on an instance. A server that does not answer within
+    10 s is tried again until `patience` seconds have passed: on a host of
+    thousands, a burst of starts can hold the machine for several seconds, and a
+    provisioning must not fail for that (bench/density.py saw one at 10,000)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return psycopg.connect(
+                host=str(socket_dir),
+                port=5432,
+                user=SUPERUSER,
+                dbname=dbname,
+                autocommit=True,
+                connect_timeout=10,
+                options=PLATFORM_SESSION_OPTIONS,
+            )
+        except psycopg.errors.ConnectionTimeout:
+            if time.monotonic() > deadline:
+                raise
 
 
 def bootstrap_owner(
@@ -66,7 +77,7 @@ def bootstrap_owner(
     # Only statements on the shared catalogs (roles, databases): a query would open
     # the maintenance database's catalogs (pg_proc, pg_statistic, ...), and each
     # file opened is copied into the instance's own layer (docs/density.md).
-    with connect(socket_dir) as conn:
+    with connect(socket_dir, patience=60) as conn:
         conn.execute(
             sql.SQL(
                 "CREATE ROLE {} LOGIN NOSUPERUSER CREATEDB NOCREATEROLE NOREPLICATION "
