@@ -194,7 +194,7 @@ def instance_provision(tenant: TenantSpec) -> None:
     runtime.create(spec)
     _start(runtime, spec)
     postgres_admin.bootstrap_owner(
-        runtime.socket_dir(spec.instance_id),
+        runtime.admin_socket_dir(spec.instance_id),
         role=tenant.role_name,
         database=tenant.database_name,
         secret=tenant.scram_secret,
@@ -218,17 +218,16 @@ def instance_provision_from_backup(
     runtime.swap_in_imported(spec)
     runtime.drop_previous(spec.instance_id)
     _start(runtime, spec)
-    socket_dir = runtime.socket_dir(spec.instance_id)
     if source_role != tenant.role_name:
         postgres_admin.rename_owner(
-            socket_dir,
+            runtime.admin_socket_dir(spec.instance_id),
             old_role=source_role,
             old_database=source_database,
             role=tenant.role_name,
             database=tenant.database_name,
             secret=tenant.scram_secret,
         )
-    routes().point(tenant.instance_id, socket_dir)
+    routes().point(tenant.instance_id, runtime.socket_dir(spec.instance_id))
     pooler_sync(tenant)
 
 
@@ -299,7 +298,7 @@ def instance_apply_secret(tenant: TenantSpec, secret: str) -> None:
     """The owner's new password: in its server, then in the pooler."""
     runtime = runtime_for(tenant)
     postgres_admin.set_role_secret(
-        runtime.socket_dir(tenant.instance_id), role=tenant.role_name, secret=secret
+        runtime.admin_socket_dir(tenant.instance_id), role=tenant.role_name, secret=secret
     )
     store().put(tenant.but(scram_secret=secret))
     pooler_sync(tenant)

@@ -60,9 +60,13 @@ def backup_run(job: dict[str, Any], tenant: TenantSpec) -> None:
     try:
         if job["kind"] == "logical":
             # pg_dump needs a running server: the user asked, so it may wake.
-            socket_dir = agent.instance_wake(tenant.instance_id, actor="export")
+            agent.instance_wake(tenant.instance_id, actor="export")
             kind = "logical"
-            dump = postgres_admin.dump(socket_dir, tenant.database_name, major=tenant.major)
+            dump = postgres_admin.dump(
+                runtime.admin_socket_dir(tenant.instance_id),
+                tenant.database_name,
+                major=tenant.major,
+            )
             with dump as stream:
                 # The custom format is compressed already.
                 stored = store.put(key, counter.hash_stored(counter.count(stream.chunks())))
@@ -130,12 +134,12 @@ def restore_run(job: dict[str, Any], tenant: TenantSpec) -> None:
             runtime.swap_in_imported(spec)
             try:
                 runtime.start(spec)
-                socket_dir = runtime.socket_dir(tenant.instance_id)
+                admin_dir = runtime.admin_socket_dir(tenant.instance_id)
                 # The owner's password may have changed since the backup.
                 postgres_admin.set_role_secret(
-                    socket_dir, role=tenant.role_name, secret=tenant.scram_secret
+                    admin_dir, role=tenant.role_name, secret=tenant.scram_secret
                 )
-                with postgres_admin.connect(socket_dir, dbname=tenant.database_name) as conn:
+                with postgres_admin.connect(admin_dir, dbname=tenant.database_name) as conn:
                     conn.execute("SELECT 1")
             except Exception:
                 runtime.swap_back(spec)
@@ -144,7 +148,7 @@ def restore_run(job: dict[str, Any], tenant: TenantSpec) -> None:
                 raise
             runtime.drop_previous(tenant.instance_id)
             if agent.store().state(tenant.instance_id) == SLEEPING:
-                agent.routes().point(tenant.instance_id, socket_dir)
+                agent.routes().point(tenant.instance_id, runtime.socket_dir(tenant.instance_id))
                 agent.state_change(
                     tenant, SLEEPING, RUNNING, action="wake", actor="restore", active=True
                 )
@@ -194,7 +198,7 @@ def backup_verify(backup: dict[str, Any], tenant: TenantSpec) -> tuple[bool, str
         runtime.swap_in_imported(spec)
         runtime.start(spec)
         message = postgres_admin.amcheck(
-            runtime.socket_dir(spec.instance_id), major=spec.image.major
+            runtime.admin_socket_dir(spec.instance_id), major=spec.image.major
         )
         ok = True
     except Exception as exc:

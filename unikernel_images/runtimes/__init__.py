@@ -3,9 +3,13 @@
 from pathlib import Path
 
 from unikernel_images.runtimes.base import Runtime
+from unikernel_images.runtimes.microvm import MicrovmRuntime
 from unikernel_images.runtimes.sandbox import SandboxRuntime
 
-RUNTIMES: dict[str, type[Runtime]] = {SandboxRuntime.kind: SandboxRuntime}
+RUNTIMES: dict[str, type[Runtime]] = {
+    SandboxRuntime.kind: SandboxRuntime,
+    MicrovmRuntime.kind: MicrovmRuntime,
+}
 
 
 def get_runtime(kind: str, instances_dir: Path) -> Runtime:

@@ -114,6 +114,12 @@ class Runtime(ABC):
         """The directory holding the instance's `.s.PGSQL.5432`, for the pooler."""
         return self.instance_dir(instance_id) / "run"
 
+    def admin_socket_dir(self, instance_id: str) -> Path:
+        """The directory of the socket the platform's own sessions (its superuser)
+        use. The sandbox's server tells the platform from the pooler by the peer's
+        credentials on the one socket; a runtime whose server cannot has a second."""
+        return self.socket_dir(instance_id)
+
     def log_file(self, instance_id: str) -> Path:
         return self.instance_dir(instance_id) / "postgres.log"
 
@@ -296,15 +302,37 @@ class Runtime(ABC):
         shutil.rmtree(self.instance_dir(instance_id), ignore_errors=True)
 
 
-def render_postgres_config(runtime: str, spec: InstanceSpec, data_dir: Path) -> bool:
-    """Render instance.conf and pg_hba.conf into `data_dir`; True if anything changed."""
-    context = {"runtime": runtime, "instance_id": spec.instance_id, "superuser": SUPERUSER}
+@dataclass(frozen=True)
+class GuestNetwork:
+    """How the server of a runtime with a network of its own is reached: it listens
+    on `listen_addresses`; tenant logins come from `pooler_peer`, the platform's
+    superuser from `admin_peer` (see runtimes/microvm.py)."""
+
+    listen_addresses: str
+    pooler_peer: str
+    admin_peer: str
+
+
+def render_postgres_config(
+    runtime: str, spec: InstanceSpec, data_dir: Path, network: GuestNetwork | None = None
+) -> bool:
+    """Render instance.conf and pg_hba.conf into `data_dir`; True if anything changed.
+    With a `network`, the server listens on it and is reached only over it (no
+    registrar: the guest cannot reach the host's sockets)."""
+    context = {
+        "runtime": runtime,
+        "instance_id": spec.instance_id,
+        "superuser": SUPERUSER,
+        "network": network,
+    }
     files = {
         "instance.conf": render_template(
             PACKAGE_DIR,
             "instance.conf.j2",
             max_connections=spec.max_connections,
-            registrar=f"{REGISTRAR_DIR}/{REGISTRAR_SOCKET}" if spec.registrar_dir else "",
+            registrar=(
+                f"{REGISTRAR_DIR}/{REGISTRAR_SOCKET}" if spec.registrar_dir and not network else ""
+            ),
             allowed_extensions=",".join(spec.allowed_extensions),
             storage_full=spec.storage_full.replace("'", ""),
             temp_file_limit=f"{spec.temp_file_limit_mb}MB" if spec.temp_file_limit_mb >= 0 else -1,

@@ -20,6 +20,7 @@ lock is held exactly as long as any process of the instance lives.
 """
 
 import fcntl
+import functools
 import json
 import os
 import select
@@ -28,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from unikernel_images import cgroups, overlay
@@ -189,7 +191,7 @@ class SandboxRuntime(Runtime):
         shutil.rmtree(staging, ignore_errors=True)
         if not self._claim_spare(spec, staging):
             _copy_template(spec.image.template, staging)
-        render_postgres_config(self.kind, spec, staging)
+        self._render_config(spec, staging)
         if spec.uid is not None:
             _run(["chown", "-R", f"{spec.uid}:{spec.uid}", str(staging)])
         staging.rename(data)
@@ -203,7 +205,7 @@ class SandboxRuntime(Runtime):
         staging = self.instance_dir(iid) / "layer.partial"
         shutil.rmtree(staging, ignore_errors=True)
         self._make_layer(staging, self._shared_template(spec.image), spec)
-        render_postgres_config(self.kind, spec, staging / "upper")
+        self._render_config(spec, staging / "upper")
         _run(["sync", "-f", str(staging)])
         staging.rename(self._layer(iid))
         self.data_dir(iid).mkdir(mode=0o700, exist_ok=True)  # where it is mounted
@@ -287,10 +289,18 @@ class SandboxRuntime(Runtime):
     def configure(self, spec: InstanceSpec) -> None:
         if not self._has_data(spec.instance_id):
             raise InstanceError(f"instance {spec.instance_id} has no data directory")
-        if render_postgres_config(self.kind, spec, self._settings_dir(spec.instance_id)):
+        if self._render_config(spec, self._settings_dir(spec.instance_id)):
             status = self.status(spec.instance_id)
             if status.state is InstanceState.RUNNING and status.pid:
-                os.kill(status.pid, signal.SIGHUP)
+                self._reload(spec.instance_id, status.pid)
+
+    def _render_config(self, spec: InstanceSpec, data_dir: Path) -> bool:
+        """Write the instance's settings into `data_dir`; True if any changed."""
+        return render_postgres_config(self.kind, spec, data_dir)
+
+    def _reload(self, instance_id: str, pid: int) -> None:
+        """Have the running server reread its settings files."""
+        os.kill(pid, signal.SIGHUP)
 
     def start(self, spec: InstanceSpec, timeout: float = 30) -> None:
         iid = spec.instance_id
@@ -367,20 +377,30 @@ class SandboxRuntime(Runtime):
         if self._layered(iid):
             prefix = overlay.private_namespace()
             steps.append(shlex.join(self._mount_command(iid)))
-        if spec.limits is not None and (groups := cgroups.detect()) is not None:
-            groups.apply(iid, spec.limits)
+        limits = self._host_limits(spec)
+        if limits is not None and (groups := cgroups.detect()) is not None:
+            groups.apply(iid, limits)
             procs = " ".join(shlex.quote(str(path)) for path in groups.procs_files(iid))
             steps.append(f'for procs in {procs}; do echo $$ > "$procs"; done')
         if steps:
             prefix += ["sh", "-c", " && ".join([*steps, 'exec "$@"']), "sh"]
-        if spec.limits is not None:
-            prefix += ["prlimit", f"--as={spec.limits.process_address_space_bytes}", "--"]
+        prefix += self._process_limits(spec)
         # A tenant serves at the normal CPU priority whoever starts it: the host's
         # background work (backups, reconcile) runs niced, and its children would
         # inherit that (root may lower a niceness; anyone else keeps it).
         if (niceness := os.getpriority(os.PRIO_PROCESS, 0)) > 0 and os.geteuid() == 0:
             prefix += ["nice", "-n", str(-niceness)]
         return prefix
+
+    def _host_limits(self, spec: InstanceSpec) -> cgroups.Limits | None:
+        """What the instance's processes on the host may use together (its groups)."""
+        return spec.limits
+
+    def _process_limits(self, spec: InstanceSpec) -> list[str]:
+        """The command prefix that limits each process of the instance."""
+        if spec.limits is None:
+            return []
+        return ["prlimit", f"--as={spec.limits.process_address_space_bytes}", "--"]
 
     def _bwrap_args(self, spec: InstanceSpec, info_fd: int) -> list[str]:
         iid = spec.instance_id
@@ -506,12 +526,10 @@ class SandboxRuntime(Runtime):
             )
         if status.pid is None:
             raise InstanceError(f"instance {instance_id} is running but its pid is unknown")
-        # SIGINT = fast shutdown: roll back sessions, checkpoint, exit cleanly.
-        # Then immediate shutdown, then SIGKILL, each only if the last failed.
         deadline = time.monotonic() + timeout
-        for sig, share in ((signal.SIGINT, 0.8), (signal.SIGQUIT, 0.15), (signal.SIGKILL, 0.05)):
+        for ask, share in self._stop_requests(instance_id, status.pid):
             try:
-                os.kill(status.pid, sig)
+                ask()
             except ProcessLookupError:
                 break
             if self._wait_stopped(instance_id, time.monotonic() + timeout * share):
@@ -521,6 +539,18 @@ class SandboxRuntime(Runtime):
         if self._lock_held(instance_id):
             raise InstanceError(f"instance {instance_id} did not stop")
         self._pid_file(instance_id).unlink(missing_ok=True)
+
+    def _stop_requests(self, instance_id: str, pid: int) -> list[tuple[Callable[[], None], float]]:
+        """How to stop the instance whose first process is `pid`, in turn, each only
+        if the last did not stop it, with its share of the time allowed.
+
+        SIGINT to the postmaster = fast shutdown: roll back sessions, checkpoint,
+        exit cleanly. Then immediate shutdown, then SIGKILL."""
+        return [
+            (functools.partial(os.kill, pid, signal.SIGINT), 0.8),
+            (functools.partial(os.kill, pid, signal.SIGQUIT), 0.15),
+            (functools.partial(os.kill, pid, signal.SIGKILL), 0.05),
+        ]
 
     def _wait_stopped(self, instance_id: str, until: float) -> bool:
         while time.monotonic() < until:
@@ -564,7 +594,7 @@ class SandboxRuntime(Runtime):
             args = [
                 pg_tool(major, "pg_basebackup"),
                 "-h",
-                str(self.socket_dir(instance_id)),
+                str(self.admin_socket_dir(instance_id)),
                 "-U",
                 SUPERUSER,
                 "-D",
@@ -631,7 +661,7 @@ class SandboxRuntime(Runtime):
             if not (incoming / "PG_VERSION").exists():
                 raise InstanceError("the backup holds no PostgreSQL data directory")
             (incoming / "postmaster.pid").unlink(missing_ok=True)
-            render_postgres_config(self.kind, spec, incoming)
+            self._render_config(spec, incoming)
             if spec.uid is not None:
                 _run(["chown", "-R", f"{spec.uid}:{spec.uid}", str(incoming)])
             _run(["sync", "-f", str(incoming)])
