@@ -15,6 +15,14 @@ def env_str(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of `choices`; anything else stops the program with the variable's name."""
+    value = os.environ.get(name) or default
+    if value not in choices:
+        raise SystemExit(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def env_int(name: str, default: int, minimum: int | None = 0) -> int:
     """An integer (`minimum` and up; None: any). A bad value stops the program
     with the variable's name: a typo must not start a platform with a default."""

@@ -13,6 +13,7 @@ from dbaas.env import (
     BASE_DIR,
     data_dir,
     env_bool,
+    env_choice,
     env_float,
     env_int,
     env_secret,
@@ -310,7 +311,10 @@ DBAAS_WAKE_CONCURRENCY = env_int("DBAAS_WAKE_CONCURRENCY", 4 * (os.cpu_count() o
 DBAAS_PROVISION_WAIT = env_int("DBAAS_PROVISION_WAIT", 30)
 # Tenants run as uid base+id when the platform runs as root.
 DBAAS_TENANT_UID_BASE = env_int("DBAAS_TENANT_UID_BASE", 200000)
-DBAAS_RUNTIME = env_str("DBAAS_RUNTIME", "sandbox")
+# The runtime of databases whose plan names none.
+DBAAS_RUNTIME = env_choice("DBAAS_RUNTIME", "sandbox", ("sandbox", "microvm"))
+# How microVMs run (the runtime reads it itself: unikernel_images/runtimes/microvm.py).
+DBAAS_MICROVM_ACCEL = env_choice("DBAAS_MICROVM_ACCEL", "auto", ("auto", "kvm", "tcg"))
 # Disk set aside beside each instance and given back when the disk is full, so that
 # its server can go on and its owner can connect to free space (0: none).
 DBAAS_DISK_RESERVE_MB = env_int("DBAAS_DISK_RESERVE_MB", 32)

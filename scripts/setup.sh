@@ -9,6 +9,8 @@ VENV=${VENV:-.venv}
 # `postgresql` is the OS's current major: 15 on Debian 12, 17 on Debian 13.
 PACKAGES=(postgresql postgresql-contrib pgbouncer redis-server bubblewrap acl openssl
           util-linux python3-venv nftables)
+# The microvm runtime: QEMU, the guest's init (busybox) and the forwarders (socat).
+PACKAGES+=(qemu-system-x86 busybox-static socat)
 # Debian 13 moved the old zone names (US/Eastern, ...) apps still use to
 # tzdata-legacy; tenants' servers carry every zone the OS has.
 # (Output captured first: `grep -q` in a pipe under pipefail can kill the writer.)
@@ -47,6 +49,8 @@ fi
 if [[ $EUID -eq 0 ]]; then
     ./scripts/pgbouncer.sh
     ./scripts/extensions.sh
+    # The microvm guests' kernel, unpacked from Debian's package (not installed).
+    ./scripts/guest-kernel.sh
 fi
 
 # Debian's packages start their own pgbouncer and redis on the default ports;

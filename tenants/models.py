@@ -13,6 +13,9 @@ from tenants.host.spec import (
     major_of,
     postgres_setting_errors,
 )
+from unikernel_images.runtimes import RUNTIMES
+
+RUNTIME_CHOICES = [(kind, kind) for kind in RUNTIMES]
 
 
 class Host(models.Model):
@@ -161,6 +164,14 @@ class Plan(models.Model):
         "image has; applied when an instance starts).",
     )
 
+    runtime = models.CharField(
+        max_length=20,
+        blank=True,
+        choices=[("", "the host's default (DBAAS_RUNTIME)"), *RUNTIME_CHOICES],
+        default="",
+        help_text="How its databases' servers run: sandbox (namespaces), microvm (a QEMU "
+        "microVM each: a hardware boundary). Applies to databases created after a change.",
+    )
     postgres_settings = models.JSONField(
         default=dict,
         blank=True,

@@ -141,6 +141,7 @@ def tenant_create(
             scram_secret=scram_secret(password),
             state=State.PROVISIONING,
             restored_from=restored_from,
+            runtime=plan.runtime or settings.DBAAS_RUNTIME,
             # A physical backup starts only on the major it was taken from.
             image=restored_from.tenant.image if restored_from else default_image_name(),
         )

@@ -255,14 +255,13 @@ def platform(django_db_setup, django_db_blocker, s3_server):
 
 
 def _destroy_all_instances() -> None:
-    from unikernel_images.runtimes import get_runtime
+    from unikernel_images.runtimes import runtime_of
 
     root = instances_dir()
     if not root.exists():
         return
-    runtime = get_runtime("sandbox", root)
     for inst in root.iterdir():
-        runtime.destroy(inst.name)
+        runtime_of(root, inst.name).destroy(inst.name)
     shutil.rmtree(root, ignore_errors=True)
 
 

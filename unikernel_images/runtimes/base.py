@@ -200,7 +200,7 @@ class Runtime(ABC):
     def remember(self, spec: InstanceSpec) -> None:
         """Keep the spec the instance is started with beside it, so that the host
         can start it again on its own (a wake while the control plane is down)."""
-        values = dataclasses.asdict(spec)
+        values = dataclasses.asdict(spec) | {"runtime": self.kind}
         write_atomic(
             self.instance_dir(spec.instance_id) / "spec.json",
             json.dumps(values, default=str, indent=1),
@@ -213,6 +213,7 @@ class Runtime(ABC):
             values = json.loads((self.instance_dir(instance_id) / "spec.json").read_text())
         except FileNotFoundError:
             return None
+        values.pop("runtime", None)
         image = values.pop("image")
         limits = values.pop("limits")
         registrar = values.pop("registrar_dir")

@@ -52,6 +52,7 @@ from unikernel_images.runtimes.base import (
     GuestNetwork,
     InstanceError,
     InstanceSpec,
+    InstanceState,
     render_postgres_config,
 )
 from unikernel_images.runtimes.sandbox import SandboxRuntime
@@ -331,12 +332,16 @@ class MicrovmRuntime(SandboxRuntime):
             self._ask_guest(instance_id, "reload")
 
     def _stop_requests(self, instance_id: str, pid: int) -> list[tuple[Callable[[], None], float]]:
-        # The guest's init has postgres shut down fast (SIGINT), then powers off.
-        return [
-            (functools.partial(self._ask_or_signal, instance_id, pid), 0.8),
+        terminate: list[tuple[Callable[[], None], float]] = [
             (functools.partial(os.kill, pid, signal.SIGTERM), 0.15),
             (functools.partial(os.kill, pid, signal.SIGKILL), 0.05),
         ]
+        if self.status(instance_id).state is not InstanceState.RUNNING:
+            # Still booting (or hung at it): no postgres to shut down cleanly,
+            # maybe no init to ask. QEMU ends the machine at once.
+            return terminate
+        # The guest's init has postgres shut down fast (SIGINT), then powers off.
+        return [(functools.partial(self._ask_or_signal, instance_id, pid), 0.8), *terminate]
 
     def _ask_or_signal(self, instance_id: str, pid: int) -> None:
         try:

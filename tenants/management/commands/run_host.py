@@ -25,7 +25,7 @@ from dbaas.foreground import wait_all
 from tenants.host import agent, identity
 from tenants.host.tasks import host_reconcile
 from unikernel_images.paths import instances_dir
-from unikernel_images.runtimes import get_runtime
+from unikernel_images.runtimes import runtime_of
 
 
 class Command(BaseCommand):
@@ -77,9 +77,10 @@ class Command(BaseCommand):
         root = instances_dir()
         if not root.exists():
             return
-        runtime = get_runtime(settings.DBAAS_RUNTIME, root)
         for entry in sorted(root.iterdir()):
+            if entry.name.startswith("."):
+                continue
             try:
-                runtime.stop(entry.name)
+                runtime_of(root, entry.name).stop(entry.name)
             except Exception as exc:
                 self.stderr.write(f"run_host: could not stop {entry.name}: {exc}")

@@ -1,13 +1,17 @@
 """`manage.py build_image [--name postgres-17] [--force]`: build the instance image of
-every PostgreSQL major this host has (or the one named), unless up to date."""
+every PostgreSQL major this host has (or the one named), unless up to date; and the
+microvm runtime's boot image, when the guest kernel is there
+(scripts/guest-kernel.sh), with the accelerator this host can use decided once."""
 
 import os
 
 from django.core.management.base import BaseCommand, CommandError
 
 from dbaas.env import controlplane_user
+from unikernel_images import accel, guest
 from unikernel_images.image import ImageError, build_image, image_name, installed_majors
 from unikernel_images.paths import images_dir
+from unikernel_images.runtimes.microvm import accelerator_setting
 
 
 class Command(BaseCommand):
@@ -33,3 +37,19 @@ class Command(BaseCommand):
                 )
             except ImageError as exc:
                 raise CommandError(str(exc)) from exc
+        self._build_guest()
+
+    def _build_guest(self) -> None:
+        try:
+            guest.kernel_release()
+        except ImageError as exc:
+            self.stdout.write(f"build_image: no microvm boot image ({exc})")
+            return
+        try:
+            built = guest.build_guest(
+                images_dir(), progress=lambda line: self.stdout.write(f"build_image: {line}")
+            )
+            kind = accel.accelerator(accelerator_setting(), built, images_dir())
+        except (ImageError, accel.AccelError) as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"build_image: microvm guests run under {kind}")
