@@ -80,6 +80,7 @@ class PlanAdmin(admin.ModelAdmin):
         "pool_size",
         "sleeps_when_idle",
         "idle_timeout_seconds",
+        "runtime",
         "is_default",
     )
     list_editable = ("max_databases", "storage_limit_mb", "connection_limit", "pool_size")
@@ -176,6 +177,7 @@ class TenantAdmin(admin.ModelAdmin):
         "account",
         "state",
         "plan",
+        "runtime",
         "host",
         "size",
         "created_at",
@@ -183,7 +185,7 @@ class TenantAdmin(admin.ModelAdmin):
         "wake_count",
         "last_wake_ms",
     )
-    list_filter = ("state", "plan", "host")
+    list_filter = ("state", "plan", "runtime", "host")
     search_fields = ("name", "slug", "account__user__email")
     list_select_related = ("account__user", "plan", "host")
     readonly_fields = (
