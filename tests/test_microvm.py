@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from django.conf import settings
+from django.contrib.auth import get_user_model
 
 from tenants.host import agent
 from tenants.models import Account, Event, Plan, Tenant
@@ -65,11 +66,15 @@ def notes(db: dict) -> list[str]:
         return [row[0] for row in conn.execute("SELECT body FROM notes ORDER BY body")]
 
 
-def test_a_microvm_database_serves_sleeps_and_wakes_on_connect(vm_plan, alice):
+def test_a_microvm_database_serves_sleeps_and_wakes_on_connect(vm_plan, alice, client):
     db = create(alice, "vm")
     tenant = Tenant.objects.get(pk=db["id"])
     assert tenant.runtime == "microvm"
     assert len(qemu_of(db)) == 1
+    staff = get_user_model().objects.create_superuser("ops", "ops@example.com", "ops password 1")
+    client.force_login(staff)
+    listing = client.get("/admin/tenants/tenant/?runtime=microvm").content.decode()
+    assert db["database"] in listing and "microvm" in listing
     with connect(db["connection_string"]) as conn:
         assert conn.pgconn.ssl_in_use  # client to PgBouncer
         conn.execute("CREATE TABLE notes (body text)")
