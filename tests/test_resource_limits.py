@@ -13,7 +13,7 @@ import pytest
 from tenants.host import agent
 from tenants.models import Account, Plan, Tenant
 from tests.conftest import connect
-from tests.helpers import create
+from tests.helpers import create, put_to_sleep
 from unikernel_images import cgroups
 
 pytestmark = pytest.mark.timeout(240)
@@ -84,6 +84,15 @@ def test_the_instance_runs_in_cgroups_with_its_plans_limits(small_plan, alice):
         elapsed = time.monotonic() - started
     # A quarter of a CPU: the query was held back, its wall time several times its CPU time.
     assert groups.cpu_throttled(tenant.instance_id) > before, elapsed
+
+    # Asleep, it has no groups at all (reclaim walks every memory group there is:
+    # one per sleeping database stalled a host of 10,000); a wake makes them again.
+    put_to_sleep(alice, db)
+    assert not any(path.parent.exists() for path in groups.procs_files(tenant.instance_id))
+    with connect(db["connection_string"], autocommit=True) as conn:
+        conn.execute("SELECT 1")
+    pid = agent.runtime_for(tenant).status(tenant.instance_id).pid
+    assert f"/dbaas/{tenant.instance_id}" in Path(f"/proc/{pid}/cgroup").read_text()
 
 
 def test_the_owner_cannot_raise_work_mem_or_temp_file_limit(small_plan, alice):

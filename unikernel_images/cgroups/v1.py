@@ -40,6 +40,10 @@ class V1(Cgroups):
         return [self._dir(c, instance_id) / "cgroup.procs" for c in self.CONTROLLERS]
 
     def remove(self, instance_id: str) -> None:
+        # The pages still charged to the group (the instance's file cache) are
+        # dropped first: a removed group that still holds pages lives on, unseen,
+        # and reclaim goes on walking it.
+        write(self._dir("memory", instance_id) / "memory.force_empty", 0, optional=True)
         for controller in self.CONTROLLERS:
             rmdir(self._dir(controller, instance_id))
 

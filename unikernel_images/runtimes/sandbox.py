@@ -516,7 +516,10 @@ class SandboxRuntime(Runtime):
         ):
             time.sleep(POLL)
             status = self.status(instance_id)
-        if status.state in (InstanceState.STOPPED, InstanceState.MISSING):
+        if status.state is InstanceState.STOPPED:
+            self._release_groups(instance_id)  # of one that ended on its own
+            return
+        if status.state is InstanceState.MISSING:
             return
         if status.pid is None:
             # Its starter died between launching it and recording the pid: find
@@ -539,6 +542,26 @@ class SandboxRuntime(Runtime):
         if self._lock_held(instance_id):
             raise InstanceError(f"instance {instance_id} did not stop")
         self._pid_file(instance_id).unlink(missing_ok=True)
+        self._release_groups(instance_id)
+
+    def _release_groups(self, instance_id: str) -> None:
+        """A stopped instance's cgroups go (a start makes them again). Memory
+        reclaim walks every memory cgroup there is: with one per sleeping database,
+        a host of ~10,000 spent most of its CPU in the kernel reclaiming and stalled
+        for seconds at a time (bench/density.py, docs/density.md). Under the
+        instance's lock, so that a start under way keeps the groups it just made."""
+        if (groups := cgroups.detect()) is None:
+            return
+        try:
+            fd = os.open(self._lock_file(instance_id), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            groups.remove(instance_id)  # never started here
+            return
+        try:
+            if _lock_unless_held(fd):
+                groups.remove(instance_id)
+        finally:
+            os.close(fd)
 
     def _stop_requests(self, instance_id: str, pid: int) -> list[tuple[Callable[[], None], float]]:
         """How to stop the instance whose first process is `pid`, in turn, each only
