@@ -142,13 +142,14 @@ class MicrovmRuntime(SandboxRuntime):
     def _guest(self, spec: InstanceSpec) -> GuestImage:
         return load_guest(spec.image.path.parent)
 
-    def _accelerator(self, guest: GuestImage) -> str:
-        return accel.accelerator(accelerator_setting(), guest, guest.path.parent)
+    def _accelerator(self, spec: InstanceSpec, guest: GuestImage) -> str:
+        # Decided once per host, beside the images (build_image decides it first).
+        return accel.accelerator(accelerator_setting(), guest, spec.image.path.parent)
 
     def _bwrap_args(self, spec: InstanceSpec, info_fd: int) -> list[str]:
         iid = spec.instance_id
         guest = self._guest(spec)
-        kvm = self._accelerator(guest) == "kvm"
+        kvm = self._accelerator(spec, guest) == "kvm"
         return [
             "bwrap",
             "--unshare-pid",
@@ -211,7 +212,7 @@ class MicrovmRuntime(SandboxRuntime):
 
     def _command(self, spec: InstanceSpec) -> list[str]:
         guest = self._guest(spec)
-        kind = self._accelerator(guest)
+        kind = self._accelerator(spec, guest)
         forwards = [
             shlex.join(
                 [
