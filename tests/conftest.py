@@ -229,6 +229,9 @@ def platform(django_db_setup, django_db_blocker, s3_server):
         activator = Service("activator", [sys.executable, "manage.py", "run_activator"])
         started["activator"] = activator
         activator.wait_for(lambda: activator.log_contains("listening"))
+        registrar = Service("registrar", [sys.executable, "manage.py", "run_registrar"])
+        started["registrar"] = registrar
+        registrar.wait_for(lambda: registrar.log_contains("listening"))
         for worker in (worker_service("control"), worker_service("worker"), worker_service("bulk")):
             started[worker.name] = worker
             worker.wait_for(lambda w=worker: w.log_contains(" ready."))

@@ -274,11 +274,11 @@ def test_the_plans_session_connections_are_served_and_the_next_is_refused_quickl
 
 
 def test_create_database_waits_for_a_registrar_that_is_restarting(database, platform):
-    """The registrar runs in the activator's process; while that is down (killed,
-    restarting) CREATE DATABASE waits for it instead of failing."""
-    activator: Service = platform["activator"]
-    os.killpg(activator.proc.pid, signal.SIGKILL)
-    activator.proc.wait()  # gone, its sockets closed: not a connect racing its exit
+    """While the registrar is down (killed, restarting) CREATE DATABASE waits for it
+    instead of failing."""
+    registrar: Service = platform["registrar"]
+    os.killpg(registrar.proc.pid, signal.SIGKILL)
+    registrar.proc.wait()  # gone, its sockets closed: not a connect racing its exit
     outcome: list[object] = []
 
     def create_database() -> None:
@@ -295,9 +295,9 @@ def test_create_database_waits_for_a_registrar_that_is_restarting(database, plat
         time.sleep(1.5)
         assert thread.is_alive(), f"did not wait for the registrar: {outcome}"
     finally:
-        # Whatever happened, the rest of the session needs an activator.
-        replacement = Service("activator", [sys.executable, "manage.py", "run_activator"])
-        platform["activator"] = replacement
+        # Whatever happened, the rest of the session needs a registrar.
+        replacement = Service("registrar", [sys.executable, "manage.py", "run_registrar"])
+        platform["registrar"] = replacement
         replacement.wait_for(lambda: replacement.log_contains("listening"))
     thread.join(30)
     assert outcome == ["created"]

@@ -13,6 +13,7 @@ from dbaas.env import BASE_DIR
 HOST_SIDE = [
     "tenants/host",
     "tenants/management/commands/run_activator.py",
+    "tenants/management/commands/run_registrar.py",
     "tenants/management/commands/run_pooler.py",
     "tenants/management/commands/run_exports.py",
     "tenants/management/commands/run_host.py",

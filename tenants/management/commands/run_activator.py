@@ -1,12 +1,12 @@
 """`manage.py run_activator`: this host's wake-on-connect path (see poolers/activator.py),
-its registrar of the databases tenants create (poolers/registrar.py), the guard
-that bans addresses with too many failed logins at the pooler (poolers/login_guard.py),
-and the host's heartbeat (tenants/host/heartbeat.py).
+the guard that bans addresses with too many failed logins at the pooler
+(poolers/login_guard.py), and the host's heartbeat (tenants/host/heartbeat.py).
 
 Listens on an activator socket for every tenant routed through the host's PgBouncer;
-a server connection to a sleeping tenant wakes it and is then passed through. And
-on a registrar socket bound into each tenant's instance, which its server asks
-before and after CREATE / DROP DATABASE.
+a server connection to a sleeping tenant wakes it and is then passed through.
+The registrar of the databases tenants create runs apart (run_registrar): a socket
+each per database, in one process, passed the 20,000 files a process may have on
+these machines at 10,000 databases (bench/density.py).
 """
 
 import asyncio
@@ -25,8 +25,7 @@ from dbaas.env import pooler_user
 from dbaas.files import LogFollower
 from poolers import firewall, login_guard
 from poolers.activator import Activator
-from poolers.registrar import Registrar
-from tenants.host import agent, databases, heartbeat, report
+from tenants.host import agent, heartbeat, report
 
 log = logging.getLogger(__name__)
 CRASH_WATCH_INTERVAL = 0.5
@@ -49,10 +48,6 @@ def wake(instance_id: str, ready: Callable[[Path], None]) -> Path:
         raise
 
 
-def decide(instance_id: str, verb: str, name: str) -> str | None:
-    return databases.decide(instance_id, verb, name)
-
-
 def instance_for_role(role: str) -> str | None:
     return agent.instance_for_role(role)
 
@@ -67,7 +62,7 @@ class Command(BaseCommand):
     help = "Run this host's activator: hold connections to sleeping tenants and wake them."
 
     def handle(self, *args, **options):
-        _raise_open_files_limit()
+        raise_open_files_limit()
         routes = agent.routes()
         routes.prepare()
         activator = Activator(
@@ -78,7 +73,6 @@ class Command(BaseCommand):
             handoff_delay=settings.DBAAS_ACTIVATOR_HANDOFF_DELAY,
             instance_for_role=instance_for_role,
         )
-        registrar = Registrar(routes, decide)
         self._start_login_guard()
         threading.Thread(
             target=heartbeat.keep_beating, args=(threading.Event(),), name="heartbeat", daemon=True
@@ -86,7 +80,7 @@ class Command(BaseCommand):
         threading.Thread(target=self._restart_crashed, name="crash-watch", daemon=True).start()
         self.stdout.write(f"run_activator: listening for the tenants in {routes.root}")
         self.stdout.flush()
-        asyncio.run(self._main(activator, registrar))
+        asyncio.run(self._main(activator))
 
     def _restart_crashed(self) -> None:
         """Twice a second: a running tenant whose server has exited is started again
@@ -130,7 +124,7 @@ class Command(BaseCommand):
             f"run_activator: {limit} failed pooler logins from one address ban it for {seconds} s"
         )
 
-    async def _main(self, activator: Activator, registrar: Registrar) -> None:
+    async def _main(self, activator: Activator) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         # Wakes block on the runtime and the control plane. A start is mostly CPU
@@ -139,10 +133,10 @@ class Command(BaseCommand):
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=settings.DBAAS_WAKE_CONCURRENCY)
         )
-        await asyncio.gather(activator.run(), registrar.run())
+        await activator.run()
 
 
-def _raise_open_files_limit() -> None:
+def raise_open_files_limit() -> None:
     """A socket per sleeping database, and the connections held while they wake:
     thousands of files on a dense host, past the usual soft limit of 1024. As high
     as the hard limit allows (as root, as the kernel's per-process maximum)."""
