@@ -26,6 +26,6 @@ def runtime_of(instances_dir: Path, instance_id: str) -> Runtime:
     try:
         spec = json.loads((instances_dir / instance_id / "spec.json").read_text())
         kind = spec.get("runtime", SandboxRuntime.kind)
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):  # never started, or not an instance at all
         kind = SandboxRuntime.kind
     return get_runtime(kind if kind in RUNTIMES else SandboxRuntime.kind, instances_dir)
