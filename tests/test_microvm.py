@@ -27,7 +27,7 @@ from tests.helpers import (
 )
 from unikernel_images import guest, postgres_admin
 from unikernel_images.paths import images_dir
-from unikernel_images.runtimes.base import InstanceError, InstanceState
+from unikernel_images.runtimes.base import InstanceState
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -180,18 +180,16 @@ def test_a_guest_sees_only_its_image_and_data_and_reaches_nothing(vm_plan, alice
     listener.close()
 
 
-def test_a_guest_that_hangs_at_boot_is_killed_at_the_timeout(live, tmp_path):
+def test_a_guest_that_hangs_at_boot_is_killed_and_its_database_failed(vm_plan, alice):
     """A guest whose init never starts postgres: the start gives up at its timeout,
-    QEMU is gone, and the error says why (with the console's last lines)."""
-    from unikernel_images.image import default_image_name, load_image
-    from unikernel_images.runtimes.base import InstanceSpec
-    from unikernel_images.runtimes.microvm import MicrovmRuntime
-
-    image = load_image(images_dir(), default_image_name())
+    QEMU is gone, and the database is failed with the reason."""
+    link = images_dir() / "guest"
     real = guest.load_guest(images_dir())
-    hanging = tmp_path / "guest"
+    hanging = images_dir() / "guest@hanging-test"
+    shutil.rmtree(hanging, ignore_errors=True)
     hanging.mkdir()
     shutil.copyfile(real.kernel, hanging / "vmlinuz")
+    shutil.copyfile(real.path / "manifest.json", hanging / "manifest.json")
     init = b"#!/bin/busybox sh\n/bin/busybox echo dbaas-guest: hanging\n/bin/busybox sleep 999999\n"
     (hanging / "initramfs.cpio").write_bytes(
         guest._cpio(
@@ -199,11 +197,19 @@ def test_a_guest_that_hangs_at_boot_is_killed_at_the_timeout(live, tmp_path):
             directories=guest.DIRECTORIES,
         )
     )
-    runtime = MicrovmRuntime(tmp_path / "instances")
-    runtime._guest = lambda spec: guest.GuestImage(hanging, real.manifest)  # type: ignore[method-assign]
-    spec = InstanceSpec(instance_id="hangs", image=image, uid=None, socket_group=None)
-    runtime.create(spec)
-    with pytest.raises(InstanceError, match="not ready after 8 s"):
-        runtime.start(spec, timeout=8)
-    assert runtime.status("hangs").state is InstanceState.STOPPED
-    runtime.destroy("hangs")
+    previous = link.readlink()
+    link.unlink()
+    link.symlink_to(hanging.name)
+    try:
+        response = alice.call("POST", "/databases", {"name": "hangs"})
+        assert response.status_code in (202, 500), response.content
+        db = response.json().get("database", response.json())
+        wait_for_state(db["id"], "failed", timeout=120)
+    finally:
+        link.unlink()
+        link.symlink_to(previous)
+        shutil.rmtree(hanging, ignore_errors=True)
+    tenant = Tenant.objects.get(pk=db["id"])
+    assert "not ready after" in tenant.state_reason, tenant.state_reason
+    assert processes_of_uid(uid_of(db)) == []
+    assert alice.call("GET", f"/databases/{db['id']}").json()["state_reason"]
