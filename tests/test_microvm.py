@@ -20,6 +20,7 @@ from tests.helpers import (
     back_up,
     create,
     instance_state,
+    measure,
     processes_of_uid,
     put_to_sleep,
     restore,
@@ -131,6 +132,24 @@ def test_a_sleeping_microvm_is_backed_up_without_booting_and_restored(vm_plan, a
         conn.execute("INSERT INTO notes VALUES ('lost by the restore')")
     assert restore(alice, db, backup)["state"] == "done"
     assert notes(db) == ["kept"]
+
+
+def test_the_storage_limit_holds_in_a_microvm(vm_plan, alice):
+    """Counted on the host (the data directory is the host's), applied in the guest
+    (its settings rewritten and reread through the control port)."""
+    db = create(alice, "vm")
+    tenant = Tenant.objects.get(pk=db["id"])
+    with connect_waiting(db) as conn:
+        conn.autocommit = True
+        conn.execute("CREATE TABLE t (v text)")
+        conn.execute("INSERT INTO t SELECT repeat('x', 1000) FROM generate_series(1, 20000)")
+        Plan.objects.filter(pk=vm_plan.pk).update(storage_limit_mb=20)
+        measure(tenant.host)
+        with pytest.raises(psycopg.errors.DiskFull, match="storage limit of 20 MB"):
+            conn.execute("INSERT INTO t VALUES ('more')")
+        conn.execute("DROP TABLE t")
+        measure(tenant.host)
+        conn.execute("CREATE TABLE t (v text)")
 
 
 def test_deleting_a_microvm_leaves_no_process_file_or_device(vm_plan, alice):
