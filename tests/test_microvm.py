@@ -207,7 +207,7 @@ def test_a_guest_that_hangs_at_boot_is_killed_and_its_database_failed(vm_plan, a
     hanging = images_dir() / "guest@hanging-test"
     shutil.rmtree(hanging, ignore_errors=True)
     hanging.mkdir()
-    shutil.copyfile(real.kernel, hanging / "vmlinuz")
+    shutil.copyfile(real.kernel, hanging / real.kernel.name)
     shutil.copyfile(real.path / "manifest.json", hanging / "manifest.json")
     init = b"#!/bin/busybox sh\n/bin/busybox echo dbaas-guest: hanging\n/bin/busybox sleep 999999\n"
     (hanging / "initramfs.cpio").write_bytes(

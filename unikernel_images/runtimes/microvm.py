@@ -275,7 +275,7 @@ class MicrovmRuntime(SandboxRuntime):
             "-nographic",
             "-no-reboot",
             "-kernel",
-            "/guest/vmlinuz",
+            f"/guest/{guest.kernel.name}",
             "-initrd",
             "/guest/initramfs.cpio",
             "-append",
