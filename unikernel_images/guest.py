@@ -45,6 +45,9 @@ GUEST_MODULES = ("virtio_mmio", "9pnet_virtio", "9p", "virtio_net", "virtio_cons
 MSIZE = 512 * 1024
 NAME = "guest"
 KERNEL = "vmlinux"  # the uncompressed kernel, booted through its PVH entry
+# What a boot image holds and how it is laid out: part of its content hash, so a
+# change here makes a new one.
+LAYOUT = "2: vmlinux (PVH), initramfs.cpio"
 # The initramfs' directories: the init's mount points, and where it keeps its files.
 DIRECTORIES = ("bin", "lib", "lib/modules", "dev", "proc", "sys", "newroot")
 
@@ -130,7 +133,8 @@ def build_guest(
         ("bin/busybox", BUSYBOX.read_bytes(), 0o755),
         *((f"lib/modules/{name}.ko", _module_bytes(path), 0o644) for name, path in modules),
     ]
-    digest = hashlib.sha256((release / "vmlinuz").read_bytes())
+    digest = hashlib.sha256(LAYOUT.encode())
+    digest.update((release / "vmlinuz").read_bytes())
     for name, data, mode in files:
         digest.update(f"{name}\0{mode}\0".encode() + hashlib.sha256(data).digest())
     content_hash = digest.hexdigest()
