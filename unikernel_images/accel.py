@@ -97,10 +97,13 @@ def accelerator(setting: str, guest: GuestImage, cache_dir: Path) -> str:
     if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
         return "tcg"
     key = f"{guest.manifest['content_hash']}:{_qemu_version()}:{os.stat(KVM_DEVICE).st_rdev}"
+    if key in _decided:  # every start asks, twice: the file is read once per process
+        return _decided[key]
     cache = cache_dir / "accel.json"
     try:
         known = json.loads(cache.read_text())
         if known.get("key") == key:
+            _decided[key] = known["accel"]
             return known["accel"]
     except (FileNotFoundError, ValueError):
         pass
@@ -108,7 +111,12 @@ def accelerator(setting: str, guest: GuestImage, cache_dir: Path) -> str:
     accel = "kvm" if works else "tcg"
     log.warning("microvm accelerator: %s (%s)", accel, why)
     write_atomic(cache, json.dumps({"key": key, "accel": accel, "why": why}) + "\n")
+    _decided[key] = accel
     return accel
+
+
+# What `accelerator` decided in this process, by what the decision depends on.
+_decided: dict[str, str] = {}
 
 
 def probe_kvm(guest: GuestImage, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:

@@ -131,7 +131,7 @@ def build_guest(
     files = [
         ("init", init.encode(), 0o755),
         ("bin/busybox", BUSYBOX.read_bytes(), 0o755),
-        *((f"lib/modules/{name}.ko", _module_bytes(path), 0o644) for name, path in modules),
+        *((f"lib/modules/{name}.ko", data, 0o644) for name, data in modules),
     ]
     digest = hashlib.sha256(LAYOUT.encode())
     digest.update((release / "vmlinuz").read_bytes())
@@ -231,16 +231,17 @@ def _depends(module: bytes) -> list[str]:
     return [name.replace("-", "_") for name in found[1].decode().split(",") if name]
 
 
-def _modules_in_load_order(root: Path, wanted: tuple[str, ...]) -> list[tuple[str, Path]]:
-    """`wanted` and everything they depend on, dependencies first; modules built into
-    the kernel (modules.builtin) are left out."""
+def _modules_in_load_order(root: Path, wanted: tuple[str, ...]) -> list[tuple[str, bytes]]:
+    """`wanted` and everything they depend on, dependencies first, each as the bytes
+    to load (decompressed); modules built into the kernel (modules.builtin) are left
+    out."""
     files = {_module_name(p): p for p in root.rglob("*.ko*")}
     builtin = set()
     if (root / "modules.builtin").exists():
         builtin = {
             _module_name(Path(line)) for line in (root / "modules.builtin").read_text().split()
         }
-    ordered: list[tuple[str, Path]] = []
+    ordered: list[tuple[str, bytes]] = []
     seen: set[str] = set()
 
     def visit(name: str) -> None:
@@ -249,9 +250,10 @@ def _modules_in_load_order(root: Path, wanted: tuple[str, ...]) -> list[tuple[st
         seen.add(name)
         if name not in files:
             raise ImageError(f"the guest kernel has no module {name!r} (in {root})")
-        for dependency in _depends(_module_bytes(files[name])):
+        data = _module_bytes(files[name])
+        for dependency in _depends(data):
             visit(dependency)
-        ordered.append((name, files[name]))
+        ordered.append((name, data))
 
     for name in wanted:
         visit(name)

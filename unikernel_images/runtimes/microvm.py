@@ -55,7 +55,7 @@ from unikernel_images.runtimes.base import (
     InstanceState,
     render_postgres_config,
 )
-from unikernel_images.runtimes.sandbox import SandboxRuntime
+from unikernel_images.runtimes.sandbox import SandboxRuntime, drop_privileges
 
 # QEMU's own memory besides the guest's: its code and libraries, the translated
 # code cache under TCG (tb-size in accel.py), device state and I/O buffers.
@@ -227,22 +227,8 @@ class MicrovmRuntime(SandboxRuntime):
         # The forwarders start first, QEMU replaces the shell as the namespace's
         # first process: when it exits, the kernel ends the forwarders with it.
         script = " && ".join([*(f"{{ {forward} & }}" for forward in forwards), f"exec {qemu}"])
-        prefix: list[str] = []
-        if os.geteuid() == 0 and spec.uid is not None:
-            groups = [str(grp.getgrnam("kvm").gr_gid)] if kind == "kvm" else []
-            prefix = [
-                "/usr/bin/setpriv",
-                "--reuid",
-                str(spec.uid),
-                "--regid",
-                str(spec.uid),
-                *(["--groups", ",".join(groups)] if groups else ["--clear-groups"]),
-                "--inh-caps=-all",
-                "--bounding-set=-all",
-                "--no-new-privs",
-                "--",
-            ]
-        return [*prefix, "/usr/bin/sh", "-c", script]
+        groups = (grp.getgrnam("kvm").gr_gid,) if kind == "kvm" and os.geteuid() == 0 else ()
+        return [*drop_privileges(spec, groups), "/usr/bin/sh", "-c", script]
 
     def _qemu_args(self, spec: InstanceSpec, guest: GuestImage, kind: str) -> list[str]:
         uid = spec.uid if spec.uid is not None else os.geteuid()

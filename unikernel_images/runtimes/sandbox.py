@@ -458,23 +458,7 @@ class SandboxRuntime(Runtime):
         ]
 
     def _command(self, spec: InstanceSpec) -> list[str]:
-        postgres = [spec.image.postgres, "-D", "/data"]
-        if os.geteuid() != 0 or spec.uid is None:
-            return postgres
-        uid = str(spec.uid)
-        return [
-            "/usr/bin/setpriv",
-            "--reuid",
-            uid,
-            "--regid",
-            uid,
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            "--no-new-privs",
-            "--",
-            *postgres,
-        ]
+        return [*drop_privileges(spec), spec.image.postgres, "-D", "/data"]
 
     def _wait_ready(self, iid: str, pid: int, timeout: float) -> None:
         """Return once postmaster.pid says `ready`: never expose a starting instance."""
@@ -795,6 +779,27 @@ class SandboxRuntime(Runtime):
         except FileNotFoundError:
             return "(no log)"
         return " | ".join(text.strip().splitlines()[-lines:])
+
+
+def drop_privileges(spec: InstanceSpec, groups: tuple[int, ...] = ()) -> list[str]:
+    """The command prefix that runs what follows as the instance's own uid (and only
+    `groups` besides), with no capabilities and no way to gain any; nothing when the
+    platform is not root or the instance has no uid of its own."""
+    if os.geteuid() != 0 or spec.uid is None:
+        return []
+    uid = str(spec.uid)
+    return [
+        "/usr/bin/setpriv",
+        "--reuid",
+        uid,
+        "--regid",
+        uid,
+        *(["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]),
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+        "--",
+    ]
 
 
 def _lock_unless_held(fd: int, patience: float = 0.5) -> bool:
