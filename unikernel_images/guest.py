@@ -1,34 +1,30 @@
 """The microVM form of the images: what the microvm runtime boots.
 
-One boot image serves every PostgreSQL image of the host: a kernel (Debian's,
-unpacked by scripts/guest-kernel.sh, never installed) and a small initramfs
-holding only a static busybox, the kernel modules the guest needs and its init
-(templates/guest-init.sh.j2). The postgres closure is not in it: the guest mounts
-the instance image's rootfs read-only over 9p (the same files the sandbox runtime
-uses, shared by every tenant) and the tenant's data directory read-write, so the
-initramfs stays a few MB (a 148 MB one took ~2.5 s to unpack under TCG here) and
-every host-side operation on a tenant's data (backups of a sleeping tenant,
-restore, the storage count) is the same for both runtimes.
+One boot image serves every PostgreSQL image of the host: a kernel built for the
+guest (scripts/guest-kernel.sh: Debian's kernel source, only virtio-mmio, 9p,
+virtio-net and the consoles, all built in) and a small initramfs holding only a
+static busybox and its init (templates/guest-init.sh.j2). The postgres closure is
+not in it: the guest mounts the instance image's rootfs read-only over 9p (the
+same files the sandbox runtime uses, shared by every tenant) and the tenant's data
+directory read-write, so the initramfs stays a few MB (a 148 MB one took ~2.5 s to
+unpack under TCG here) and every host-side operation on a tenant's data (backups
+of a sleeping tenant, restore, the storage count) is the same for both runtimes.
 
-The kernel is booted uncompressed where it can be: Debian's bzImage is
-xz-compressed, and decompressing it in emulated code took ~5 s of each boot under
-TCG here (12 s to postgres ready, 5-6 s with the ELF `vmlinux` that QEMU boots
-directly through the kernel's PVH entry). Built once, at build time.
+The kernel is the uncompressed ELF `vmlinux`, which QEMU boots through its PVH
+entry: decompressing Debian's xz bzImage took ~5 s of each boot under TCG here,
+and its generic kernel another 2-3 s to start (12 s to postgres ready; ~1.5 s with
+this one).
 
 Layout under <images dir>: `guest@<hash12>/{vmlinux,initramfs.cpio,manifest.json}`
 and a `guest` symlink to the current build, as for the instance images.
 """
 
-import gzip
 import hashlib
 import json
-import lzma
 import os
-import re
 import shutil
 import stat
 import tempfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,18 +34,15 @@ from unikernel_images.image import PACKAGE_DIR, ImageError
 
 BUSYBOX = Path("/bin/busybox")
 GUEST_KERNEL_DIR = Path(__file__).resolve().parent.parent / "build" / "guest-kernel"
-# What the guest needs from the kernel: the microvm machine's devices, 9p over
-# virtio for the image and the data, the network links, the control port.
-GUEST_MODULES = ("virtio_mmio", "9pnet_virtio", "9p", "virtio_net", "virtio_console")
 # 9p message size: larger reads and writes per round trip (the kernel's default is 8 KB).
 MSIZE = 512 * 1024
 NAME = "guest"
 KERNEL = "vmlinux"  # the uncompressed kernel, booted through its PVH entry
 # What a boot image holds and how it is laid out: part of its content hash, so a
 # change here makes a new one.
-LAYOUT = "2: vmlinux (PVH), initramfs.cpio"
+LAYOUT = "3: vmlinux (PVH, no modules), initramfs.cpio"
 # The initramfs' directories: the init's mount points, and where it keeps its files.
-DIRECTORIES = ("bin", "lib", "lib/modules", "dev", "proc", "sys", "newroot")
+DIRECTORIES = ("bin", "dev", "proc", "sys", "newroot")
 
 
 @dataclass(frozen=True)
@@ -82,7 +75,7 @@ class GuestImage:
 
     @property
     def kernel(self) -> Path:
-        return self.path / self.manifest.get("kernel_file", KERNEL)
+        return self.path / KERNEL
 
     @property
     def initramfs(self) -> Path:
@@ -101,9 +94,9 @@ def load_guest(images_dir: Path) -> GuestImage:
 
 
 def kernel_release(kernel_root: Path = GUEST_KERNEL_DIR) -> Path:
-    """The newest kernel unpacked by scripts/guest-kernel.sh."""
+    """The newest kernel built by scripts/guest-kernel.sh."""
     releases = sorted(
-        (p for p in kernel_root.glob("*") if (p / "vmlinuz").is_file()),
+        (p for p in kernel_root.glob("*") if (p / KERNEL).is_file()),
         key=lambda p: p.stat().st_mtime,
     )
     if not releases:
@@ -120,21 +113,14 @@ def build_guest(
     release = kernel_release(kernel_root)
     if not BUSYBOX.is_file():
         raise ImageError(f"{BUSYBOX} is missing: install busybox-static")
-    modules = _modules_in_load_order(release / "modules", GUEST_MODULES)
-    init = render_template(
-        PACKAGE_DIR,
-        "guest-init.sh.j2",
-        modules=[name for name, _ in modules],
-        links=LINKS,
-        msize=MSIZE,
-    )
+    init = render_template(PACKAGE_DIR, "guest-init.sh.j2", links=LINKS, msize=MSIZE)
     files = [
         ("init", init.encode(), 0o755),
         ("bin/busybox", BUSYBOX.read_bytes(), 0o755),
-        *((f"lib/modules/{name}.ko", data, 0o644) for name, data in modules),
     ]
+    kernel = (release / KERNEL).read_bytes()
     digest = hashlib.sha256(LAYOUT.encode())
-    digest.update((release / "vmlinuz").read_bytes())
+    digest.update(hashlib.sha256(kernel).digest())
     for name, data, mode in files:
         digest.update(f"{name}\0{mode}\0".encode() + hashlib.sha256(data).digest())
     content_hash = digest.hexdigest()
@@ -144,23 +130,14 @@ def build_guest(
         staging = Path(tempfile.mkdtemp(dir=images_dir, prefix=f".build-{NAME}-"))
         try:
             os.chmod(staging, 0o755)  # QEMU runs as the tenant's uid
-            elf = _uncompressed(release / "vmlinuz")
-            if elf is not None:
-                kernel_file = KERNEL
-                (staging / KERNEL).write_bytes(elf)
-            else:  # a compression Python cannot undo: booted as it is, slower
-                kernel_file = "vmlinuz"
-                shutil.copyfile(release / "vmlinuz", staging / kernel_file)
+            (staging / KERNEL).write_bytes(kernel)
             (staging / "initramfs.cpio").write_bytes(_cpio(files, directories=DIRECTORIES))
             manifest = {
                 "name": NAME,
                 "kernel": release.name,
-                "modules": [name for name, _ in modules],
                 "content_hash": content_hash,
                 "initramfs_bytes": (staging / "initramfs.cpio").stat().st_size,
-                "kernel_bytes": (release / "vmlinuz").stat().st_size,
-                "kernel_file": kernel_file,
-                "booted_kernel_bytes": (staging / kernel_file).stat().st_size,
+                "kernel_bytes": len(kernel),
             }
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
             for path in staging.iterdir():
@@ -182,82 +159,6 @@ def build_guest(
         tmp.symlink_to(final.name)
         tmp.replace(link)
     return load_guest(images_dir)
-
-
-def _uncompressed(bzimage: Path) -> bytes | None:
-    """The ELF kernel inside a bzImage (as the kernel's extract-vmlinux finds it):
-    its xz or gzip stream, decompressed; None for another compression."""
-    data = bzimage.read_bytes()
-    for magic, decompressor in (
-        (b"\xfd7zXZ\x00", lzma.LZMADecompressor),
-        (b"\x1f\x8b\x08", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)),
-    ):
-        start = data.find(magic)
-        while start >= 0:
-            try:
-                out = decompressor().decompress(data[start:])
-            except (lzma.LZMAError, zlib.error):
-                out = b""
-            if out.startswith(b"\x7fELF"):
-                return out
-            start = data.find(magic, start + 1)
-    return None
-
-
-# -- kernel modules ------------------------------------------------------------------
-
-
-def _module_name(path: Path) -> str:
-    # Module names use "_" where file names may use "-"; the suffix may be compressed.
-    return path.name.split(".ko")[0].replace("-", "_")
-
-
-def _module_bytes(path: Path) -> bytes:
-    data = path.read_bytes()
-    if path.name.endswith(".xz"):
-        return lzma.decompress(data)
-    if path.name.endswith(".gz"):
-        return gzip.decompress(data)
-    if path.name.endswith(".zst"):
-        raise ImageError(f"{path}: zstd-compressed modules are not supported")
-    return data
-
-
-def _depends(module: bytes) -> list[str]:
-    """The modules this one needs, from its .modinfo (`depends=a,b`)."""
-    found = re.search(rb"(?:^|\0)depends=([^\0]*)\0", module)
-    if found is None:
-        return []
-    return [name.replace("-", "_") for name in found[1].decode().split(",") if name]
-
-
-def _modules_in_load_order(root: Path, wanted: tuple[str, ...]) -> list[tuple[str, bytes]]:
-    """`wanted` and everything they depend on, dependencies first, each as the bytes
-    to load (decompressed); modules built into the kernel (modules.builtin) are left
-    out."""
-    files = {_module_name(p): p for p in root.rglob("*.ko*")}
-    builtin = set()
-    if (root / "modules.builtin").exists():
-        builtin = {
-            _module_name(Path(line)) for line in (root / "modules.builtin").read_text().split()
-        }
-    ordered: list[tuple[str, bytes]] = []
-    seen: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in seen or name in builtin:
-            return
-        seen.add(name)
-        if name not in files:
-            raise ImageError(f"the guest kernel has no module {name!r} (in {root})")
-        data = _module_bytes(files[name])
-        for dependency in _depends(data):
-            visit(dependency)
-        ordered.append((name, data))
-
-    for name in wanted:
-        visit(name)
-    return ordered
 
 
 # -- the initramfs -------------------------------------------------------------------

@@ -233,9 +233,7 @@ class MicrovmRuntime(SandboxRuntime):
     def _qemu_args(self, spec: InstanceSpec, guest: GuestImage, kind: str) -> list[str]:
         uid = spec.uid if spec.uid is not None else os.geteuid()
         kernel_args = [
-            "console=ttyS0",
-            "quiet",
-            "panic=-1",
+            *accel.KERNEL_ARGS,
             *accel.kernel_clock_args(kind),
             f"dbaas.uid={uid}",
             f"dbaas.postgres={spec.image.postgres}",
