@@ -3,7 +3,9 @@ runtime, without the control plane."""
 
 import json
 import os
+import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -12,6 +14,7 @@ from django.conf import settings
 
 from dbaas.env import controlplane_user, pooler_user
 from tests.helpers import in_instance_data
+from unikernel_images import cgroups, page_cache
 from unikernel_images.image import build_image, image_name, load_image, newest_major
 from unikernel_images.paths import images_dir
 from unikernel_images.runtimes import get_runtime
@@ -171,3 +174,40 @@ def test_a_start_that_meets_a_status_probe_still_starts(sandbox):
     assert runtime.status(spec.instance_id).state is InstanceState.RUNNING
     with _superuser(runtime, spec) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def _resident_bytes(files) -> int:
+    """How much of these files is in the page cache (util-linux's fincore)."""
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", *map(str, files)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(int(line) for line in out.split())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="cgroups and layers need root")
+def test_a_sleeping_servers_group_takes_no_shared_pages_with_it(sandbox):
+    """A stopped instance's memory group is emptied (memory.force_empty) and removed;
+    emptying it evicts every page charged to it. The template every layered instance
+    reads through overlayfs must be charged to the host, not to whichever tenant
+    read it first, or one tenant's sleep evicts it from under all the others."""
+    if cgroups.detect() is None:
+        pytest.fail("no usable cgroups on this host (the platform runs as root here)")
+    runtime, spec = sandbox
+    spec = replace(spec, limits=cgroups.Limits(memory_bytes=256 << 20, cpus=1, processes=64))
+    runtime.create(spec)
+    template = page_cache.shared_files(runtime._shared_template(spec.image), elf_only=False)
+    for path in template:  # out of the cache (pages no process maps)
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    page_cache.forget()
+    runtime.start(spec)
+    with _superuser(runtime, spec) as conn:
+        conn.execute("SELECT count(*) FROM pg_class JOIN pg_attribute ON attrelid = oid")
+    cached = _resident_bytes(template)
+    assert cached > 1 << 20, cached
+    runtime.stop(spec.instance_id)
+    assert _resident_bytes(template) >= cached

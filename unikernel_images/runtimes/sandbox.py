@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from unikernel_images import cgroups, overlay
+from unikernel_images import cgroups, overlay, page_cache
 from unikernel_images.image import REGISTRAR_DIR, SUPERUSER, Image, pg_tool
 from unikernel_images.runtimes.base import (
     ExportStream,
@@ -323,6 +323,10 @@ class SandboxRuntime(Runtime):
             # the old pid goes too, so nobody signals a recycled pid.
             (self._own_files(iid) / "postmaster.pid").unlink(missing_ok=True)
             self._pid_file(iid).unlink(missing_ok=True)
+            # What every instance of the image reads, cached on the host's
+            # account before this one reads it on its own (page_cache.py).
+            template = self._shared_template(spec.image) if self._layered(iid) else None
+            page_cache.keep_on_host(spec.image.rootfs, template)
             pid = self._launch(spec, lock_fd)
         finally:
             os.close(lock_fd)
