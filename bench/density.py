@@ -15,7 +15,9 @@ At each step, once the host has that many databases:
   POST to its first `SELECT 1` answered through its PgBouncer (TLS, verify-full):
   p50 / p95; then put to sleep;
 - stall: meanwhile a client of another database runs `SELECT 1` in a loop on one
-  connection: its longest wait (and p99);
+  connection: its longest wait (and p99), each wait over 20 ms with its time; and
+  the machine's major page faults and memory stall time (/proc/pressure/memory)
+  over the creates (the same over each wake burst);
 - disk per database: the host's instances directory (du, shared template included)
   over the databases;
 - periodic work: each periodic task in a process of its own, as a beat runs it
@@ -63,6 +65,7 @@ ENVIRONMENT = environment("density", DATA, web_port=8110, pooler_port=6732, netn
     "DBAAS_HOST_CAPACITY": "100000"
 }
 WAKE_POOL = 200
+SLOW_MS = 20  # the stall probe's waits longer than this are kept with their time
 
 # The host's side of each periodic task, in a process of its own.
 TICK = """
@@ -152,6 +155,28 @@ def sleep_all(token: str, dbs: list[dict], url: str = URL) -> None:
             print(f"  sleep {db['name']}: {status} {body}")
 
 
+def kernel_counters() -> dict[str, float]:
+    """The machine's major page faults and the time tasks stalled on memory
+    (/proc/pressure/memory: "some" task, or "full": all non-idle tasks), in ms."""
+    out: dict[str, float] = {}
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        if line.startswith("pgmajfault "):
+            out["major_faults"] = int(line.split()[1])
+    try:
+        for line in Path("/proc/pressure/memory").read_text().splitlines():
+            kind, *fields = line.split()
+            total = dict(field.split("=") for field in fields)["total"]
+            out[f"memory_{kind}_stall_ms"] = int(total) / 1000
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def counters_since(before: dict[str, float]) -> dict[str, float]:
+    now = kernel_counters()
+    return {key: now[key] - before[key] for key in before}
+
+
 def create_timed(token: str, name: str) -> tuple[float, dict]:
     started = time.perf_counter()
     status, db = api(URL, "POST", "/databases", {"name": name}, token=token)
@@ -165,6 +190,7 @@ def create_timed(token: str, name: str) -> tuple[float, dict]:
 def creates_with_stall(token: str, probe: dict, count: int, step: int) -> dict:
     """`count` creates through the API while a client of `probe` loops SELECT 1."""
     waits: list[float] = []
+    slow: list[tuple[float, float]] = []
     stop_event = threading.Event()
     conn = psycopg.connect(probe["connection_string"], autocommit=True, connect_timeout=60)
     conn.execute("SELECT 1")  # awake now: its own wake is not a stall
@@ -174,11 +200,14 @@ def creates_with_stall(token: str, probe: dict, count: int, step: int) -> dict:
             began = time.perf_counter()
             conn.execute("SELECT 1").fetchone()
             waits.append((time.perf_counter() - began) * 1000)
+            if waits[-1] > SLOW_MS:  # when, to line up with bench/pressure.sh's log
+                slow.append((round(time.time(), 3), round(waits[-1], 1)))
             time.sleep(0.002)
 
     client = threading.Thread(target=loop)
     client.start()
     made, latencies = [], []
+    counters = kernel_counters()
     try:
         for n in range(count):
             ms, db = create_timed(token, f"s{step}c{n}")
@@ -188,8 +217,11 @@ def creates_with_stall(token: str, probe: dict, count: int, step: int) -> dict:
         stop_event.set()
         client.join()
         conn.close()
+    during = counters_since(counters)
     sleep_all(token, made)
     return {
+        **{f"creates_{key}": value for key, value in during.items()},
+        "stall_slow_samples": slow,
         "create_p50_ms": percentile(latencies, 50),
         "create_p95_ms": percentile(latencies, 95),
         "stall_max_ms": max(waits),
@@ -209,8 +241,10 @@ def wakes(token: str, pool: list[dict]) -> dict:
     for n in (50, 200):
         if len(pool) < n:
             continue
-        busy, own = cpu_busy_seconds(), own_cpu_seconds()
+        busy, own, counters = cpu_busy_seconds(), own_cpu_seconds(), kernel_counters()
         latencies, errors = run_concurrent([(token, db) for db in pool[:n]])
+        for key, value in counters_since(counters).items():
+            out[f"wake_{n}_{key}"] = value
         # The platform's CPU per wake: the machine's, less this client's own.
         per_wake = ((cpu_busy_seconds() - busy) - (own_cpu_seconds() - own)) / n
         out[f"wake_{n}_p50_ms"] = percentile(latencies, 50)
@@ -334,6 +368,16 @@ def table(rows: list[dict]) -> None:
             f"{r.get('wake_50_p99_ms', 0):>8.0f} {r.get('wake_50_floor_ms', 0):>6.0f} "
             f"{r.get('wake_200_p99_ms', 0):>8.0f} {r.get('wake_200_floor_ms', 0):>6.0f}"
         )
+    for r in rows:
+        if "creates_major_faults" in r:
+            print(
+                f"{r['databases']:>9} databases: over the creates "
+                f"{r['creates_major_faults']:.0f} major faults, memory stall some/full "
+                f"{r.get('creates_memory_some_stall_ms', 0):.0f}/"
+                f"{r.get('creates_memory_full_stall_ms', 0):.0f} ms; 50 wakes at once "
+                f"{r.get('wake_50_major_faults', 0):.0f} major faults, "
+                f"{r.get('wake_50_cpu_ms', 0):.0f} ms CPU per wake"
+            )
     for r in rows:
         if "memory_per_awake_mb" in r:
             print(
