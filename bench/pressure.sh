@@ -12,6 +12,7 @@ while kill -0 "$pid" 2>/dev/null; do
     cpu=$(awk '/some/ {print $2}' /proc/pressure/cpu)
     io=$(awk '/full/ {print $2}' /proc/pressure/io)
     memory=$(awk '/full/ {print $2}' /proc/pressure/memory)
-    processes=$(find /proc -maxdepth 1 -name '[0-9]*' | wc -l)
+    # (A process that exits mid-listing is not an error.)
+    processes=$( (find /proc -maxdepth 1 -name '[0-9]*' 2>/dev/null || true) | wc -l)
     echo "$(date +%T) cpu:$cpu io_full:$io mem_full:$memory procs:$processes | $(vmstat 1 2 | tail -1)"
 done
