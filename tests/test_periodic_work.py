@@ -13,9 +13,16 @@ import pytest
 from django.conf import settings
 
 from tenants import specs
-from tenants.host import agent, priority, usage
+from tenants.host import agent, priority, store, usage
 from tenants.models import Tenant
-from tests.helpers import create, descendants, in_instance_data, put_to_sleep, reports_applied
+from tests.helpers import (
+    create,
+    descendants,
+    in_instance_data,
+    put_to_sleep,
+    reports_applied,
+    wait_for_state,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -98,3 +105,19 @@ def test_periodic_work_runs_niced_and_what_it_starts_does_not(live, alice):
     for pid in [postmaster, *descendants(postmaster)]:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         assert int(fields[16]) == 0, f"{pid} runs at niceness {fields[16]}"  # field 19
+
+
+def test_what_a_process_kept_of_a_deleted_tenant_goes_with_it(live, alice):
+    """The host's processes keep each tenant's parsed spec and pooler entries (a
+    reconcile reads thousands per tick): not those of tenants gone since."""
+    db = create(alice, "passing")
+    iid = Tenant.objects.get(pk=db["id"]).instance_id
+    agent.store().all()
+    agent.pooler_sync()
+    assert iid in store._specs and iid in agent._entries
+    response = alice.call("DELETE", f"/databases/{db['id']}")
+    assert response.status_code == 202, response.content
+    wait_for_state(db["id"], "deleted")
+    agent.store().all()
+    agent.pooler_sync()
+    assert iid not in store._specs and iid not in agent._entries

@@ -367,6 +367,11 @@ def _render(bouncer: PgBouncer, all_forwards: list[tuple[TenantSpec, str, int]])
     # spec objects for unchanged tenants, so this compares pointers).
     if _rendered.get(bouncer.ini) == (routed, forwarded, bouncer.files_state()):
         return False
+    # Entries made of tenants this shard no longer serves (deleted, moved away
+    # and forgotten) are not kept for the life of the process.
+    current = here | {spec.instance_id for spec, _a, _p in forwarded}
+    for gone in [i for i in _entries if i not in current and shard_of(int(i[1:])) == bouncer.shard]:
+        del _entries[gone]
     changed = bouncer.write_config(
         databases=[
             maintenance,

@@ -225,6 +225,11 @@ class HostStore:
                 args,
             ):
                 databases.setdefault(iid, []).append(name)
+        if states is None and shard is None and ids is None:
+            # Every tenant held here: what this process parsed of any other is
+            # of a tenant deleted or moved away since.
+            for gone in _specs.keys() - {row[0] for row in rows}:
+                del _specs[gone]
         return [
             (_parsed(iid, spec, tuple(databases.get(iid, ()))), state) for iid, spec, state in rows
         ]
@@ -301,6 +306,7 @@ class HostStore:
         with self._db() as db:
             db.execute("DELETE FROM tenants WHERE instance_id = ?", (instance_id,))
             db.execute("DELETE FROM meta WHERE key = ?", (f"size:{instance_id}",))
+        _specs.pop(instance_id, None)
 
     def instance_for_role(self, role: str, states: tuple[str, ...]) -> str | None:
         """The instance of the tenant whose owner role this is (`<name>_<slug>`)."""
