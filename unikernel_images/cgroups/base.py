@@ -5,6 +5,7 @@ of the instance inherits them.
 """
 
 import logging
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,26 @@ def write(path: Path, value: object, optional: bool = False) -> None:
     except OSError:
         if not optional:
             raise
+
+
+# The launch's bubblewrap outlives the server it watches by a moment: a group is
+# removed once its last process is gone, after this long at most.
+EMPTY_PATIENCE = 2.0
+
+
+def wait_until_empty(procs: Path, patience: float = EMPTY_PATIENCE) -> bool:
+    """Whether the group of this cgroup.procs file holds no process (waiting for
+    the last ones to exit)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            if not procs.read_text().strip():
+                return True
+        except FileNotFoundError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
 
 
 def rmdir(path: Path) -> None:

@@ -10,6 +10,7 @@ from unikernel_images.cgroups.base import (
     Limits,
     rmdir,
     throttled_periods,
+    wait_until_empty,
     write,
 )
 
@@ -42,7 +43,9 @@ class V1(Cgroups):
     def remove(self, instance_id: str) -> None:
         # The pages still charged to the group (the instance's file cache) are
         # dropped first: a removed group that still holds pages lives on, unseen,
-        # and reclaim goes on walking it.
+        # and reclaim goes on walking it. Once no process is left: a page they
+        # still use cannot be dropped, and a group they are in cannot be removed.
+        wait_until_empty(self._dir("pids", instance_id) / "cgroup.procs")
         write(self._dir("memory", instance_id) / "memory.force_empty", 0, optional=True)
         for controller in self.CONTROLLERS:
             rmdir(self._dir(controller, instance_id))

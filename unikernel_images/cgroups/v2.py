@@ -10,6 +10,7 @@ from unikernel_images.cgroups.base import (
     Limits,
     rmdir,
     throttled_periods,
+    wait_until_empty,
     write,
 )
 
@@ -40,6 +41,8 @@ class V2(Cgroups):
         # The pages still charged to the group (the instance's file cache) are
         # reclaimed first: a removed group that still holds pages lives on, unseen,
         # and reclaim goes on walking it (memory.reclaim: Linux 5.19 and later).
+        # Once no process is left (see V1.remove).
+        wait_until_empty(self._dir(instance_id) / "cgroup.procs")
         write(self._dir(instance_id) / "memory.reclaim", "1G", optional=True)
         rmdir(self._dir(instance_id))
 
