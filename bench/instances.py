@@ -6,6 +6,7 @@ side. It drives the sandbox runtime directly (no control plane, no pooler), on a
 scratch directory, with the image `manage.py build_image` made.
 
 As root: .venv/bin/python bench/instances.py [-n 200] [--profiles current,small]
+                                            [--cgroups] [--bare]
 
 For each profile: N instances are made (as provisioning makes them), started one
 at a time (the start's wall time and the whole machine's CPU time during it), left
@@ -13,12 +14,20 @@ idle, then measured: PSS of every process of each instance (/proc/PID/smaps_roll
 its own uid's processes and its bubblewrap), the host's used memory (MemTotal -
 MemAvailable) against before; then stopped (asleep) and measured on disk (the
 blocks of the instance's own layer, or of its plain copy). All is removed at the end.
+
+--cgroups gives each instance its cgroups (a free plan's limits), as the platform
+does. --bare adds, for each profile, the same servers without any sandbox: the
+host's own postgres binary run as each uid on a plain copy of the template, no
+namespaces, no cgroups, the platform's module not loaded: what one PostgreSQL
+server per tenant costs this host before any isolation.
 """
 
 import argparse
 import os
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +41,7 @@ django.setup()
 
 from tenants.host.spec import postgres_config  # noqa: E402
 from tenants.models import Plan  # noqa: E402
+from unikernel_images.cgroups import Limits  # noqa: E402
 from unikernel_images.image import default_image_name, load_image  # noqa: E402
 from unikernel_images.paths import images_dir  # noqa: E402
 from unikernel_images.runtimes.base import InstanceSpec, allocated_bytes  # noqa: E402
@@ -114,9 +124,11 @@ def bwrap_of(pids: list[int]) -> list[int]:
     return sorted(parents)
 
 
-def run(profile: str, n: int, root: Path) -> dict[str, float]:
+def run(profile: str, n: int, root: Path, with_cgroups: bool = False) -> dict[str, float]:
     image = load_image(images_dir(), default_image_name())
     runtime = SandboxRuntime(root)
+    memory_mb = Plan._meta.get_field("memory_limit_mb").get_default()  # a plan's default
+    limits = Limits(memory_bytes=memory_mb << 20, cpus=1.0, processes=64) if with_cgroups else None
     specs = [
         InstanceSpec(
             instance_id=f"b{i}",
@@ -127,6 +139,7 @@ def run(profile: str, n: int, root: Path) -> dict[str, float]:
             logins=(("all", "bench"),),
             platform_accounts=("root",),
             extra_settings=postgres_config(PROFILES[profile]),
+            limits=limits,
         )
         for i in range(n)
     ]
@@ -163,6 +176,76 @@ def run(profile: str, n: int, root: Path) -> dict[str, float]:
     return {
         "create ms p50": statistics.median(creates),
         "start ms p50": statistics.median(starts),
+        "first 10% start ms p50": statistics.median(starts[: max(1, n // 10)]),
+        "last 10% start ms p50": statistics.median(starts[-max(1, n // 10) :]),
+        "start CPU ms p50": statistics.median(cpus),
+        "processes": statistics.median(counts) if counts else 0,
+        "PSS MB p50": statistics.median(per_instance) / 1024 if per_instance else 0,
+        "host MB each": host / 1024,
+        "disk asleep MB p50": statistics.median(disks) / 1024,
+    }
+
+
+def run_bare(profile: str, n: int, root: Path) -> dict[str, float]:
+    """The same servers with no sandbox at all (see --bare)."""
+    image = load_image(images_dir(), default_image_name())
+    postgres = image.postgres  # the host's own binary: the image holds a copy of it
+    settings = {
+        **postgres_config(PROFILES[profile]),
+        "shared_preload_libraries": "''",
+        "max_connections": "25",
+    }
+    servers: list[tuple[int, Path, subprocess.Popen]] = []
+    before = memory_used_kb()
+    starts, cpus, creates = [], [], []
+    try:
+        for i in range(n):
+            uid = UID_BASE + i
+            data, sockets = root / f"b{i}" / "data", root / f"b{i}" / "run"
+            began = time.perf_counter()
+            shutil.copytree(image.template, data, symlinks=True)
+            sockets.mkdir()
+            subprocess.run(["chown", "-R", f"{uid}:{uid}", str(root / f"b{i}")], check=True)
+            os.chmod(root / f"b{i}", 0o711)
+            creates.append((time.perf_counter() - began) * 1000)
+            options = [f"-c{name}={value.strip(chr(39))}" for name, value in settings.items()]
+            cpu, began = cpu_seconds(), time.perf_counter()
+            server = subprocess.Popen(
+                [
+                    "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--",
+                    str(postgres), "-D", str(data), f"-cunix_socket_directories={sockets}",
+                    "-clisten_addresses=", *options,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+            servers.append((uid, data, server))
+            while (
+                not (data / "postmaster.pid").exists()
+                or "ready" not in (data / "postmaster.pid").read_text()
+            ):
+                if server.poll() is not None:
+                    raise SystemExit(f"bare postgres {i} exited ({server.returncode})")
+                time.sleep(0.002)
+            starts.append((time.perf_counter() - began) * 1000)
+            cpus.append((cpu_seconds() - cpu) * 1000)
+        time.sleep(5)
+        by_uid = processes_by_uid({uid for uid, _, _ in servers})
+        counts = [len(pids) for pids in by_uid.values()]
+        per_instance = [sum(pss_kb(pid) for pid in pids) for pids in by_uid.values()]
+        host = (memory_used_kb() - before) / n
+    finally:
+        for _uid, _data, server in servers:
+            server.send_signal(signal.SIGINT)
+        for _uid, _data, server in servers:
+            server.wait(timeout=60)
+    disks = [allocated_bytes(data) / 1024 for _uid, data, _ in servers]
+    return {
+        "create ms p50": statistics.median(creates),
+        "start ms p50": statistics.median(starts),
+        "first 10% start ms p50": statistics.median(starts[: max(1, n // 10)]),
+        "last 10% start ms p50": statistics.median(starts[-max(1, n // 10) :]),
         "start CPU ms p50": statistics.median(cpus),
         "processes": statistics.median(counts) if counts else 0,
         "PSS MB p50": statistics.median(per_instance) / 1024 if per_instance else 0,
@@ -175,6 +258,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=200)
     parser.add_argument("--profiles", default="current,small,free,no-autovacuum")
+    parser.add_argument("--cgroups", action="store_true", help="each instance in its cgroups")
+    parser.add_argument("--bare", action="store_true", help="and each profile with no sandbox")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run it as root (instances run under their own uids)")
@@ -184,7 +269,13 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
         os.chmod(root, 0o711)
-        rows.append((profile, run(profile, args.n, root)))
+        label = f"{profile} (sandbox{', cgroups' if args.cgroups else ''})"
+        rows.append((label, run(profile, args.n, root, args.cgroups)))
+        if args.bare:
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            os.chmod(root, 0o711)
+            rows.append((f"{profile} (bare)", run_bare(profile, args.n, root)))
     shutil.rmtree(root, ignore_errors=True)
     columns = list(rows[0][1])
     print(f"{args.n} instances awake at once per profile, on {os.uname().nodename}")
