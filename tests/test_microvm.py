@@ -3,9 +3,13 @@ API, PgBouncer with TLS, sleep and wake on connect, backups of a sleeping tenant
 restore and delete; and what a guest can see. Under TCG emulation wherever KVM does
 not boot a guest (these machines: a nested PVM hypervisor), as `auto` decides."""
 
+import os
+import secrets
 import shutil
+import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -101,6 +105,50 @@ def test_a_microvm_database_serves_sleeps_and_wakes_on_connect(vm_plan, alice, c
     assert notes(response.json()) == ["before the nap"]
     with pytest.raises(psycopg.OperationalError):
         connect(db["connection_string"])
+
+
+def test_a_database_the_owner_creates_in_a_microvm_is_reachable(vm_plan, alice):
+    """CREATE DATABASE asks the host's registrar, which the guest reaches only
+    through QEMU's forward to its own instance's registrar socket (Django's test
+    runner and Prisma's shadow database need it)."""
+    db = create(alice, "vm")
+    made = f"made_{secrets.token_hex(4)}"
+    url = db["connection_string"].replace(f"/{db['database']}?", f"/{made}?")
+    with connect(db["connection_string"], autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {made}")
+    with connect(url) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == (made,)
+    with connect(db["connection_string"], autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {made}")
+    with pytest.raises(psycopg.OperationalError):
+        connect(url)
+
+
+def test_a_killed_microvm_is_booted_again_with_its_data(vm_plan, alice):
+    """The crash watch and reconcile treat a guest as they treat a sandbox: QEMU
+    killed (the whole machine gone at once) is started again, committed rows kept
+    (the guest's writes reach the host's files at each fsync: 9p, cache=none)."""
+    db = create(alice, "vm")
+    with connect(db["connection_string"]) as conn:
+        conn.execute("CREATE TABLE notes (body text)")
+        conn.execute("INSERT INTO notes VALUES ('committed before the crash')")
+    tenant = Tenant.objects.get(pk=db["id"])
+    runtime = agent.runtime_for(tenant)
+    killed = runtime.status(tenant.instance_id).pid
+    assert killed in qemu_of(db)
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = runtime.status(tenant.instance_id)
+        if now.state is InstanceState.RUNNING and now.pid not in (None, killed):
+            break
+        time.sleep(0.1)
+    assert runtime.status(tenant.instance_id).pid not in (None, killed), "not booted again"
+    assert notes(db) == ["committed before the crash"]
+    restarts = Event.objects.filter(tenant=tenant, action="restart")
+    while not restarts.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # written just after the start returns
+    assert restarts.exists()
 
 
 def test_a_sleeping_microvm_is_backed_up_without_booting_and_restored(vm_plan, alice):

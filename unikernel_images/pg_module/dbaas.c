@@ -6,8 +6,9 @@
  *
  * 1. Databases a tenant creates are reachable through the host's pooler at once.
  *    CREATE DATABASE, DROP DATABASE and ALTER DATABASE ... RENAME ask the host's
- *    registrar (a unix socket the sandbox binds at dbaas.registrar) before and
- *    after they run; the registrar decides whether the name may be used (free on
+ *    registrar (dbaas.registrar: a unix socket the sandbox binds into the
+ *    instance, or "tcp:<IPv4 address>:<port>", which a microvm's QEMU forwards
+ *    to the same socket on the host) before and after they run; the registrar decides whether the name may be used (free on
  *    the host, within the plan's number of databases) and adds or removes the
  *    pooler's entries. The statement fails with the registrar's message if it
  *    says no, or if it cannot be reached.
@@ -33,6 +34,8 @@
  */
 #include "postgres.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
@@ -151,6 +154,51 @@ cap_settings(void)
 }
 
 /*
+ * Where dbaas.registrar says the registrar is, as a socket address; NULL when it
+ * is understood, else the message to give the user.
+ */
+static char *
+registrar_address(struct sockaddr_storage *addr, socklen_t *addrlen)
+{
+	memset(addr, 0, sizeof(*addr));
+	if (registrar_path == NULL || registrar_path[0] == '\0')
+		return pstrdup("this server has no registrar configured (dbaas.registrar)");
+	if (strncmp(registrar_path, "tcp:", 4) == 0)
+	{
+		struct sockaddr_in *in = (struct sockaddr_in *) addr;
+		const char *host = registrar_path + 4;
+		const char *colon = strrchr(host, ':');
+		char		address[INET_ADDRSTRLEN];
+		char	   *end;
+		long		port;
+
+		if (colon == NULL || colon - host >= (long) sizeof(address))
+			return pstrdup("dbaas.registrar: expected tcp:<IPv4 address>:<port>");
+		memcpy(address, host, colon - host);
+		address[colon - host] = '\0';
+		port = strtol(colon + 1, &end, 10);
+		if (*end != '\0' || port <= 0 || port > 65535 ||
+			inet_pton(AF_INET, address, &in->sin_addr) != 1)
+			return pstrdup("dbaas.registrar: expected tcp:<IPv4 address>:<port>");
+		in->sin_family = AF_INET;
+		in->sin_port = htons((uint16) port);
+		*addrlen = sizeof(*in);
+		return NULL;
+	}
+	else
+	{
+		struct sockaddr_un *un = (struct sockaddr_un *) addr;
+
+		if (strlen(registrar_path) >= sizeof(un->sun_path))
+			return pstrdup("the registrar's socket path is too long");
+		un->sun_family = AF_UNIX;
+		strlcpy(un->sun_path, registrar_path, sizeof(un->sun_path));
+		*addrlen = sizeof(*un);
+		return NULL;
+	}
+}
+
+/*
  * One request to the registrar: "<verb> <name>\n", answered by "ok\n" or
  * "error <message>\n". Returns NULL when it said ok, else the message to give
  * the user.
@@ -158,22 +206,18 @@ cap_settings(void)
 static char *
 registrar_ask(const char *verb, const char *name)
 {
-	struct sockaddr_un addr;
+	struct sockaddr_storage addr;
+	socklen_t	addrlen = 0;
 	struct timeval timeout = {REGISTRAR_TIMEOUT_SECONDS, 0};
 	char		request[NAMEDATALEN * 2 + 32];
 	char		reply[1024];
+	char	   *unusable;
 	int			fd;
 	int			len;
 	ssize_t		got = 0;
 
-	if (registrar_path == NULL || registrar_path[0] == '\0')
-		return pstrdup("this server has no registrar configured (dbaas.registrar)");
-	if (strlen(registrar_path) >= sizeof(addr.sun_path))
-		return pstrdup("the registrar's socket path is too long");
-
-	memset(&addr, 0, sizeof(addr));
-	addr.sun_family = AF_UNIX;
-	strlcpy(addr.sun_path, registrar_path, sizeof(addr.sun_path));
+	if ((unusable = registrar_address(&addr, &addrlen)) != NULL)
+		return unusable;
 
 	/*
 	 * The registrar listens a moment after a new instance starts (and again a
@@ -181,10 +225,10 @@ registrar_ask(const char *verb, const char *name)
 	 */
 	for (int attempt = 0;; attempt++)
 	{
-		fd = socket(AF_UNIX, SOCK_STREAM, 0);
+		fd = socket(addr.ss_family, SOCK_STREAM, 0);
 		if (fd < 0)
 			return psprintf("could not reach the platform's registrar: %m");
-		if (connect(fd, (struct sockaddr *) &addr, sizeof(addr)) == 0)
+		if (connect(fd, (struct sockaddr *) &addr, addrlen) == 0)
 			break;
 		close(fd);
 		if (attempt >= REGISTRAR_CONNECT_ATTEMPTS)
@@ -388,7 +432,7 @@ _PG_init(void)
 				(errmsg("dbaas must be loaded with shared_preload_libraries")));
 
 	DefineCustomStringVariable("dbaas.registrar",
-							   "Unix socket of the host's registrar of databases.",
+							   "The host's registrar of databases: a unix socket, or tcp:<address>:<port>.",
 							   NULL,
 							   &registrar_path,
 							   "",

@@ -307,19 +307,31 @@ class Runtime(ABC):
 class GuestNetwork:
     """How the server of a runtime with a network of its own is reached: it listens
     on `listen_addresses`; tenant logins come from `pooler_peer`, the platform's
-    superuser from `admin_peer` (see runtimes/microvm.py)."""
+    superuser from `admin_peer`; the host's registrar is at `registrar` (an
+    address and port forwarded to it: see runtimes/microvm.py)."""
 
     listen_addresses: str
     pooler_peer: str
     admin_peer: str
+    registrar: str
+
+
+def _registrar_setting(spec: InstanceSpec, network: GuestNetwork | None) -> str:
+    """dbaas.registrar (pg_module/dbaas.c): where the server asks the host's
+    registrar; empty for an instance the platform does not route (no registrar)."""
+    if spec.registrar_dir is None:
+        return ""
+    if network is not None:
+        return f"tcp:{network.registrar}"
+    return f"{REGISTRAR_DIR}/{REGISTRAR_SOCKET}"
 
 
 def render_postgres_config(
     runtime: str, spec: InstanceSpec, data_dir: Path, network: GuestNetwork | None = None
 ) -> bool:
     """Render instance.conf and pg_hba.conf into `data_dir`; True if anything changed.
-    With a `network`, the server listens on it and is reached only over it (no
-    registrar: the guest cannot reach the host's sockets)."""
+    With a `network`, the server listens on it and is reached only over it, and
+    reaches the host's registrar over it."""
     context = {
         "runtime": runtime,
         "instance_id": spec.instance_id,
@@ -331,9 +343,7 @@ def render_postgres_config(
             PACKAGE_DIR,
             "instance.conf.j2",
             max_connections=spec.max_connections,
-            registrar=(
-                f"{REGISTRAR_DIR}/{REGISTRAR_SOCKET}" if spec.registrar_dir and not network else ""
-            ),
+            registrar=_registrar_setting(spec, network),
             allowed_extensions=",".join(spec.allowed_extensions),
             storage_full=spec.storage_full.replace("'", ""),
             temp_file_limit=f"{spec.temp_file_limit_mb}MB" if spec.temp_file_limit_mb >= 0 else -1,

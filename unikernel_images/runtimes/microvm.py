@@ -48,6 +48,7 @@ from unikernel_images.guest import (
     host_address,
     load_guest,
 )
+from unikernel_images.image import REGISTRAR_DIR, REGISTRAR_SOCKET
 from unikernel_images.runtimes.base import (
     GuestNetwork,
     InstanceError,
@@ -69,10 +70,16 @@ HOST_PROCESSES = 256
 GUEST_PORT = 5432
 # The ports QEMU forwards from, on the loopback of its own network namespace.
 HOST_PORTS = {POOLER_LINK.name: 5432, ADMIN_LINK.name: 5433}
+# Where the guest's postgres finds the host's registrar (CREATE DATABASE): an
+# address on the platform's link that QEMU forwards, one connection at a time, to
+# the instance's registrar socket, bound into QEMU's namespace where the sandbox
+# binds it into its own (REGISTRAR_DIR).
+REGISTRAR_FORWARD = ("10.0.3.100", 5400)
 NETWORK = GuestNetwork(
     listen_addresses=",".join(link.guest for link in LINKS),
     pooler_peer=host_address(POOLER_LINK),
     admin_peer=host_address(ADMIN_LINK),
+    registrar="{}:{}".format(*REGISTRAR_FORWARD),
 )
 
 
@@ -193,6 +200,7 @@ class MicrovmRuntime(SandboxRuntime):
             "--bind",
             str(self._control_dir(iid)),
             "/run/control",
+            *(["--bind", str(spec.registrar_dir), REGISTRAR_DIR] if spec.registrar_dir else []),
             "--dev",
             "/dev",
             *(["--dev-bind", str(accel.KVM_DEVICE), str(accel.KVM_DEVICE)] if kvm else []),
@@ -240,10 +248,23 @@ class MicrovmRuntime(SandboxRuntime):
         ]
         netdevs = []
         for link in LINKS:
+            netdev = (
+                f"user,id={link.name},restrict=on,net={link.network},"
+                f"hostfwd=tcp:127.0.0.1:{HOST_PORTS[link.name]}-{link.guest}:{GUEST_PORT}"
+            )
+            if link is ADMIN_LINK and spec.registrar_dir is not None:
+                # restrict=on holds for everything but the forwards named here.
+                # socat waits a while for a registrar that is restarting, as the
+                # module does for the sandbox's socket. (",," is a comma to QEMU.)
+                address, port = REGISTRAR_FORWARD
+                socket_path = f"{REGISTRAR_DIR}/{REGISTRAR_SOCKET}"
+                netdev += (
+                    f",guestfwd=tcp:{address}:{port}-cmd:/usr/bin/socat STDIO "
+                    f"UNIX-CONNECT:{socket_path},,retry=100,,interval=0.05"
+                )
             netdevs += [
                 "-netdev",
-                f"user,id={link.name},restrict=on,net={link.network},"
-                f"hostfwd=tcp:127.0.0.1:{HOST_PORTS[link.name]}-{link.guest}:{GUEST_PORT}",
+                netdev,
                 "-device",
                 f"virtio-net-device,netdev={link.name},mac={link.mac}",
             ]
