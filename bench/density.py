@@ -17,7 +17,8 @@ At each step, once the host has that many databases:
 - stall: meanwhile a client of another database runs `SELECT 1` in a loop on one
   connection: its longest wait (and p99), each wait over 20 ms with its time; and
   the machine's major page faults and memory stall time (/proc/pressure/memory)
-  over the creates (the same over each wake burst);
+  over the creates (the same over each wake burst), and whose CPU it was (each
+  process's, its reaped children's included, by its role in the platform);
 - disk per database: the host's instances directory (du, shared template included)
   over the databases;
 - periodic work: each periodic task in a process of its own, as a beat runs it
@@ -172,6 +173,62 @@ def kernel_counters() -> dict[str, float]:
     return out
 
 
+TENANT_UID_BASE = 200000  # DBAAS_TENANT_UID_BASE: tenants' servers run as base + id
+# What a process of the platform is, by a word of its command line (first match).
+ROLES = (
+    ("-Q control", "control-plane worker"),
+    (".bulk ", "host bulk worker"),
+    ("worker -Q host.", "host worker"),
+    ("celery", "celery (other)"),
+    ("run_activator", "activator"),
+    ("run_registrar", "registrar"),
+    ("run_pooler", "pooler supervisor"),
+    ("run_exports", "exports"),
+    ("gunicorn", "web (gunicorn)"),
+    ("bench/density.py", "this bench"),
+    ("localservices", "local services"),
+)
+
+
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """Every process's CPU seconds, its own and its reaped children's (a backend's
+    goes to its postmaster, a detached launch chain's to init), with what it is."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            uid = proc.stat().st_uid
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        seconds = sum(int(v) for v in fields[11:15]) / tick  # utime stime cutime cstime
+        if int(fields[1]) == 2 or proc.name == "2":
+            role = "kernel threads"
+        elif comm == "postgres":
+            role = "tenant servers" if uid >= TENANT_UID_BASE else "control-plane postgres"
+        elif proc.name == "1":
+            role = "init (reaps detached launches)"
+        else:
+            role = next((name for word, name in ROLES if word in cmdline), comm)
+        found[int(proc.name)] = (role, seconds)
+    return found
+
+
+def cpu_by_role_since(before: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds per role since `before` (processes that ran throughout or
+    started since), largest first."""
+    roles: dict[str, float] = {}
+    for pid, (role, seconds) in cpu_by_process().items():
+        spent = seconds - before[pid][1] if pid in before else seconds
+        roles[role] = roles.get(role, 0.0) + spent
+    return dict(sorted(((r, round(v, 2)) for r, v in roles.items() if v > 0), key=lambda x: -x[1]))
+
+
 def counters_since(before: dict[str, float]) -> dict[str, float]:
     now = kernel_counters()
     return {key: now[key] - before[key] for key in before}
@@ -207,7 +264,7 @@ def creates_with_stall(token: str, probe: dict, count: int, step: int) -> dict:
     client = threading.Thread(target=loop)
     client.start()
     made, latencies = [], []
-    counters = kernel_counters()
+    counters, processes, busy = kernel_counters(), cpu_by_process(), cpu_busy_seconds()
     try:
         for n in range(count):
             ms, db = create_timed(token, f"s{step}c{n}")
@@ -218,8 +275,12 @@ def creates_with_stall(token: str, probe: dict, count: int, step: int) -> dict:
         client.join()
         conn.close()
     during = counters_since(counters)
+    by_role = cpu_by_role_since(processes)
+    machine = cpu_busy_seconds() - busy
     sleep_all(token, made)
     return {
+        "creates_cpu_s": machine,
+        "creates_cpu_by_role": by_role,
         **{f"creates_{key}": value for key, value in during.items()},
         "stall_slow_samples": slow,
         "create_p50_ms": percentile(latencies, 50),
@@ -242,7 +303,9 @@ def wakes(token: str, pool: list[dict]) -> dict:
         if len(pool) < n:
             continue
         busy, own, counters = cpu_busy_seconds(), own_cpu_seconds(), kernel_counters()
+        processes = cpu_by_process()
         latencies, errors = run_concurrent([(token, db) for db in pool[:n]])
+        out[f"wake_{n}_cpu_by_role"] = cpu_by_role_since(processes)
         for key, value in counters_since(counters).items():
             out[f"wake_{n}_{key}"] = value
         # The platform's CPU per wake: the machine's, less this client's own.
@@ -378,6 +441,15 @@ def table(rows: list[dict]) -> None:
                 f"{r.get('wake_50_major_faults', 0):.0f} major faults, "
                 f"{r.get('wake_50_cpu_ms', 0):.0f} ms CPU per wake"
             )
+    for r in rows:
+        for what, machine, roles in (
+            ("creates", r.get("creates_cpu_s"), r.get("creates_cpu_by_role")),
+            ("50 wakes", None, r.get("wake_50_cpu_by_role")),
+        ):
+            if roles:
+                top = ", ".join(f"{role} {sec:.1f}" for role, sec in list(roles.items())[:7])
+                total = f" of the machine's {machine:.1f}" if machine else ""
+                print(f"{r['databases']:>9} databases, CPU s over the {what}{total}: {top}")
     for r in rows:
         if "memory_per_awake_mb" in r:
             print(
