@@ -124,6 +124,31 @@ def bwrap_of(pids: list[int]) -> list[int]:
     return sorted(parents)
 
 
+def summary(
+    creates: list[float],
+    starts: list[float],
+    cpus: list[float],
+    counts: list[int],
+    per_instance: list[int],
+    host_kb: float,
+    disks: list[float],
+) -> dict[str, float]:
+    """One row: times in ms, memory in MB (from kB), medians over the instances;
+    the start time of the first and last tenth shows what the ones running cost."""
+    tenth = max(1, len(starts) // 10)
+    return {
+        "create ms p50": statistics.median(creates),
+        "start ms p50": statistics.median(starts),
+        "first 10% start ms p50": statistics.median(starts[:tenth]),
+        "last 10% start ms p50": statistics.median(starts[-tenth:]),
+        "start CPU ms p50": statistics.median(cpus),
+        "processes": statistics.median(counts) if counts else 0,
+        "PSS MB p50": statistics.median(per_instance) / 1024 if per_instance else 0,
+        "host MB each": host_kb / 1024,
+        "disk asleep MB p50": statistics.median(disks) / 1024,
+    }
+
+
 def run(profile: str, n: int, root: Path, with_cgroups: bool = False) -> dict[str, float]:
     image = load_image(images_dir(), default_image_name())
     runtime = SandboxRuntime(root)
@@ -173,17 +198,7 @@ def run(profile: str, n: int, root: Path, with_cgroups: bool = False) -> dict[st
     finally:
         for spec in specs:
             runtime.destroy(spec.instance_id)
-    return {
-        "create ms p50": statistics.median(creates),
-        "start ms p50": statistics.median(starts),
-        "first 10% start ms p50": statistics.median(starts[: max(1, n // 10)]),
-        "last 10% start ms p50": statistics.median(starts[-max(1, n // 10) :]),
-        "start CPU ms p50": statistics.median(cpus),
-        "processes": statistics.median(counts) if counts else 0,
-        "PSS MB p50": statistics.median(per_instance) / 1024 if per_instance else 0,
-        "host MB each": host / 1024,
-        "disk asleep MB p50": statistics.median(disks) / 1024,
-    }
+    return summary(creates, starts, cpus, counts, per_instance, host, disks)
 
 
 def run_bare(profile: str, n: int, root: Path) -> dict[str, float]:
@@ -241,17 +256,7 @@ def run_bare(profile: str, n: int, root: Path) -> dict[str, float]:
         for _uid, _data, server in servers:
             server.wait(timeout=60)
     disks = [allocated_bytes(data) / 1024 for _uid, data, _ in servers]
-    return {
-        "create ms p50": statistics.median(creates),
-        "start ms p50": statistics.median(starts),
-        "first 10% start ms p50": statistics.median(starts[: max(1, n // 10)]),
-        "last 10% start ms p50": statistics.median(starts[-max(1, n // 10) :]),
-        "start CPU ms p50": statistics.median(cpus),
-        "processes": statistics.median(counts) if counts else 0,
-        "PSS MB p50": statistics.median(per_instance) / 1024 if per_instance else 0,
-        "host MB each": host / 1024,
-        "disk asleep MB p50": statistics.median(disks) / 1024,
-    }
+    return summary(creates, starts, cpus, counts, per_instance, host, disks)
 
 
 def main() -> None:
