@@ -4,7 +4,7 @@ emulation; and what a TCG guest must be told about its clock.
 `/dev/kvm` existing does not mean a guest boots under it: on a nested PVM
 hypervisor (these machines) KVM_CREATE_VM works and a standard kernel hangs. So
 `auto` boots the real guest kernel once under KVM with a bounded timeout (the
-init powers off as soon as it runs: `dbaas.probe=1`) and remembers the answer
+init ends the machine as soon as it runs: `dbaas.probe=1`) and remembers the answer
 beside the boot image, keyed by what it depends on; nothing waits on a bad KVM
 past the probe's timeout, and that only once.
 """

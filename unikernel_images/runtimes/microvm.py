@@ -14,7 +14,8 @@ What differs is how the server is started, reached and stopped:
   mount namespaces; the host's /usr read-only; of the host's files only the
   instance's own), its cgroups joined, as the sandbox's postgres would be.
 - The guest's network is QEMU's user-mode network with `restrict=on`: the guest
-  reaches nothing (not the host, not other tenants, not the internet). Two links
+  reaches nothing (not the host, not other tenants, not the internet) but its own
+  registrar socket, through a forward QEMU makes (CREATE DATABASE). Two links
   are forwarded into it: the pooler's and the platform's. QEMU binds their host
   ends on the loopback of its own empty network namespace, and two socat
   processes there serve them as unix sockets in the instance's directories, the
@@ -22,8 +23,9 @@ What differs is how the server is started, reached and stopped:
   admin_socket_dir (root's alone). postgres tells the two apart by the address a
   connection comes from (pg_hba.conf): no peer credentials cross a network.
 - The host asks the guest's init to stop or reload postgres over a control port
-  (a virtio console on a unix socket); the init powers the machine off when
-  postgres exits. SIGTERM, then SIGKILL, to QEMU are the fallback.
+  (a virtio console on a unix socket); the init ends the machine when postgres
+  exits (it resets, and QEMU, run with -no-reboot, exits). SIGTERM, then SIGKILL,
+  to QEMU are the fallback.
 """
 
 import contextlib
@@ -346,7 +348,7 @@ class MicrovmRuntime(SandboxRuntime):
             # Still booting (or hung at it): no postgres to shut down cleanly,
             # maybe no init to ask. QEMU ends the machine at once.
             return terminate
-        # The guest's init has postgres shut down fast (SIGINT), then powers off.
+        # The guest's init has postgres shut down fast (SIGINT), then ends the machine.
         return [(functools.partial(self._ask_or_signal, instance_id, pid), 0.8), *terminate]
 
     def _ask_or_signal(self, instance_id: str, pid: int) -> None:
