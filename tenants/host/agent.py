@@ -859,7 +859,7 @@ def instances_watch(logs: dict[str, LogFollower], noted: set[str]) -> list[str]:
             report.note(tenant.pk, _disk_full_note(freed, full[:200]))
             report.event(tenant.pk, "disk_full", "crash-watch", full, 0)
             done.append(f"{iid}: disk full, {freed >> 20} MB freed")
-        if runtime.status(iid).state is not InstanceState.STOPPED:
+        if not runtime.is_stopped(iid):
             continue
         if instance_repair(tenant, actor="crash-watch") == "restarted":
             done.append(f"{iid}: restarted")

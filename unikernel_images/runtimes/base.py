@@ -250,6 +250,11 @@ class Runtime(ABC):
     @abstractmethod
     def status(self, instance_id: str) -> InstanceStatus: ...
 
+    def is_stopped(self, instance_id: str) -> bool:
+        """status(instance_id).state is STOPPED (an instance that exists and has no
+        process), where a runtime can say it for less."""
+        return self.status(instance_id).state is InstanceState.STOPPED
+
     def disk_usage(self, instance_id: str) -> int:
         """Bytes the instance occupies on this host (its data, logs and settings)."""
         return allocated_bytes(self.instance_dir(instance_id))
