@@ -41,6 +41,7 @@ CORE_MODULES = ["plpgsql", "dict_snowball", "libpqwalreceiver", "dbaas"]
 # Where an instance finds the host's registrar of databases (see pg_module/dbaas.c).
 REGISTRAR_DIR = "/run/dbaas"
 REGISTRAR_SOCKET = ".s.registrar"
+REGISTRAR_PATH = f"{REGISTRAR_DIR}/{REGISTRAR_SOCKET}"
 # Extensions a tenant (who is not superuser) may create, by extension name: the
 # module it loads, and whether the image marks it trusted itself. PostgreSQL's own
 # "trusted" contrib modules are trusted already; pgvector and PostGIS are not, and

@@ -17,8 +17,7 @@ from dbaas.files import render_template, write_atomic
 from unikernel_images.cgroups import Limits
 from unikernel_images.image import (
     PACKAGE_DIR,
-    REGISTRAR_DIR,
-    REGISTRAR_SOCKET,
+    REGISTRAR_PATH,
     SUPERUSER,
     Image,
 )
@@ -328,7 +327,7 @@ def _registrar_setting(spec: InstanceSpec, network: GuestNetwork | None) -> str:
         return ""
     if network is not None:
         return f"tcp:{network.registrar}"
-    return f"{REGISTRAR_DIR}/{REGISTRAR_SOCKET}"
+    return REGISTRAR_PATH
 
 
 def render_postgres_config(

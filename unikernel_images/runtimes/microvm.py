@@ -50,7 +50,7 @@ from unikernel_images.guest import (
     host_address,
     load_guest,
 )
-from unikernel_images.image import REGISTRAR_DIR, REGISTRAR_SOCKET
+from unikernel_images.image import REGISTRAR_DIR, REGISTRAR_PATH
 from unikernel_images.runtimes.base import (
     GuestNetwork,
     InstanceError,
@@ -259,10 +259,9 @@ class MicrovmRuntime(SandboxRuntime):
                 # socat waits a while for a registrar that is restarting, as the
                 # module does for the sandbox's socket. (",," is a comma to QEMU.)
                 address, port = REGISTRAR_FORWARD
-                socket_path = f"{REGISTRAR_DIR}/{REGISTRAR_SOCKET}"
                 netdev += (
                     f",guestfwd=tcp:{address}:{port}-cmd:/usr/bin/socat STDIO "
-                    f"UNIX-CONNECT:{socket_path},,retry=100,,interval=0.05"
+                    f"UNIX-CONNECT:{REGISTRAR_PATH},,retry=100,,interval=0.05"
                 )
             netdevs += [
                 "-netdev",
