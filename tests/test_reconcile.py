@@ -1,6 +1,6 @@
-"""Crash-only: a killed instance is back at once (the activator's crash watch looks
-twice a second; the reconcile task, every interval, is the backstop), and says why
-it was restarted."""
+"""Crash-only: a killed instance is back at once (the activator's crash watch is
+told of each exit; the reconcile task, every interval, is the backstop), and says
+why it was restarted."""
 
 import os
 import signal
@@ -10,8 +10,9 @@ import pytest
 from django.conf import settings
 
 from tenants.host import agent
+from tenants.host.crash_watch import CrashWatch
 from tenants.models import Event, Tenant
-from tests.conftest import connect
+from tests.conftest import connect, wait_until
 from tests.helpers import create
 from unikernel_images.runtimes.base import InstanceState
 
@@ -52,3 +53,30 @@ def test_a_killed_instance_is_restarted_with_its_data(live, alice):
     assert Tenant.objects.get(pk=tenant.pk).state_reason.startswith("restarted at ")
     with connect(db["connection_string"]) as conn:
         assert conn.execute("SELECT v FROM kept").fetchall() == [("committed before the crash",)]
+
+
+def test_the_crash_watch_follows_each_new_server_of_a_tenant(live, alice):
+    """The watch holds a pidfd for each running server, and after a restart (its
+    own or another's) one for the new server: each exit is told, none polled for."""
+    db = create(alice, "lazarus")
+    tenant = Tenant.objects.get(pk=db["id"])
+    runtime, iid = agent.runtime_for(tenant), tenant.instance_id
+    watch = CrashWatch()  # beside the activator's own: either may restart it
+
+    def watching() -> int | None:
+        watch.round()
+        pid = runtime.status(iid).pid
+        return pid if pid is not None and watch.watched().get(iid) == pid else None
+
+    try:
+        pids = [wait_until(watching, timeout=10)]
+        for _ in range(2):
+            os.kill(pids[-1], signal.SIGKILL)
+            pids.append(wait_until(lambda: (pid := watching()) not in (None, pids[-1]) and pid))
+        assert len(set(pids)) == 3
+        restarts = Event.objects.filter(tenant=tenant, action="restart")
+        wait_until(lambda: restarts.count() == 2, timeout=10)  # reported after the start
+    finally:
+        watch.close()
+    with connect(db["connection_string"]) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)

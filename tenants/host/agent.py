@@ -21,7 +21,6 @@ from django.conf import settings
 
 from dbaas import locks
 from dbaas.env import data_dir, pki_dir, pooler_user
-from dbaas.files import LogFollower
 from poolers import tls
 from poolers.pgbouncer import SERVER_COLUMNS, DatabaseEntry, PgBouncer, UserEntry
 from poolers.routes import Routes
@@ -279,7 +278,7 @@ def instance_start(tenant: TenantSpec) -> str:
         )
         if not freed:
             raise
-        note = _disk_full_note(freed, "it could not start")
+        note = disk_full_note(freed, "it could not start")
         report.note(tenant.pk, note)
         report.event(tenant.pk, "disk_full", "host", f"could not start: {exc}", 0)
         start()
@@ -829,56 +828,12 @@ DISK_FULL_NOTE = "the disk is full"
 DISK_FULL_WORDS = ("No space left on device", "Check free disk space")
 
 
-def instances_watch(logs: dict[str, LogFollower], noted: set[str]) -> list[str]:
-    """This host's running tenants, looked at closely (twice a second, by the
-    activator), what the reconcile loop would find only at its next tick:
-
-    - a server that has exited (crashed, killed, out of memory) is started again;
-    - a server whose log says the disk is full (it may be up but unable to write,
-      or let anyone log in) gets its reserve back, so that it can go on and its
-      owner can connect and free space; its state reason says so.
-
-    `logs` keeps each server's log follower (how far it was read), `noted` the
-    instances whose full disk was told already, between calls.
-    Returns what was done, as "<instance id>: <what>"."""
-    route, done = routes(), []
-    for tenant, _state in store().all((RUNNING,)):
-        iid = tenant.instance_id
-        if route.target(iid) is None or route.points_to_activator(iid):
-            continue  # not routed to a server that should be up
-        runtime = runtime_for(tenant)
-        log_file = runtime.log_file(iid)
-        follower = logs.setdefault(iid, LogFollower(log_file))
-        if not runtime.reserve_given_back(iid):
-            noted.discard(iid)  # its reserve is back: the next full disk is news
-        full = _new_log_line(follower, DISK_FULL_WORDS)
-        # Once per episode: a client that keeps writing keeps logging the same.
-        if full is not None and iid not in noted:
-            noted.add(iid)
-            freed = runtime.release_reserve(iid, settings.DBAAS_DISK_RESERVE_MB << 20)
-            report.note(tenant.pk, _disk_full_note(freed, full[:200]))
-            report.event(tenant.pk, "disk_full", "crash-watch", full, 0)
-            done.append(f"{iid}: disk full, {freed >> 20} MB freed")
-        if not runtime.is_stopped(iid):
-            continue
-        if instance_repair(tenant, actor="crash-watch") == "restarted":
-            done.append(f"{iid}: restarted")
-    return done
-
-
-def _disk_full_note(freed: int, detail: str) -> str:
+def disk_full_note(freed: int, detail: str) -> str:
     """The state reason of a tenant whose disk is full and which got its reserve."""
     return (
         f"{DISK_FULL_NOTE} ({detail}); {freed >> 20} MB were set free so that you can "
         "connect and DELETE, TRUNCATE or DROP data"
     )
-
-
-def _new_log_line(follower: LogFollower, needles: tuple[str, ...]) -> str | None:
-    """The last line with one of `needles` the log got since the last look (None
-    if none; the first look only notes where the log ends)."""
-    found = [line for line in follower.new_lines() if any(n in line for n in needles)]
-    return found[-1].split(" ", 3)[-1] if found else None
 
 
 # How much of a server's log is read at most: its end, where the news is.

@@ -254,6 +254,12 @@ class Runtime(ABC):
         process), where a runtime can say it for less."""
         return self.status(instance_id).state is InstanceState.STOPPED
 
+    def recorded_pid(self, instance_id: str) -> int | None:
+        """The host pid of the process whose exit ends the instance, as its start
+        recorded it (None if none is), for a watcher to be told of that exit. It
+        may be stale: is_stopped() is what says whether the instance runs."""
+        return None
+
     def disk_usage(self, instance_id: str) -> int:
         """Bytes the instance occupies on this host (its data, logs and settings)."""
         return allocated_bytes(self.instance_dir(instance_id))

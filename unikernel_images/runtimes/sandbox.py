@@ -576,15 +576,18 @@ class SandboxRuntime(Runtime):
         # status(), 7 for the lock, measured here).
         return self._has_data(instance_id) and not self._lock_held(instance_id)
 
+    def recorded_pid(self, instance_id: str) -> int | None:
+        try:
+            return int(json.loads(self._pid_file(instance_id).read_text())["pid"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None  # the starter has not recorded it yet
+
     def status(self, instance_id: str) -> InstanceStatus:
         if not self._has_data(instance_id):
             return InstanceStatus(InstanceState.MISSING)
         if not self._lock_held(instance_id):
             return InstanceStatus(InstanceState.STOPPED)
-        try:
-            pid = json.loads(self._pid_file(instance_id).read_text())["pid"]
-        except (FileNotFoundError, ValueError, KeyError):
-            pid = None  # the starter has not recorded it yet
+        pid = self.recorded_pid(instance_id)
         if pid is not None and not _alive(pid):
             pid = None
         # The lock is held, so postmaster.pid is this instance's (start removes

@@ -22,13 +22,13 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from dbaas.env import pooler_user
-from dbaas.files import LogFollower
 from poolers import firewall, login_guard
 from poolers.activator import Activator
 from tenants.host import agent, heartbeat, report
+from tenants.host.crash_watch import CrashWatch
 
 log = logging.getLogger(__name__)
-CRASH_WATCH_INTERVAL = 0.5
+CRASH_WATCH_RETRY = 0.5  # seconds after a failed round (the host store unreadable...)
 
 
 def wake(instance_id: str, ready: Callable[[Path], None]) -> Path:
@@ -83,18 +83,18 @@ class Command(BaseCommand):
         asyncio.run(self._main(activator))
 
     def _restart_crashed(self) -> None:
-        """Twice a second: a running tenant whose server has exited is started again
-        at once, one whose disk is full gets room (agent.instances_watch)."""
-        failing, logs, noted = False, dict[str, LogFollower](), set[str]()
+        """A running tenant whose server has exited is started again at once, one
+        whose disk is full gets room (tenants/host/crash_watch.py)."""
+        failing, watch = False, CrashWatch()
         while True:
-            time.sleep(CRASH_WATCH_INTERVAL)
             try:
-                for what in agent.instances_watch(logs, noted):
+                for what in watch.round():
                     log.warning("crash watch: %s", what)
             except Exception:
-                if not failing:  # once per outage, not twice a second
+                if not failing:  # once per outage, not at every round
                     log.exception("crash watch: failing; retrying")
                 failing = True
+                time.sleep(CRASH_WATCH_RETRY)
             else:
                 if failing:
                     log.info("crash watch: working again")
