@@ -55,6 +55,7 @@ class Activator:
         self.scan_interval = scan_interval
         self.servers: dict[str, asyncio.AbstractServer] = {}
         self.wakes: dict[str, asyncio.Future[Path]] = {}
+        self._synced_ids: list[str] | None = None  # the routes listening now follows
 
     async def run(self) -> None:
         """Listen for every routed instance; pick up new and removed ones by scanning."""
@@ -65,13 +66,17 @@ class Activator:
             self.servers[MAINTENANCE] = await self._listen_on(
                 self.routes.maintenance_dir(), self._serve_maintenance
             )
-        wanted = set(self.routes.instance_ids()) | ({MAINTENANCE} & set(self.servers))
+        ids = self.routes.instance_ids()
+        if ids is self._synced_ids:
+            return  # no route came or went since the last round
+        wanted = set(ids) | ({MAINTENANCE} & set(self.servers))
         for instance_id in wanted - set(self.servers):
             self.servers[instance_id] = await self._listen(instance_id)
         for instance_id in set(self.servers) - wanted:
             server = self.servers.pop(instance_id)
             server.close()
             self.routes.activator_socket(instance_id).unlink(missing_ok=True)
+        self._synced_ids = ids
 
     async def _listen(self, instance_id: str) -> asyncio.AbstractServer:
         return await self._listen_on(

@@ -37,17 +37,22 @@ class Registrar:
         self.decide = decide
         self.scan_interval = scan_interval
         self.servers: dict[str, asyncio.AbstractServer] = {}
+        self._synced_ids: list[str] | None = None  # the routes listening now follows
 
     async def run(self) -> None:
         await keep_in_step(self.sync_listeners, self.scan_interval, "registrar")
 
     async def sync_listeners(self) -> None:
-        wanted = set(self.routes.instance_ids())
+        ids = self.routes.instance_ids()
+        if ids is self._synced_ids:
+            return  # no route came or went since the last round
+        wanted = set(ids)
         for instance_id in wanted - set(self.servers):
             self.servers[instance_id] = await self._listen(instance_id)
         for instance_id in set(self.servers) - wanted:
             self.servers.pop(instance_id).close()
             self.routes.registrar_socket(instance_id).unlink(missing_ok=True)
+        self._synced_ids = ids
 
     async def _listen(self, instance_id: str) -> asyncio.AbstractServer:
         directory = self.routes.registrar_dir(instance_id)
