@@ -29,9 +29,10 @@ At each step, once the host has that many databases:
 - wakes: sleeping databases connected to one at a time (20), then 50 and 200 at
   once: p50 / p99, beside the CPU floor (N x measured CPU per wake / cores: the p99
   could not be lower with the cores busy all along);
-- memory (at the last step, during all of the above): --awake of its databases
-  awake and idle; the host's used memory (MemTotal - MemAvailable) with them awake
-  and again once asleep, per database.
+- memory (at the last step, after its creates): --awake more databases made awake
+  and idle, and the creates measured again with them so; then the rest as above;
+  the host's used memory (MemTotal - MemAvailable) with them awake and again once
+  asleep, per database.
 
 The databases beyond those measured are made by `manage.py seed_databases --asleep`
 (as the API makes them, without the HTTP round trip). Results go to
@@ -60,6 +61,7 @@ from wake import run_concurrent, run_sequential, used_memory_mb  # noqa: E402
 
 DATA = BASE_DIR / "var" / "bench-density"
 RESULTS = BASE_DIR / "var" / "bench-density.json"
+HOLD = BASE_DIR / "var" / "bench-density.hold"
 PLOT = BASE_DIR / "docs" / "img" / "density.png"
 URL = "http://127.0.0.1:8110"
 ENVIRONMENT = environment("density", DATA, web_port=8110, pooler_port=6732, netns_slot=51) | {
@@ -207,12 +209,23 @@ def cpu_by_process() -> dict[int, tuple[str, float]]:
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
         seconds = sum(int(v) for v in fields[11:15]) / tick  # utime stime cutime cstime
-        if int(fields[1]) == 2 or proc.name == "2":
+        if comm.startswith("kdamond"):
+            # This machine's proactive reclaim (DAMON, physical addresses, pageout),
+            # set up with the machine: its checks walk every mapping of the pages it
+            # samples, so it costs more the more server processes are awake.
+            role = "kdamond (the machine's DAMON reclaim)"
+        elif int(fields[1]) == 2 or proc.name == "2":
             role = "kernel threads"
         elif comm == "postgres":
             role = "tenant servers" if uid >= TENANT_UID_BASE else "control-plane postgres"
         elif proc.name == "1":
-            role = "init (reaps detached launches)"
+            # Its own work is the machine's (this machine's init is its agent);
+            # what it reaped is the platform's detached launches.
+            found[-1] = (
+                "init (reaps detached launches)",
+                sum(int(v) for v in fields[13:15]) / tick,
+            )
+            role, seconds = "the machine's init, its own work", seconds - found[-1][1]
         else:
             role = next((name for word, name in ROLES if word in cmdline), comm)
         found[int(proc.name)] = (role, seconds)
@@ -244,7 +257,7 @@ def create_timed(token: str, name: str) -> tuple[float, dict]:
     return (time.perf_counter() - started) * 1000, db
 
 
-def creates_with_stall(token: str, probe: dict, count: int, step: int) -> dict:
+def creates_with_stall(token: str, probe: dict, count: int, prefix: str) -> dict:
     """`count` creates through the API while a client of `probe` loops SELECT 1."""
     waits: list[float] = []
     slow: list[tuple[float, float]] = []
@@ -267,7 +280,7 @@ def creates_with_stall(token: str, probe: dict, count: int, step: int) -> dict:
     counters, processes, busy = kernel_counters(), cpu_by_process(), cpu_busy_seconds()
     try:
         for n in range(count):
-            ms, db = create_timed(token, f"s{step}c{n}")
+            ms, db = create_timed(token, f"{prefix}c{n}")
             latencies.append(ms)
             made.append(db)
     finally:
@@ -363,7 +376,15 @@ def tick() -> dict:
     return json.loads(line.removeprefix("TICK "))
 
 
-def run(steps: list[int], creates: int, awake: int) -> list[dict]:
+def hold_here(step: int) -> None:
+    """Leave the grown platform up for looking at, until the hold file is removed."""
+    HOLD.write_text(f"{step}\n")
+    print(f"step {step}: holding (platform at {URL}); rm {HOLD} to go on", flush=True)
+    while HOLD.exists():
+        time.sleep(1)
+
+
+def run(steps: list[int], creates: int, awake: int, hold: bool = False) -> list[dict]:
     trust_platform_ca(URL)
     token = sign_up(URL, "density@bench.invalid", "a long bench passphrase")
     # One account makes them all; awake databases stay awake until put to sleep
@@ -389,18 +410,26 @@ def run(steps: list[int], creates: int, awake: int) -> list[dict]:
             made += len(more)
         row: dict = {}
         # At the last step, --awake of them are awake and idle throughout.
-        awake_now = awake if step == steps[-1] and step - made - creates >= awake else 0
-        seed = step - made - creates - awake_now
+        awake_now = awake if step == steps[-1] and step - made - 2 * creates >= awake else 0
+        seed = step - made - creates - (awake_now + creates if awake_now else 0)
         if seed > 0:
             print(f"step {step}: seeding {seed} asleep", flush=True)
             manage("seed_databases", str(seed), "--asleep", "--batch", "200", "--timeout", "14400")
             made += seed
+        if hold and step == steps[-1]:
+            hold_here(step)
+        row |= creates_with_stall(token, probe, creates, f"s{step}")
+        row["creates_at"] = made
+        made += creates
         if awake_now:
+            # The same again with --awake of them awake and idle (and, on this
+            # machine, its DAMON reclaim busier for their processes).
             print(f"step {step}: seeding {awake_now} awake", flush=True)
             awake_mb = seed_awake(awake_now)
             made += awake_now
-        row |= creates_with_stall(token, probe, creates, step)
-        made += creates
+            row["with_awake"] = creates_with_stall(token, probe, creates, f"s{step}a")
+            row["with_awake"]["creates_at"] = made
+            made += creates
         row["databases"] = made
         row["disk_per_database_mb"] = disk_per_database(made)
         row["tick"] = tick()
@@ -432,6 +461,16 @@ def table(rows: list[dict]) -> None:
             f"{r.get('wake_200_p99_ms', 0):>8.0f} {r.get('wake_200_floor_ms', 0):>6.0f}"
         )
     for r in rows:
+        if "with_awake" in r:
+            w = r["with_awake"]
+            print(
+                f"{r['databases']:>9} databases: creates at {r['creates_at']} with few awake "
+                f"p50/p95 {r['create_p50_ms']:.0f}/{r['create_p95_ms']:.0f} ms; at "
+                f"{w['creates_at']} with {r['awake']} awake {w['create_p50_ms']:.0f}/"
+                f"{w['create_p95_ms']:.0f} ms, stall max/p99 {w['stall_max_ms']:.1f}/"
+                f"{w['stall_p99_ms']:.1f} ms"
+            )
+    for r in rows:
         if "creates_major_faults" in r:
             print(
                 f"{r['databases']:>9} databases: over the creates "
@@ -442,8 +481,10 @@ def table(rows: list[dict]) -> None:
                 f"{r.get('wake_50_cpu_ms', 0):.0f} ms CPU per wake"
             )
     for r in rows:
+        w = r.get("with_awake", {})
         for what, machine, roles in (
             ("creates", r.get("creates_cpu_s"), r.get("creates_cpu_by_role")),
+            ("creates with the awake", w.get("creates_cpu_s"), w.get("creates_cpu_by_role")),
             ("50 wakes", None, r.get("wake_50_cpu_by_role")),
         ):
             if roles:
@@ -470,7 +511,14 @@ def plot(rows: list[dict]) -> None:
     n = [r["databases"] for r in rows]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     panels = [
-        ("Create through the API (ms)", [("p50", "create_p50_ms"), ("p95", "create_p95_ms")]),
+        (
+            "Create through the API (ms)",
+            [
+                ("p50", "create_p50_ms"),
+                ("p95", "create_p95_ms"),
+                ("p50, 1,000 more awake", "with_awake.create_p50_ms"),
+            ],
+        ),
         (
             "Another client's SELECT 1 meanwhile (ms)",
             [("max", "stall_max_ms"), ("p99", "stall_p99_ms")],
@@ -484,7 +532,9 @@ def plot(rows: list[dict]) -> None:
     ]
     for ax, (title, series) in zip(axes.flat, panels, strict=False):
         for label, key in series:
-            points = [(x, r[key]) for x, r in zip(n, rows, strict=True) if key in r]
+            where, _, leaf = key.rpartition(".")  # "with_awake.x": r["with_awake"]["x"]
+            found = [(x, r.get(where, {}) if where else r) for x, r in zip(n, rows, strict=True)]
+            points = [(x, r[leaf]) for x, r in found if leaf in r]
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
         ax.set_title(title)
         ax.set_xscale("log")
@@ -509,6 +559,9 @@ def main() -> None:
     parser.add_argument("--steps", default="100,1000,5000,10000")
     parser.add_argument("--creates", type=int, default=50, help="measured creates per step")
     parser.add_argument("--awake", type=int, default=1000, help="awake for the memory figure")
+    parser.add_argument(
+        "--hold", action="store_true", help="before the last step's creates, wait (to profile)"
+    )
     parser.add_argument("--plot-only", action="store_true", help=f"redraw from {RESULTS.name}")
     args = parser.parse_args()
     if args.plot_only:
@@ -519,7 +572,8 @@ def main() -> None:
         shutil.rmtree(DATA, ignore_errors=True)
         up = start(1, DATA, ENVIRONMENT, URL)
         try:
-            rows = run([int(x) for x in args.steps.split(",")], args.creates, args.awake)
+            steps = [int(x) for x in args.steps.split(",")]
+            rows = run(steps, args.creates, args.awake, args.hold)
         finally:
             stop(up)
     table(rows)
