@@ -322,7 +322,20 @@ class HostStore:
         _specs.pop(instance_id, None)
 
     def instance_for_role(self, role: str, states: tuple[str, ...]) -> str | None:
-        """The instance of the tenant whose owner role this is (`<name>_<slug>`)."""
+        """The instance of the tenant whose owner role this is (`<name>_<slug>`).
+        The role is named as the tenant's first database, which is routed here:
+        that one tenant is looked at, not all of them (the activator asks at each
+        connection to the maintenance database; reading 10,000 specs took 25 ms)."""
+        owner = self.database_owner(role)
+        if owner is not None:
+            with self._db(write=False) as db:
+                row = db.execute(
+                    "SELECT spec, state FROM tenants WHERE instance_id = ?", (owner,)
+                ).fetchone()
+                spec = self._with_databases(db, owner, row[0]) if row else None
+            if spec is not None and spec.role_name == role:
+                return owner if row[1] in states else None
+        # A tenant whose first database is not routed (a store from before that).
         for spec, _state in self.all(states):
             if spec.role_name == role:
                 return spec.instance_id
