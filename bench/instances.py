@@ -16,7 +16,11 @@ MemAvailable) against before; then stopped (asleep) and measured on disk (the
 blocks of the instance's own layer, or of its plain copy). All is removed at the end.
 
 --cgroups gives each instance its cgroups (a free plan's limits), as the platform
-does. --bare adds, for each profile, the same servers without any sandbox: the
+does. --ksm then measures the same servers again once the kernel has merged their
+identical private pages (KSM: every process of theirs opted in with
+PR_SET_MEMORY_MERGE, which fork and exec keep; ksmd scanning fast until two full
+scans have passed), with the CPU ksmd took and the pages it shares; KSM's settings
+are put back afterwards. --bare adds, for each profile, the same servers without any sandbox: the
 host's own postgres binary run as each uid on a plain copy of the template, no
 namespaces, no cgroups, the platform's module not loaded: what one PostgreSQL
 server per tenant costs this host before any isolation.
@@ -149,7 +153,66 @@ def summary(
     }
 
 
-def run(profile: str, n: int, root: Path, with_cgroups: bool = False) -> dict[str, float]:
+KSM = Path("/sys/kernel/mm/ksm")
+PR_SET_MEMORY_MERGE = 67
+
+
+def merge_identical_pages_of_children() -> None:
+    """Every process started from here on (fork and exec keep it) offers its
+    private pages to KSM."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0:
+        raise SystemExit(f"PR_SET_MEMORY_MERGE: {os.strerror(ctypes.get_errno())}")
+
+
+def ksm_read(name: str) -> int:
+    return int((KSM / name).read_text().split()[0])
+
+
+def kernel_thread_cpu_s(name: str) -> float:
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "comm").read_text().strip() == name:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return 0.0
+
+
+def merged(before_kb: int, pids: list[list[int]], n: int) -> dict[str, float]:
+    """Let ksmd merge the running servers' identical pages (fast: it is a bench),
+    wait for two full scans, measure; KSM's settings as they were afterwards."""
+    saved = {name: (KSM / name).read_text().strip() for name in ("run", "pages_to_scan")}
+    cpu = kernel_thread_cpu_s("ksmd")
+    began = time.monotonic()
+    try:
+        (KSM / "pages_to_scan").write_text("20000")
+        scans = ksm_read("full_scans")
+        (KSM / "run").write_text("1")
+        while ksm_read("full_scans") < scans + 3:
+            time.sleep(1)
+        settled_s = time.monotonic() - began
+        out = {
+            "KSM: PSS MB p50": statistics.median(sum(pss_kb(p) for p in every) for every in pids)
+            / 1024,
+            "KSM: host MB each": (memory_used_kb() - before_kb) / n / 1024,
+            "KSM: pages saved MB each": ksm_read("pages_sharing") * 4 / 1024 / n,
+            "KSM: ksmd CPU s": kernel_thread_cpu_s("ksmd") - cpu,
+            "KSM: settled s": settled_s,
+        }
+    finally:
+        (KSM / "run").write_text("2")  # unmerge all: the next measurement starts from none
+        (KSM / "pages_to_scan").write_text(saved["pages_to_scan"])
+        (KSM / "run").write_text(saved["run"])
+    return out
+
+
+def run(
+    profile: str, n: int, root: Path, with_cgroups: bool = False, ksm: bool = False
+) -> dict[str, float]:
     image = load_image(images_dir(), default_image_name())
     runtime = SandboxRuntime(root)
     memory_mb = Plan._meta.get_field("memory_limit_mb").get_default()  # a plan's default
@@ -188,6 +251,7 @@ def run(profile: str, n: int, root: Path, with_cgroups: bool = False) -> dict[st
             counts.append(len(every))
             per_instance.append(sum(pss_kb(pid) for pid in every))
         host = (memory_used_kb() - before) / n
+        with_ksm = merged(before, [p + bwrap_of(p) for p in by_uid.values()], n) if ksm else {}
         for spec in specs:
             runtime.stop(spec.instance_id)
         disks = []
@@ -198,7 +262,7 @@ def run(profile: str, n: int, root: Path, with_cgroups: bool = False) -> dict[st
     finally:
         for spec in specs:
             runtime.destroy(spec.instance_id)
-    return summary(creates, starts, cpus, counts, per_instance, host, disks)
+    return summary(creates, starts, cpus, counts, per_instance, host, disks) | with_ksm
 
 
 def run_bare(profile: str, n: int, root: Path) -> dict[str, float]:
@@ -265,9 +329,14 @@ def main() -> None:
     parser.add_argument("--profiles", default="current,small,free,no-autovacuum")
     parser.add_argument("--cgroups", action="store_true", help="each instance in its cgroups")
     parser.add_argument("--bare", action="store_true", help="and each profile with no sandbox")
+    parser.add_argument("--ksm", action="store_true", help="and again once KSM has merged")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run it as root (instances run under their own uids)")
+    if args.ksm:
+        if not KSM.exists():
+            raise SystemExit("this kernel has no KSM (/sys/kernel/mm/ksm)")
+        merge_identical_pages_of_children()
     root = Path("/var/tmp/dbaas-bench-instances")
     rows = []
     for profile in args.profiles.split(","):
@@ -275,19 +344,20 @@ def main() -> None:
         root.mkdir(parents=True)
         os.chmod(root, 0o711)
         label = f"{profile} (sandbox{', cgroups' if args.cgroups else ''})"
-        rows.append((label, run(profile, args.n, root, args.cgroups)))
+        rows.append((label, run(profile, args.n, root, args.cgroups, args.ksm)))
         if args.bare:
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir(parents=True)
             os.chmod(root, 0o711)
             rows.append((f"{profile} (bare)", run_bare(profile, args.n, root)))
     shutil.rmtree(root, ignore_errors=True)
-    columns = list(rows[0][1])
+    columns = list(dict.fromkeys(c for _profile, values in rows for c in values))
     print(f"{args.n} instances awake at once per profile, on {os.uname().nodename}")
     print(f"| profile | {' | '.join(columns)} |")
     print(f"|---|{'---|' * len(columns)}")
     for profile, values in rows:
-        print(f"| {profile} | {' | '.join(f'{values[c]:.2f}' for c in columns)} |")
+        cells = [f"{values[c]:.2f}" if c in values else "-" for c in columns]
+        print(f"| {profile} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":
