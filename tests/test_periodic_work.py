@@ -112,12 +112,13 @@ def test_what_a_process_kept_of_a_deleted_tenant_goes_with_it(live, alice):
     reconcile reads thousands per tick): not those of tenants gone since."""
     db = create(alice, "passing")
     iid = Tenant.objects.get(pk=db["id"]).instance_id
+    entries = agent._entries.setdefault(agent.shard_of(db["id"]), {})
     agent.store().all()
     agent.pooler_sync()
-    assert iid in store._specs and iid in agent._entries
+    assert iid in store._specs and iid in entries
     response = alice.call("DELETE", f"/databases/{db['id']}")
     assert response.status_code == 202, response.content
     wait_for_state(db["id"], "deleted")
     agent.store().all()
     agent.pooler_sync()
-    assert iid not in store._specs and iid not in agent._entries
+    assert iid not in store._specs and iid not in entries
