@@ -20,7 +20,9 @@ import logging
 import os
 import select
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 
@@ -49,6 +51,7 @@ class CrashWatch:
         self._recheck: set[str] = set()  # exited, instance not yet down: look again soon
         self._logs: dict[str, LogFollower] = {}  # how far each server's log was read
         self._noted: set[str] = set()  # whose full disk was told already
+        self._resting: dict[str, float] = {}  # failed a look: left alone until then
         self._full_pass_at = self._logs_at = 0.0
 
     def close(self) -> None:
@@ -83,6 +86,10 @@ class CrashWatch:
         else:
             look_at = (exited | self._recheck | (running - set(self._pidfds))) & running
         soon, self._recheck = exited | self._recheck, set()
+        # One whose last look failed rests until the next pass (not retried, nor
+        # logged, twice a second).
+        self._resting = {i: until for i, until in self._resting.items() if until > now}
+        look_at -= self._resting.keys()
         if not look_at and not logs_due:
             return []
         # The specs (what runtime each runs in) of those to look at; of every
@@ -94,17 +101,22 @@ class CrashWatch:
         done = []
         if logs_due:
             self._logs_at = now
-            done += [what for tenant in specs.values() if (what := self._disk_full(tenant))]
+            for tenant in specs.values():
+                done += self._each(tenant.instance_id, self._disk_full, tenant)
         for instance_id in sorted(look_at & set(specs)):
-            try:
-                what = self._exit(specs[instance_id], instance_id in soon)
-            except Exception:
-                # The others still get looked at; this one again at the next pass.
-                log.exception("crash watch: %s", instance_id)
-                continue
-            if what:
-                done.append(what)
+            done += self._each(instance_id, self._exit, specs[instance_id], instance_id in soon)
         return done
+
+    def _each(self, instance_id: str, look: Callable[..., str | None], *args: Any) -> list[str]:
+        """One tenant's look: what it did, or nothing if it failed (the others still
+        get theirs; this one rests until the next pass)."""
+        try:
+            what = look(*args)
+        except Exception:
+            log.exception("crash watch: %s", instance_id)
+            self._resting[instance_id] = time.monotonic() + FULL_PASS_INTERVAL
+            return []
+        return [what] if what else []
 
     def _wait(self, timeout: float) -> set[str]:
         """The instances whose watched server exited (no longer watched)."""
