@@ -258,8 +258,13 @@ def _on_a_small_filesystem(runtime, iid: str, tmp_path, spare_mb: int) -> None:
 
 
 def _off_the_small_filesystem(runtime, iid: str) -> None:
-    runtime.stop(iid)
-    subprocess.run(["umount", "-l", str(runtime.instance_dir(iid))], check=False)
+    from tenants.host import agent
+
+    # Under the instance's lock, as the platform's own stops: the crash watch,
+    # told of the exit at once, would otherwise start it again on the spot.
+    with agent.instance_lock(iid):
+        runtime.stop(iid)
+        subprocess.run(["umount", "-l", str(runtime.instance_dir(iid))], check=False)
 
 
 def test_a_sleeping_database_wakes_on_a_disk_someone_else_filled(live, alice, tmp_path):

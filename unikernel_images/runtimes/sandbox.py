@@ -46,6 +46,9 @@ from unikernel_images.runtimes.base import (
 )
 
 POLL = 0.003  # seconds between readiness checks; start-up takes ~30 ms
+# How long the instance lock must be seen held (or free) before it counts: others
+# probe it by taking it for an instant (status(), the crash watch).
+PROBE_PATIENCE = 0.5
 # In base/: template1, template0 and postgres (initdb's OIDs since PostgreSQL 15),
 # and temporary files.
 NOT_TENANT_DATA = frozenset({"1", "4", "5", "pgsql_tmp"})
@@ -527,7 +530,10 @@ class SandboxRuntime(Runtime):
                 break
             if time.monotonic() > deadline:
                 break
-        if self._lock_held(instance_id):
+        # Held throughout a moment, not at one look: a probe of the lock (status(),
+        # the crash watch, told of this very exit) takes it for an instant, and a
+        # server gone leaves its pid namespace's last processes a few ms to go.
+        if not self._wait_stopped(instance_id, time.monotonic() + PROBE_PATIENCE):
             raise InstanceError(f"instance {instance_id} did not stop")
         self._pid_file(instance_id).unlink(missing_ok=True)
         self._release_groups(instance_id)
@@ -815,7 +821,7 @@ def drop_privileges(spec: InstanceSpec, groups: tuple[int, ...] = ()) -> list[st
     ]
 
 
-def _lock_unless_held(fd: int, patience: float = 0.5) -> bool:
+def _lock_unless_held(fd: int, patience: float = PROBE_PATIENCE) -> bool:
     """Take the instance lock; False if an instance holds it.
 
     status() takes the lock for an instant to test it: a start that meets such a
