@@ -311,8 +311,7 @@ def live(platform, transactional_db):
     while Tenant.objects.filter(state__in=busy).exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     # The rows go with the flush: the host forgets them too, as its reconcile would
-    # once the control plane no longer lists them; first, so that its crash watch
-    # does not start again what is being destroyed here.
+    # once the control plane no longer lists them.
     held = agent.store()
     for spec, _state in held.all():
         held.remove(spec.instance_id)
@@ -320,7 +319,12 @@ def live(platform, transactional_db):
         held.forward_remove(spec.instance_id)
     agent.pooler_sync()
     for tenant in Tenant.objects.all():
-        agent.runtime_for(tenant).destroy(tenant.instance_id)
+        # Under its lock and unrouted first, as the platform destroys: a reconcile
+        # that lists it from the control plane's rows (still there) must not find
+        # it stopped and start it again, nor must the crash watch, told at once.
+        with agent.instance_lock(tenant.instance_id, timeout=30):
+            agent.routes().remove(tenant.instance_id)
+            agent.runtime_for(tenant).destroy(tenant.instance_id)
 
 
 # -- API helpers ---------------------------------------------------------------------
