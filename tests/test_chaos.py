@@ -263,8 +263,10 @@ def _off_the_small_filesystem(runtime, iid: str) -> None:
     # Under the instance's lock, as the platform's own stops: the crash watch,
     # told of the exit at once, would otherwise start it again on the spot.
     with agent.instance_lock(iid):
-        runtime.stop(iid)
-        subprocess.run(["umount", "-l", str(runtime.instance_dir(iid))], check=False)
+        try:
+            runtime.stop(iid)
+        finally:  # a failed stop must not leave the tmpfs over the instance's files
+            subprocess.run(["umount", "-l", str(runtime.instance_dir(iid))], check=False)
 
 
 def test_a_sleeping_database_wakes_on_a_disk_someone_else_filled(live, alice, tmp_path):
