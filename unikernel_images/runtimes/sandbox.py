@@ -578,8 +578,8 @@ class SandboxRuntime(Runtime):
 
     def is_stopped(self, instance_id: str) -> bool:
         # The lock alone, not the files status() reads after it: the crash watch
-        # asks this of every running tenant twice a second (59 us a call for
-        # status(), 7 for the lock, measured here).
+        # asks this at each server's exit and of every running tenant at its
+        # passes (59 us a call for status(), 7 for the lock, measured here).
         return self._has_data(instance_id) and not self._lock_held(instance_id)
 
     def recorded_pid(self, instance_id: str) -> int | None:
