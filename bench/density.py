@@ -409,7 +409,8 @@ def run(steps: list[int], creates: int, awake: int, hold: bool = False) -> list[
             pool += more
             made += len(more)
         row: dict = {}
-        # At the last step, --awake of them are awake and idle throughout.
+        # At the last step, after its creates, --awake more are made awake and idle
+        # (and stay so for the rest of the step: creates again, wakes, memory).
         awake_now = awake if step == steps[-1] and step - made - 2 * creates >= awake else 0
         seed = step - made - creates - (awake_now + creates if awake_now else 0)
         if seed > 0:
