@@ -18,12 +18,13 @@ blocks of the instance's own layer, or of its plain copy). All is removed at the
 --cgroups gives each instance its cgroups (a free plan's limits), as the platform
 does. --ksm then measures the same servers again once the kernel has merged their
 identical private pages (KSM: every process of theirs opted in with
-PR_SET_MEMORY_MERGE, which fork and exec keep; ksmd scanning fast until two full
-scans have passed), with the CPU ksmd took and the pages it shares; KSM's settings
-are put back afterwards. --bare adds, for each profile, the same servers without any sandbox: the
-host's own postgres binary run as each uid on a plain copy of the template, no
-namespaces, no cgroups, the platform's module not loaded: what one PostgreSQL
-server per tenant costs this host before any isolation.
+PR_SET_MEMORY_MERGE, which fork and exec keep; ksmd scanning fast until three
+full scans have passed), with the CPU ksmd took and the pages it shares; KSM's
+settings are put back afterwards. --bare adds, for each profile, the same servers
+without any sandbox: the host's own postgres binary run as each uid on a plain
+copy of the template, no namespaces, no cgroups, the platform's module not
+loaded: what one PostgreSQL server per tenant costs this host before any
+isolation.
 """
 
 import argparse
@@ -184,7 +185,7 @@ def kernel_thread_cpu_s(name: str) -> float:
 
 def merged(before_kb: int, pids: list[list[int]], n: int) -> dict[str, float]:
     """Let ksmd merge the running servers' identical pages (fast: it is a bench),
-    wait for two full scans, measure; KSM's settings as they were afterwards."""
+    wait for three full scans, measure; KSM's settings as they were afterwards."""
     saved = {name: (KSM / name).read_text().strip() for name in ("run", "pages_to_scan")}
     cpu = kernel_thread_cpu_s("ksmd")
     began = time.monotonic()
@@ -244,14 +245,12 @@ def run(
             cpus.append((cpu_seconds() - cpu) * 1000)
         time.sleep(5)  # idle: start-up work done
         by_uid = processes_by_uid({spec.uid for spec in specs if spec.uid is not None})
-        per_instance = []
-        counts = []
-        for pids in by_uid.values():
-            every = pids + bwrap_of(pids)
-            counts.append(len(every))
-            per_instance.append(sum(pss_kb(pid) for pid in every))
+        # Each instance's processes, its bubblewrap's included.
+        instances = [pids + bwrap_of(pids) for pids in by_uid.values()]
+        counts = [len(every) for every in instances]
+        per_instance = [sum(pss_kb(pid) for pid in every) for every in instances]
         host = (memory_used_kb() - before) / n
-        with_ksm = merged(before, [p + bwrap_of(p) for p in by_uid.values()], n) if ksm else {}
+        with_ksm = merged(before, instances, n) if ksm else {}
         for spec in specs:
             runtime.stop(spec.instance_id)
         disks = []
