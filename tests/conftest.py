@@ -323,8 +323,7 @@ def live(platform, transactional_db):
         # that lists it from the control plane's rows (still there) must not find
         # it stopped and start it again, nor must the crash watch, told at once.
         with agent.instance_lock(tenant.instance_id, timeout=30):
-            agent.routes().remove(tenant.instance_id)
-            agent.runtime_for(tenant).destroy(tenant.instance_id)
+            agent.instance_remove(tenant)
 
 
 # -- API helpers ---------------------------------------------------------------------
