@@ -33,7 +33,7 @@ sys.path.insert(0, str(BASE))
 
 from dbaas.env import pgbouncer_binary  # noqa: E402
 from poolers import tls  # noqa: E402
-from poolers.pgbouncer import DatabaseEntry, PgBouncer, UserEntry  # noqa: E402
+from poolers.pgbouncer import DatabaseEntry, Owner, PgBouncer, UserEntry  # noqa: E402
 from poolers.scram import scram_secret  # noqa: E402
 from tests import pgwire  # noqa: E402 - the hand-made protocol client of the tests
 
@@ -46,10 +46,10 @@ def configure(root: Path, n: int, binary: str, user: str) -> PgBouncer:
     bouncer.prepare(public_host="127.0.0.1")
     secret = scram_secret("bench-password")  # one secret: hashing 10k is not the point
     users = [UserEntry(f"tenant_{i:06d}", secret) for i in range(n)]
-    databases = []
-    for u in users:
-        for alias, mode in ((u.name, None), (f"{u.name}_pooled", "transaction")):
-            databases.append(
+    owners = [
+        Owner(
+            u,
+            tuple(
                 DatabaseEntry(
                     name=alias,
                     dbname=u.name,
@@ -59,8 +59,12 @@ def configure(root: Path, n: int, binary: str, user: str) -> PgBouncer:
                     owner=u.name,
                     pool_mode=mode,
                 )
-            )
-    bouncer.write_config(databases, users)
+                for alias, mode in ((u.name, None), (f"{u.name}_pooled", "transaction"))
+            ),
+        )
+        for u in users
+    ]
+    bouncer.write_config([], owners)
     return bouncer
 
 

@@ -41,8 +41,13 @@ def _environment(package_dir: Path) -> jinja2.Environment:
     )
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o644, owner: str | None = None) -> bool:
-    """Replace `path` with `text` atomically; return False when it already had it."""
+def write_atomic(
+    path: Path, text: str, mode: int = 0o644, owner: str | None = None, durable: bool = True
+) -> bool:
+    """Replace `path` with `text` atomically; return False when it already had it.
+    Not `durable`: not forced to disk first (a file rendered again from its source at
+    every start, on a path where an fsync is felt; after a power loss it may be
+    empty)."""
     try:
         if path.read_text() == text:
             return False
@@ -54,7 +59,8 @@ def write_atomic(path: Path, text: str, mode: int = 0o644, owner: str | None = N
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         if owner is not None:
             chown(Path(tmp), owner)

@@ -7,8 +7,8 @@ quadratic in them), so one PgBouncer per host stalls every client for ~1.6 s per
 change at 10,000 databases (docs/density.md). The shards share the host's TLS
 certificate, admin password and socket directory (socket names carry the port).
 
-Knows nothing of tenants: callers pass each shard the full list of its databases
-and users.
+Knows nothing of tenants: callers pass each shard the full list of its owners
+(a user and its databases) and of the databases every user may reach.
 """
 
 import ctypes
@@ -24,8 +24,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -94,6 +95,14 @@ class UserEntry:
     name: str
     secret: str  # SCRAM-SHA-256 secret, never a password
     max_server_connections: int | None = None  # over all its databases
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A user and the databases only it may log in to (each entry's owner is it)."""
+
+    user: UserEntry
+    databases: tuple[DatabaseEntry, ...] = ()
 
 
 class PgBouncer:
@@ -189,46 +198,36 @@ class PgBouncer:
             state.append((st.st_ino, st.st_mtime_ns, st.st_size))
         return tuple(state)
 
-    def write_config(self, databases: list[DatabaseEntry], users: list[UserEntry]) -> bool:
-        """Render pgbouncer.ini, its hba file and the auth file; True if any changed.
-        Each entry's line is rendered once and kept (for this shard, while it is
-        in the files): a change renders its own lines, not the shard's thousands."""
-        _check_names(databases, users)
+    def write_config(self, shared: list[DatabaseEntry], owners: list[Owner]) -> bool:
+        """Render pgbouncer.ini, its hba file and the auth file from the databases
+        every user may reach (`shared`: the maintenance database) and each owner's;
+        True if any file changed. An owner's lines are rendered once and kept while
+        the same Owner object comes back (for this shard, while it is in the files):
+        a change renders its own lines, not the shard's thousands."""
+        _check_names(shared, owners)
         admin = UserEntry(ADMIN_USER, self._admin_secret_file.read_text().strip())
-        shared = sorted(db.name for db in databases if db.owner is None)
-        owners: dict[str, list[str]] = {user.name: [] for user in users}
-        databases = sorted(databases, key=lambda d: d.name)
-        for db in databases:
-            if db.owner is not None:
-                owners[db.owner].append(db.name)
-        users = sorted(users, key=lambda u: u.name)
+        shared = sorted(shared, key=lambda d: d.name)
+        shared_names = tuple(db.name for db in shared)
         features = self.features
         macros = template_macros(PACKAGE_DIR, "pgbouncer_lines.j2")
-        kept = _lines.get(self.ini, {})
-        lines: dict[tuple, str] = {}
-
-        def line(macro: str, *args: object) -> str:
-            key = (macro, *args)
-            text = kept.get(key)
-            if text is None:
-                text = getattr(macros, macro)(*args)
-            lines[key] = text
-            return text
-
-        database_lines = [line("database", db, features) for db in databases]
-        user_lines = [line("user_limit", u) for u in users if u.max_server_connections]
-        owner_rules = [
-            line("owner_rules", owner, (*names, *shared))
-            for owner, names in owners.items()
-            if names
-        ]
-        auth_lines = [line("auth", user) for user in [admin, *users]]
-        _lines[self.ini] = lines  # only what is in the files now
+        kept = _owner_lines.get(self.ini)
+        if kept is None or kept.made_with != (shared_names, features):
+            kept = _OwnerLines(made_with=(shared_names, features))
+        lines: dict[str, tuple[Owner, _Lines]] = {}
+        for owner in sorted(owners, key=_owner_name):
+            name = owner.user.name
+            cached = kept.by_user.get(name)
+            if cached is None or cached[0] is not owner:
+                cached = (owner, _render_lines(macros, owner, shared_names, features))
+            lines[name] = cached
+        _owner_lines[self.ini] = _OwnerLines(made_with=kept.made_with, by_user=lines)
+        rendered = [parts for _owner, parts in lines.values()]
         ini = render_template(
             PACKAGE_DIR,
             "pgbouncer.ini.j2",
-            database_lines=database_lines,
-            user_lines=user_lines,
+            database_lines=[macros.database(db, features) for db in shared]
+            + [parts.databases for parts in rendered if parts.databases],
+            user_lines=[parts.user_limit for parts in rendered if parts.user_limit],
             listen_addr=self.listen_addr,
             listen_port=self.listen_port,
             socket_dir=self.socket_dir,
@@ -244,14 +243,23 @@ class PgBouncer:
             features=features,
         )
         hba = render_template(
-            PACKAGE_DIR, "pgbouncer_hba.conf.j2", admin_user=ADMIN_USER, owner_rules=owner_rules
+            PACKAGE_DIR,
+            "pgbouncer_hba.conf.j2",
+            admin_user=ADMIN_USER,
+            owner_rules=[parts.rules for parts in rendered if parts.rules],
         )
-        userlist = render_template(PACKAGE_DIR, "userlist.txt.j2", auth_lines=auth_lines)
+        userlist = render_template(
+            PACKAGE_DIR,
+            "userlist.txt.j2",
+            auth_lines=[macros.auth(admin)] + [parts.auth for parts in rendered],
+        )
         owner_group = self.service_user
         changed = False
-        # The ini last: it names the other two, which must be complete by then.
+        # The ini last: it names the other two, which must be complete by then. Not
+        # forced to disk: the host renders them again before its PgBouncers start
+        # (agent.pooler_render), and each create would wait for three fsyncs.
         for path, text in ((self.auth_file, userlist), (self.hba_file, hba), (self.ini, ini)):
-            if write_atomic(path, text, mode=0o640):
+            if write_atomic(path, text, mode=0o640, durable=False):
                 chown(path, "root" if os.geteuid() == 0 else owner_group, group_of=owner_group)
                 changed = True
         return changed
@@ -494,9 +502,45 @@ class _AdminSessions:
 
 _admin_sessions = _AdminSessions()
 
-# Each shard's rendered lines, by its ini file and what each was rendered from
-# (write_config).
-_lines: dict[Path, dict[tuple, str]] = {}
+
+@dataclass(frozen=True)
+class _Lines:
+    """An owner's part of a shard's files (lines joined by newlines; "": none)."""
+
+    databases: str  # pgbouncer.ini [databases]
+    user_limit: str  # pgbouncer.ini [users]
+    rules: str  # the hba file
+    auth: str  # the auth file
+
+
+@dataclass
+class _OwnerLines:
+    """A shard's rendered lines, by owner, with the Owner each was rendered from;
+    good for as long as the shared databases' names and the features are the same."""
+
+    made_with: tuple
+    by_user: dict[str, tuple[Owner, _Lines]] = field(default_factory=dict)
+
+
+def _render_lines(macros: Any, owner: Owner, shared: tuple[str, ...], features: Features) -> _Lines:
+    _check_owner(owner)
+    databases = sorted(owner.databases, key=lambda d: d.name)
+    names = tuple(db.name for db in databases)
+    user = owner.user
+    return _Lines(
+        databases="\n".join(macros.database(db, features) for db in databases),
+        user_limit=macros.user_limit(user) if user.max_server_connections else "",
+        rules=macros.owner_rules(user.name, (*names, *shared)) if names else "",
+        auth=macros.auth(user),
+    )
+
+
+def _owner_name(owner: Owner) -> str:
+    return owner.user.name
+
+
+# Each shard's rendered lines, by its ini file (write_config).
+_owner_lines: dict[Path, _OwnerLines] = {}
 
 # SHOW POOLS' columns that count server connections, in every state.
 SERVER_COLUMNS = ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")
@@ -522,20 +566,28 @@ def _version_of(path: str, mtime_ns: int) -> advisories.Version:
     return advisories.installed_version(path)
 
 
-def _check_names(databases: list[DatabaseEntry], users: list[UserEntry]) -> None:
-    names = [u.name for u in users]
+def _check_names(shared: list[DatabaseEntry], owners: list[Owner]) -> None:
+    """What holds for a shard as a whole (each owner is checked as its lines are
+    rendered: _check_owner)."""
+    names = [owner.user.name for owner in owners]
     if ADMIN_USER in names or len(set(names)) != len(names):
         raise PoolerError("user names must be unique per host and not the admin's")
-    aliases = [d.name for d in databases]
+    aliases = [db.name for db in shared]
+    aliases += [db.name for owner in owners for db in owner.databases]
     if "pgbouncer" in aliases or len(set(aliases)) != len(aliases):
         raise PoolerError("database names must be unique per host and not 'pgbouncer'")
-    owners = {d.owner for d in databases if d.owner is not None}
-    for name in (*names, *aliases, *owners):
+    for db in shared:
+        if db.owner is not None or not NAME.fullmatch(db.name):
+            raise PoolerError(f"not a database every user may reach: {db.name!r}")
+
+
+def _check_owner(owner: Owner) -> None:
+    for db in owner.databases:
+        if db.owner != owner.user.name:
+            raise PoolerError(f"{db.name!r} is owned by {db.owner!r}, not {owner.user.name!r}")
+    for name in (owner.user.name, *(db.name for db in owner.databases)):
         if not NAME.fullmatch(name):
             raise PoolerError(f"not a name this pooler accepts: {name!r}")
-    unknown = owners - set(names)
-    if unknown:
-        raise PoolerError(f"databases owned by users it does not know: {sorted(unknown)}")
 
 
 def _ident(name: str) -> str:

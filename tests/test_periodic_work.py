@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from poolers import pgbouncer
 from tenants import specs
 from tenants.host import agent, priority, store, usage
 from tenants.models import Tenant
@@ -111,14 +112,20 @@ def test_what_a_process_kept_of_a_deleted_tenant_goes_with_it(live, alice):
     """The host's processes keep each tenant's parsed spec and pooler entries (a
     reconcile reads thousands per tick): not those of tenants gone since."""
     db = create(alice, "passing")
-    iid = Tenant.objects.get(pk=db["id"]).instance_id
-    entries = agent._entries.setdefault(agent.shard_of(db["id"]), {})
+    tenant = Tenant.objects.get(pk=db["id"])
+    iid, role = tenant.instance_id, tenant.database_name
+    shard = agent.shard_of(db["id"])
+    owners = agent._owners.setdefault(shard, {})
+
+    def lines() -> dict:
+        return pgbouncer._owner_lines[agent.pooler(shard).ini].by_user
+
     agent.store().all()
     agent.pooler_sync()
-    assert iid in store._specs and iid in entries
+    assert iid in store._specs and iid in owners and role in lines()
     response = alice.call("DELETE", f"/databases/{db['id']}")
     assert response.status_code == 202, response.content
     wait_for_state(db["id"], "deleted")
     agent.store().all()
     agent.pooler_sync()
-    assert iid not in store._specs and iid not in entries
+    assert iid not in store._specs and iid not in owners and role not in lines()

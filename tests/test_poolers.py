@@ -15,7 +15,7 @@ from django.conf import settings
 
 from dbaas.env import pooler_user
 from poolers import tls
-from poolers.pgbouncer import ADMIN_USER, DatabaseEntry, PgBouncer, PoolerError, UserEntry
+from poolers.pgbouncer import ADMIN_USER, DatabaseEntry, Owner, PgBouncer, PoolerError, UserEntry
 from poolers.scram import scram_secret
 from tests import pgwire
 from tests.conftest import wait_until
@@ -63,7 +63,11 @@ def bouncer(tmp_path):
         UserEntry("bob", scram_secret("x")),
     ]
     pooler.write_config(
-        [entry("alice_db", "alice", servers), entry("bob_db", "bob", servers)], users
+        [],
+        [
+            Owner(users[0], (entry("alice_db", "alice", servers),)),
+            Owner(users[1], (entry("bob_db", "bob", servers),)),
+        ],
     )
     process = subprocess.Popen(
         pooler.command(),
@@ -98,7 +102,10 @@ def first_answer(pooler: PgBouncer, user: str, database: str) -> str:
 def test_it_serves_exactly_the_rendered_databases_and_reloads_changes(bouncer):
     pooler = bouncer.pooler
     assert {"alice_db", "bob_db"} <= pooler.database_names()
-    pooler.write_config([entry("alice_db", "alice", bouncer.servers)], bouncer.users)
+    alice, bob = bouncer.users
+    pooler.write_config(
+        [], [Owner(alice, (entry("alice_db", "alice", bouncer.servers),)), Owner(bob)]
+    )
     pooler.reload()
     names = pooler.database_names()
     assert "alice_db" in names and "bob_db" not in names

@@ -22,7 +22,7 @@ from django.conf import settings
 from dbaas import locks
 from dbaas.env import data_dir, pki_dir, pooler_user
 from poolers import tls
-from poolers.pgbouncer import SERVER_COLUMNS, DatabaseEntry, PgBouncer, UserEntry
+from poolers.pgbouncer import SERVER_COLUMNS, DatabaseEntry, Owner, PgBouncer, UserEntry
 from poolers.routes import Routes
 from tenants.host import report
 from tenants.host.spec import (
@@ -369,20 +369,14 @@ def _render(bouncer: PgBouncer, all_forwards: list[tuple[TenantSpec, str, int]])
     # Entries made of tenants this shard no longer serves (deleted, moved away
     # and forgotten) are not kept for the life of the process.
     current = here | {spec.instance_id for spec, _a, _p in forwarded}
-    kept = _entries.setdefault(bouncer.shard, {})
+    kept = _owners.setdefault(bouncer.shard, {})
     for gone in kept.keys() - current:  # a set difference: thousands per render
         del kept[gone]
     changed = bouncer.write_config(
-        databases=[
-            maintenance,
-            *(entry for t in routed for entry in _entries_of(t)),
-            *(entry for t, a, p in forwarded for entry in _entries_of(t, forward_to=(a, p))),
-        ],
-        users=[
-            UserEntry(
-                t.role_name, t.scram_secret, max_server_connections=_server_connections_cap(t)
-            )
-            for t in [*routed, *(spec for spec, _a, _p in forwarded)]
+        shared=[maintenance],
+        owners=[
+            *(_owner_of(kept, t) for t in routed),
+            *(_owner_of(kept, t, forward_to=(a, p)) for t, a, p in forwarded),
         ],
     )
     _rendered[bouncer.ini] = (routed, forwarded, bouncer.files_state())
@@ -393,23 +387,33 @@ def _render(bouncer: PgBouncer, all_forwards: list[tuple[TenantSpec, str, int]])
 _rendered: dict[Path, tuple] = {}
 
 
-def _entries_of(
-    tenant: TenantSpec, forward_to: tuple[str, int] | None = None
-) -> list[DatabaseEntry]:
-    """_database_entries, made again only for a tenant whose spec changed since
-    this process made them (a shard holds thousands; one changes at a time)."""
-    kept = _entries.setdefault(shard_of(tenant.pk), {})
+def _owner_of(
+    kept: dict[str, tuple[TenantSpec, tuple[str, int] | None, Owner]],
+    tenant: TenantSpec,
+    forward_to: tuple[str, int] | None = None,
+) -> Owner:
+    """The tenant's user and database entries, made again only for a tenant whose
+    spec changed since this process made them (`kept`: its shard's, in _owners; a
+    shard holds thousands, one changes at a time), and then the same object (the
+    pooler keeps its rendered lines by it)."""
     cached = kept.get(tenant.instance_id)
     if cached is not None and cached[0] is tenant and cached[1] == forward_to:
         return cached[2]
-    entries = _database_entries(tenant, forward_to)
-    kept[tenant.instance_id] = (tenant, forward_to, entries)
-    return entries
+    owner = Owner(
+        UserEntry(
+            tenant.role_name,
+            tenant.scram_secret,
+            max_server_connections=_server_connections_cap(tenant),
+        ),
+        tuple(_database_entries(tenant, forward_to)),
+    )
+    kept[tenant.instance_id] = (tenant, forward_to, owner)
+    return owner
 
 
-# The entries made of each tenant's spec (the same object while unchanged: the
-# host store hands it back), by pooler shard and instance id.
-_entries: dict[int, dict[str, tuple[TenantSpec, tuple[str, int] | None, list[DatabaseEntry]]]] = {}
+# The owner made of each tenant's spec (the same object while unchanged: the host
+# store hands it back), by pooler shard and instance id.
+_owners: dict[int, dict[str, tuple[TenantSpec, tuple[str, int] | None, Owner]]] = {}
 
 
 def _server_connections_cap(tenant: TenantSpec) -> int:
