@@ -29,8 +29,9 @@ At each step, once the host has that many databases:
 - wakes: sleeping databases connected to one at a time (20), then 50 and 200 at
   once: p50 / p99, beside the CPU floor (N x measured CPU per wake / cores: the p99
   could not be lower with the cores busy all along);
-- memory (at the last step, after its creates): --awake more databases made awake
-  and idle, and the creates measured again with them so; then the rest as above;
+- memory (at the last step, after its creates): --awake of the databases seeded
+  asleep woken and left idle, and the creates measured again with them so; then the
+  rest as above;
   the host's used memory (MemTotal - MemAvailable) with them awake and again once
   asleep, per database.
 
@@ -355,9 +356,26 @@ print("SLEPT", len(running))
 """
 
 
-def seed_awake(count: int) -> float:
-    """`count` more databases, left awake and idle; the used memory then (MB)."""
-    manage("seed_databases", str(count), "--batch", "100", "--timeout", "3600")
+WAKE_SEEDED = """
+import time
+from tenants import services
+from tenants.models import Tenant
+seeded = Tenant.objects.filter(state="sleeping", name__startswith="seed").order_by("-pk")
+woken = [tenant.pk for tenant in seeded[:{count}]]
+for tenant in Tenant.objects.filter(pk__in=woken):
+    services.tenant_wake(tenant=tenant, actor="bench")
+deadline = time.monotonic() + 3600
+while Tenant.objects.filter(pk__in=woken).exclude(state="running").exists():
+    assert time.monotonic() < deadline, "woken databases still not running"
+    time.sleep(1)
+print("WOKE", len(woken))
+"""
+
+
+def wake_seeded(count: int) -> float:
+    """Wake `count` of the databases seeded asleep, left awake and idle (their plan's
+    idle timeout is a day); the used memory then (MB)."""
+    manage("shell", "-c", WAKE_SEEDED.format(count=int(count)))
     time.sleep(10)
     return used_memory_mb()
 
@@ -409,10 +427,12 @@ def run(steps: list[int], creates: int, awake: int, hold: bool = False) -> list[
             pool += more
             made += len(more)
         row: dict = {}
-        # At the last step, after its creates, --awake more are made awake and idle
-        # (and stay so for the rest of the step: creates again, wakes, memory).
+        # At the last step, after its creates, --awake of those seeded are woken and
+        # left idle (and stay so for the rest of the step: creates again, wakes,
+        # memory): the creates are measured at the step's count with few awake, and
+        # with that many awake.
         awake_now = awake if step == steps[-1] and step - made - 2 * creates >= awake else 0
-        seed = step - made - creates - (awake_now + creates if awake_now else 0)
+        seed = step - made - creates - (creates if awake_now else 0)
         if seed > 0:
             print(f"step {step}: seeding {seed} asleep", flush=True)
             manage("seed_databases", str(seed), "--asleep", "--batch", "200", "--timeout", "14400")
@@ -425,9 +445,8 @@ def run(steps: list[int], creates: int, awake: int, hold: bool = False) -> list[
         if awake_now:
             # The same again with --awake of them awake and idle (and, on this
             # machine, its DAMON reclaim busier for their processes).
-            print(f"step {step}: seeding {awake_now} awake", flush=True)
-            awake_mb = seed_awake(awake_now)
-            made += awake_now
+            print(f"step {step}: waking {awake_now} of those seeded", flush=True)
+            awake_mb = wake_seeded(awake_now)
             row["with_awake"] = creates_with_stall(token, probe, creates, f"s{step}a")
             row["with_awake"]["creates_at"] = made
             made += creates
