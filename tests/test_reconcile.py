@@ -68,14 +68,16 @@ def test_the_crash_watch_follows_each_new_server_of_a_tenant(live, alice):
         pid = runtime.status(iid).pid
         return pid if pid is not None and watch.watched().get(iid) == pid else None
 
+    restarts = Event.objects.filter(tenant=tenant, action="restart")
     try:
         pids = [wait_until(watching, timeout=10)]
-        for _ in range(2):
+        for n in (1, 2):
             os.kill(pids[-1], signal.SIGKILL)
             pids.append(wait_until(lambda: (pid := watching()) not in (None, pids[-1]) and pid))
+            # The restart is over (reported after the start) before its server is
+            # killed in turn: one killed while it starts is a failed start, retried.
+            wait_until(lambda n=n: restarts.count() == n, timeout=10)
         assert len(set(pids)) == 3
-        restarts = Event.objects.filter(tenant=tenant, action="restart")
-        wait_until(lambda: restarts.count() == 2, timeout=10)  # reported after the start
     finally:
         watch.close()
     with connect(db["connection_string"]) as conn:
